@@ -1,0 +1,93 @@
+"""What the aggregator tells the rest of Flowboard after each input.
+
+The aggregator is the only writer of dashboard state; these events say *what changed*
+so that the publisher can tell each client only what it cannot work out by itself.
+A client that receives every trade derives window sums, sparklines, top-trade
+insertions, analytics buckets and today's totals from the trades alone, so events
+that a trade implies are marked ``derivable`` and carry the authoritative value only
+for clients that do not receive that trade.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from flowboard.model import MarketMeta, Trade
+
+
+@attrs.frozen(slots=True)
+class WindowStats:
+    """A market's trailing-window sums (DESIGN.md: "Market window")."""
+
+    contracts: int = 0  # hundredths of a contract
+    usd: int = 0  # $0.000001
+    trades: int = 0
+    yes_flow: int = 0  # contracts bought by YES takers, hundredths
+    no_flow: int = 0  # contracts bought by NO takers, hundredths
+
+    @property
+    def net_flow(self) -> int:
+        return self.yes_flow - self.no_flow
+
+
+EMPTY_WINDOW = WindowStats()
+
+
+@attrs.frozen(slots=True)
+class MarketAdded:
+    """A ticker was seen for the first time and given a small id for the wire."""
+
+    market: int
+    ticker: str
+
+
+@attrs.frozen(slots=True)
+class TradeAdded:
+    """A new trade. ``window`` is the market's window after it (for clients that do not
+    get every trade of the market); ``seq_in_market`` orders trades of equal time."""
+
+    trade: Trade
+    market: int
+    window: WindowStats
+    arrival: int  # aggregator-wide arrival counter; breaks ties (same ts, same usd)
+
+
+@attrs.frozen(slots=True)
+class WindowChanged:
+    """A market's window changed in a way its trades do not imply (expiry, a late trade)."""
+
+    market: int
+    window: WindowStats
+
+
+@attrs.frozen(slots=True)
+class HotChanged:
+    """The set of hot markets changed; ``markets`` in rank order."""
+
+    markets: tuple[int, ...]
+
+
+@attrs.frozen(slots=True)
+class TopChanged:
+    """The top-trades list changed. ``derivable``: only by inserting the trade just added."""
+
+    trades: tuple[Trade, ...]
+    derivable: bool
+
+
+@attrs.frozen(slots=True)
+class MetaChanged:
+    """Metadata for a market arrived or changed."""
+
+    market: int
+    meta: MarketMeta
+
+
+@attrs.frozen(slots=True)
+class ClockTicked:
+    """The current minute changed: analytics views roll, and at 00:00 UTC "today" resets."""
+
+    minute_ms: int
+
+
+Event = MarketAdded | TradeAdded | WindowChanged | HotChanged | TopChanged | MetaChanged | ClockTicked

@@ -1,0 +1,93 @@
+"""The records that flow through Flowboard, in exact integer units.
+
+Every money and size figure is an ``int`` in the smallest unit Flowboard keeps, so
+sums are exact and the wire can send them without decimals:
+
+- prices in units of $0.0001 (``PRICE_DECIMALS``): Kalshi quotes up to 4 decimals
+  (``"0.3600"``), and some markets tick at $0.001 — never rounded to cents;
+- counts (contracts) in hundredths (``COUNT_DECIMALS``): ``count_fp`` has 2 decimals;
+- dollar volume in units of $0.000001 (``USD_DECIMALS``): price x count, exact.
+
+The conversion from Kalshi's decimal strings happens once, at the edge
+(``flowboard.ingest.kalshi_format``); nothing downstream sees a float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+import attrs
+
+PRICE_DECIMALS = 4
+COUNT_DECIMALS = 2
+USD_DECIMALS = PRICE_DECIMALS + COUNT_DECIMALS
+
+PRICE_SCALE = 10**PRICE_DECIMALS
+COUNT_SCALE = 10**COUNT_DECIMALS
+USD_SCALE = 10**USD_DECIMALS
+
+#: $1.00 in price units: yes price + no price == ONE_DOLLAR exactly.
+ONE_DOLLAR = PRICE_SCALE
+
+Side = Literal["yes", "no"]
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+
+@attrs.frozen(slots=True)
+class Trade:
+    """One executed trade, normalised from any Kalshi format."""
+
+    trade_id: str
+    ticker: str
+    yes_price: int  # price units ($0.0001)
+    count: int  # hundredths of a contract
+    taker_side: Side
+    ts_ms: int  # trade time, Unix milliseconds (UTC)
+
+    @property
+    def no_price(self) -> int:
+        return ONE_DOLLAR - self.yes_price
+
+    @property
+    def taker_price(self) -> int:
+        """The price the taker paid: what a trade's $ volume is measured at."""
+        return self.yes_price if self.taker_side == "yes" else ONE_DOLLAR - self.yes_price
+
+    @property
+    def usd(self) -> int:
+        """Premium paid, count x taker price, in $0.000001."""
+        return self.count * self.taker_price
+
+
+@attrs.frozen(slots=True)
+class MarketMeta:
+    """What a viewer needs to recognise a market; all optional until fetched."""
+
+    ticker: str
+    title: str = ""
+    category: str = ""
+    close_ts_ms: int | None = None  # Unix ms; None when unknown
+    event_ticker: str = ""
+    series_ticker: str = ""
+
+
+def series_of(ticker: str) -> str:
+    """Kalshi's series is the ticker up to its first ``-``."""
+    return ticker.split("-", 1)[0]
+
+
+def to_units(value: Decimal, decimals: int) -> int | None:
+    """``value`` as an integer count of 10**-decimals, or None if it is finer than that."""
+    scaled = value.scaleb(decimals)
+    if scaled != scaled.to_integral_value():
+        return None
+    return int(scaled)
+
+
+def from_units(value: int, decimals: int) -> Decimal:
+    """The exact decimal an integer unit count stands for."""
+    return Decimal(value).scaleb(-decimals)
