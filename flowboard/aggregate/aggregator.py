@@ -1,0 +1,484 @@
+"""The aggregation core: every number the dashboard shows, kept current trade by trade.
+
+Pure and synchronous: no I/O and no trio; time is always an argument (Unix ms, UTC).
+Inputs (``add_trade``, ``advance``, ``set_meta``) return the events of
+``flowboard.aggregate.events`` that say what changed; reads are cheap and used for
+snapshots, per-client frames and HTTP.
+
+Cost per trade is O(log n) in the trades held, never a rescan of a window: in-window
+trades sit in two sorted lists (by time, so expiry pops from the front; by size, so the
+top trades are the head), window sums are running totals, markets are ranked in a sorted
+list, and analytics are per-minute and per-hour running totals.
+
+How long anything is remembered is one rule, ``retention_start_ms``: trades older than
+the start of the day view (or of the window, if that is longer) are forgotten, and a
+trade that arrives already older than that is refused like a duplicate. That bounds
+memory by the day's trade ids plus a fixed number of trades per market and on the tape.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from sortedcontainers import SortedDict, SortedKeyList, SortedList
+
+from flowboard.aggregate.events import (
+    EMPTY_WINDOW,
+    ClockTicked,
+    Event,
+    HotChanged,
+    MarketAdded,
+    MetaChanged,
+    TopChanged,
+    TradeAdded,
+    WindowChanged,
+    WindowStats,
+)
+from flowboard.errors import ConfigError
+from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Trade
+
+AnalyticsMode = Literal["hour", "day"]
+
+#: bucket length and bucket count of each analytics view (DESIGN.md: "Analytics")
+ANALYTICS_VIEWS: dict[AnalyticsMode, tuple[int, int]] = {
+    "hour": (MINUTE_MS, 60),
+    "day": (HOUR_MS, 24),
+}
+
+
+def floor_to(ts_ms: int, unit_ms: int) -> int:
+    """Start of the ``unit_ms``-long UTC period that contains ``ts_ms``."""
+    return ts_ms - ts_ms % unit_ms
+
+
+def view_start_ms(mode: AnalyticsMode, now_ms: int) -> int:
+    """Start of the oldest bucket of an analytics view at ``now_ms``."""
+    bucket_ms, bucket_count = ANALYTICS_VIEWS[mode]
+    return floor_to(now_ms, bucket_ms) - (bucket_count - 1) * bucket_ms
+
+
+def retention_start_ms(now_ms: int, window_ms: int) -> int:
+    """The oldest trade time any read can show at ``now_ms``; older trades are forgotten.
+
+    It is the start of the day view, or of the minute the window starts in when the
+    window reaches further back (windows longer than 22 hours). "Today" starts at UTC
+    midnight, never before the day view, so it needs nothing older.
+    """
+    return min(view_start_ms("day", now_ms), floor_to(now_ms - window_ms + 1, MINUTE_MS))
+
+
+@attrs.frozen(slots=True)
+class Analytics:
+    """One analytics view: $ volume and trade count per bucket, by trade time (UTC)."""
+
+    mode: AnalyticsMode
+    bucket_ms: int
+    first_bucket_ms: int  # start of the oldest bucket
+    buckets: tuple[tuple[int, int], ...]  # (usd, trades) per bucket, oldest first; the last one is now's
+    total_usd: int
+    total_trades: int
+    peak_usd: int
+    peak_trades: int
+
+    @property
+    def current(self) -> tuple[int, int]:
+        """(usd, trades) of the live current period."""
+        return self.buckets[-1]
+
+
+@attrs.frozen(slots=True)
+class AggregatorStatistics:
+    """How much the aggregator holds; each figure is bounded by a horizon or a size setting."""
+
+    markets: int
+    trades_in_window: int
+    remembered_trade_ids: int
+    minute_buckets: int
+    hour_buckets: int
+
+
+@attrs.frozen(slots=True)
+class _Held:
+    """An accepted trade with what orders it: its market id and its arrival number."""
+
+    trade: Trade
+    market: int
+    arrival: int
+
+
+def _by_time(held: _Held) -> tuple[int, int]:
+    return held.trade.ts_ms, held.arrival
+
+
+def _by_size(held: _Held) -> tuple[int, int]:
+    return -held.trade.usd, held.arrival
+
+
+def _shifted(window: WindowStats, trade: Trade, sign: int) -> WindowStats:
+    """``window`` with ``trade`` added (sign 1) or removed (sign -1)."""
+    count = sign * trade.count
+    return WindowStats(
+        contracts=window.contracts + count,
+        usd=window.usd + sign * trade.usd,
+        trades=window.trades + sign,
+        yes_flow=window.yes_flow + (count if trade.taker_side == "yes" else 0),
+        no_flow=window.no_flow + (count if trade.taker_side == "no" else 0),
+    )
+
+
+class _LatestTrades:
+    """The ``capacity`` latest trades by (ts, arrival): a late trade goes to its place,
+    or nowhere if the list is full and it is older than all of them."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._held = SortedKeyList(key=_by_time)
+
+    def add(self, held: _Held) -> None:
+        if len(self._held) < self._capacity:
+            self._held.add(held)
+        elif _by_time(held) > _by_time(self._held[0]):
+            self._held.add(held)
+            self._held.pop(0)
+
+    def drop_older_than(self, ts_ms: int) -> None:
+        while self._held and self._held[0].trade.ts_ms < ts_ms:
+            self._held.pop(0)
+
+    def oldest_first(self, limit: int) -> tuple[Trade, ...]:
+        """The latest ``limit`` trades, oldest first."""
+        size = len(self._held)
+        return tuple(held.trade for held in self._held.islice(max(0, size - limit), size))
+
+    def newest_first(self, limit: int) -> tuple[Trade, ...]:
+        size = len(self._held)
+        return tuple(held.trade for held in self._held.islice(max(0, size - limit), size, reverse=True))
+
+    def latest(self) -> Trade | None:
+        return self._held[-1].trade if self._held else None
+
+
+@attrs.define(slots=True)
+class _Totals:
+    """Running $ volume and trade count of one analytics bucket."""
+
+    usd: int = 0
+    trades: int = 0
+
+
+@attrs.define(slots=True)
+class _RetainedMinute:
+    """What to forget when a minute of trade time falls out of the retention horizon."""
+
+    trade_ids: list[str] = attrs.Factory(list)
+    markets: set[int] = attrs.Factory(set)
+
+
+@attrs.define(slots=True)
+class _Market:
+    ticker: str
+    meta: MarketMeta
+    history: _LatestTrades  # its sparkline and its own tape: both are its latest trades
+    window: WindowStats = EMPTY_WINDOW
+
+
+class Aggregator:
+    """Per-market windows, sparklines and tapes, hot markets, top trades, analytics and today.
+
+    Ties are broken the same way everywhere, so that a client folding the trade stream
+    gets the same values: trades are ordered in time by (ts_ms, arrival), by size by
+    (-usd, arrival), and markets by (-window usd, ticker).
+    """
+
+    def __init__(
+        self,
+        *,
+        window_ms: int = 600_000,
+        sparkline_len: int = 20,
+        hot_size: int = 12,
+        top_size: int = 10,
+        tape_size: int = 200,
+        market_tape_size: int = 50,
+    ) -> None:
+        sizes = {
+            "window_ms": window_ms,
+            "sparkline_len": sparkline_len,
+            "hot_size": hot_size,
+            "top_size": top_size,
+            "tape_size": tape_size,
+            "market_tape_size": market_tape_size,
+        }
+        for name, value in sizes.items():
+            if value < 1:
+                raise ConfigError(f"aggregator {name} must be at least 1, got {value}")
+        self._window_ms = window_ms
+        self._sparkline_len = sparkline_len
+        self._hot_size = hot_size
+        self._top_size = top_size
+        self._market_tape_size = market_tape_size
+        self._history_len = max(sparkline_len, market_tape_size)
+
+        self._now_ms = 0
+        self._clock_started = False  # the first time passed in sets the clock without a tick
+        self._trades_total = 0  # also the next trade's arrival number
+
+        self._markets: list[_Market] = []  # indexed by market id
+        self._market_ids: dict[str, int] = {}
+
+        # Every in-window trade, twice: oldest first so expiry pops from the front, and
+        # largest first so the top trades are the head.
+        self._window_by_time = SortedKeyList(key=_by_time)
+        self._window_by_size = SortedKeyList(key=_by_size)
+        # (-window usd, ticker, market) of markets with window usd > 0: hot is the head.
+        self._ranked = SortedList()
+        self._active_markets = 0  # markets with at least one trade in window
+
+        self._seen_ids: set[str] = set()  # ids of every retained trade, for de-duplication
+        self._retained: SortedDict = SortedDict()  # minute start -> _RetainedMinute
+        self._tape = _LatestTrades(tape_size)
+        # Per view, bucket start -> _Totals: minutes for the hour view, hours for the day view
+        # (and today, whose hours are all inside the day view).
+        self._buckets: dict[AnalyticsMode, SortedDict] = {mode: SortedDict() for mode in ANALYTICS_VIEWS}
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def add_trade(self, trade: Trade, now_ms: int) -> list[Event]:
+        """Account for ``trade`` as of ``now_ms``; a duplicate ``trade_id`` or a trade older
+        than the retention horizon is ignored (only the clock's own events are returned)."""
+        events = self._move_clock(now_ms)
+        if trade.trade_id in self._seen_ids or trade.ts_ms < retention_start_ms(
+            self._now_ms, self._window_ms
+        ):
+            return events
+
+        market = self._market_for(trade.ticker, events)
+        held = _Held(trade, market, self._trades_total)
+        self._trades_total += 1
+        self._remember(held)
+
+        hot_before = self._hot_members()
+        in_window = trade.ts_ms > self._now_ms - self._window_ms
+        entered_top = False
+        if in_window:
+            entered_top = self._window_by_size.bisect_key_left(_by_size(held)) < self._top_size
+            self._window_by_time.add(held)
+            self._window_by_size.add(held)
+            self._shift_window(held, 1)
+
+        window = self._markets[market].window
+        events.append(TradeAdded(trade, market, window, held.arrival))
+        if not in_window:
+            # A client that adds every trade to its window and top list got this one wrong.
+            events.append(WindowChanged(market, window))
+            events.append(TopChanged(self.top_trades(), derivable=False))
+        elif entered_top:
+            events.append(TopChanged(self.top_trades(), derivable=True))
+        if self._hot_members() != hot_before:
+            events.append(HotChanged(self.hot()))
+        return events
+
+    def advance(self, now_ms: int) -> list[Event]:
+        """Move the clock to ``now_ms``: expire trades that left the window, roll the minute.
+
+        A time earlier than one already passed in changes nothing: state only moves forward.
+        """
+        return self._move_clock(now_ms)
+
+    def set_meta(self, meta: MarketMeta) -> list[Event]:
+        """Store a market's metadata; ``MetaChanged`` only when it differs from what is stored."""
+        events: list[Event] = []
+        market_id = self._market_for(meta.ticker, events)
+        market = self._markets[market_id]
+        if market.meta != meta:
+            market.meta = meta
+            events.append(MetaChanged(market_id, meta))
+        return events
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @property
+    def now_ms(self) -> int:
+        """The latest time passed in (0 before any)."""
+        return self._now_ms
+
+    @property
+    def trades_total(self) -> int:
+        """Trades accepted since start."""
+        return self._trades_total
+
+    def market_id(self, ticker: str) -> int | None:
+        return self._market_ids.get(ticker)
+
+    def ticker(self, market: int) -> str:
+        return self._markets[market].ticker
+
+    def markets_count(self) -> int:
+        """Market ids are 0 .. count-1, in first-seen order."""
+        return len(self._markets)
+
+    def meta(self, market: int) -> MarketMeta:
+        return self._markets[market].meta
+
+    def window(self, market: int) -> WindowStats:
+        return self._markets[market].window
+
+    def sparkline(self, market: int) -> tuple[Trade, ...]:
+        """The market's latest ``sparkline_len`` trades, oldest first."""
+        return self._markets[market].history.oldest_first(self._sparkline_len)
+
+    def last_trade(self, market: int) -> Trade | None:
+        """The market's latest trade by (ts, arrival)."""
+        return self._markets[market].history.latest()
+
+    def hot(self) -> tuple[int, ...]:
+        """Hot markets, ranked by (-window usd, ticker); only markets with window usd > 0."""
+        return tuple(market for _, _, market in self._ranked.islice(0, self._hot_size))
+
+    def top_trades(self) -> tuple[Trade, ...]:
+        """The largest in-window trades by (-usd, arrival)."""
+        return tuple(held.trade for held in self._window_by_size.islice(0, self._top_size))
+
+    def recent_trades(self, limit: int) -> tuple[Trade, ...]:
+        """The tape: up to ``limit`` (at most ``tape_size``) latest trades, newest first."""
+        return self._tape.newest_first(limit)
+
+    def market_trades(self, market: int, limit: int) -> tuple[Trade, ...]:
+        """Up to ``limit`` (at most ``market_tape_size``) latest trades of a market, newest first."""
+        return self._markets[market].history.newest_first(min(limit, self._market_tape_size))
+
+    def analytics(self, mode: AnalyticsMode) -> Analytics:
+        bucket_ms, bucket_count = ANALYTICS_VIEWS[mode]
+        totals = self._buckets[mode]
+        first_bucket_ms = view_start_ms(mode, self._now_ms)
+        buckets = []
+        for index in range(bucket_count):
+            bucket = totals.get(first_bucket_ms + index * bucket_ms)
+            buckets.append((bucket.usd, bucket.trades) if bucket else (0, 0))
+        return Analytics(
+            mode=mode,
+            bucket_ms=bucket_ms,
+            first_bucket_ms=first_bucket_ms,
+            buckets=tuple(buckets),
+            total_usd=sum(usd for usd, _ in buckets),
+            total_trades=sum(trades for _, trades in buckets),
+            peak_usd=max(usd for usd, _ in buckets),
+            peak_trades=max(trades for _, trades in buckets),
+        )
+
+    def today(self) -> tuple[int, int]:
+        """(trades, usd) of the trades timed on the UTC date of ``now_ms``."""
+        day_start = floor_to(self._now_ms, DAY_MS)
+        trades = usd = 0
+        hours = self._buckets["day"]
+        for hour in hours.irange(day_start, day_start + DAY_MS, inclusive=(True, False)):
+            bucket = hours[hour]
+            trades += bucket.trades
+            usd += bucket.usd
+        return trades, usd
+
+    def active_markets(self) -> int:
+        """Markets with at least one trade in the window."""
+        return self._active_markets
+
+    def statistics(self) -> AggregatorStatistics:
+        return AggregatorStatistics(
+            markets=len(self._markets),
+            trades_in_window=len(self._window_by_time),
+            remembered_trade_ids=len(self._seen_ids),
+            minute_buckets=len(self._buckets["hour"]),
+            hour_buckets=len(self._buckets["day"]),
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _market_for(self, ticker: str, events: list[Event]) -> int:
+        """The id of ``ticker``, creating it (and announcing it in ``events``) if new."""
+        market = self._market_ids.get(ticker)
+        if market is None:
+            market = len(self._markets)
+            self._market_ids[ticker] = market
+            self._markets.append(_Market(ticker, MarketMeta(ticker), _LatestTrades(self._history_len)))
+            events.append(MarketAdded(market, ticker))
+        return market
+
+    def _move_clock(self, now_ms: int) -> list[Event]:
+        if self._clock_started and now_ms <= self._now_ms:
+            return []
+        events: list[Event] = []
+        current_minute = floor_to(now_ms, MINUTE_MS)
+        if self._clock_started and current_minute != floor_to(self._now_ms, MINUTE_MS):
+            events.append(ClockTicked(current_minute))
+        self._clock_started = True
+        self._now_ms = now_ms
+        self._expire(events)
+        self._forget_before(retention_start_ms(now_ms, self._window_ms))
+        for mode, totals in self._buckets.items():
+            start_ms = view_start_ms(mode, now_ms)
+            while totals and totals.peekitem(0)[0] < start_ms:
+                totals.popitem(0)
+        return events
+
+    def _expire(self, events: list[Event]) -> None:
+        """Take out of the window the trades it no longer covers, and say what that changed."""
+        oldest_kept_ts = self._now_ms - self._window_ms + 1
+        if not self._window_by_time or self._window_by_time[0].trade.ts_ms >= oldest_kept_ts:
+            return
+        top_before = self.top_trades()
+        hot_before = self._hot_members()
+        changed: set[int] = set()
+        while self._window_by_time and self._window_by_time[0].trade.ts_ms < oldest_kept_ts:
+            held = self._window_by_time.pop(0)
+            self._window_by_size.remove(held)
+            self._shift_window(held, -1)
+            changed.add(held.market)
+        events.extend(WindowChanged(market, self._markets[market].window) for market in sorted(changed))
+        top_after = self.top_trades()
+        if top_after != top_before:
+            events.append(TopChanged(top_after, derivable=False))
+        if self._hot_members() != hot_before:
+            events.append(HotChanged(self.hot()))
+
+    def _shift_window(self, held: _Held, sign: int) -> None:
+        market = self._markets[held.market]
+        before = market.window
+        after = _shifted(before, held.trade, sign)
+        market.window = after
+        if before.usd > 0:
+            self._ranked.remove((-before.usd, market.ticker, held.market))
+        if after.usd > 0:
+            self._ranked.add((-after.usd, market.ticker, held.market))
+        self._active_markets += (after.trades > 0) - (before.trades > 0)
+
+    def _hot_members(self) -> frozenset[int]:
+        return frozenset(self.hot())
+
+    def _remember(self, held: _Held) -> None:
+        """Record an accepted trade everywhere but the window: ids, tapes, analytics."""
+        trade = held.trade
+        self._seen_ids.add(trade.trade_id)
+        retained = self._retained.get(floor_to(trade.ts_ms, MINUTE_MS))
+        if retained is None:
+            retained = self._retained[floor_to(trade.ts_ms, MINUTE_MS)] = _RetainedMinute()
+        retained.trade_ids.append(trade.trade_id)
+        retained.markets.add(held.market)
+        self._tape.add(held)
+        self._markets[held.market].history.add(held)
+        # A bucket older than its view would only be pruned again; don't create it.
+        for mode, totals in self._buckets.items():
+            bucket_ms = ANALYTICS_VIEWS[mode][0]
+            bucket_start = floor_to(trade.ts_ms, bucket_ms)
+            if bucket_start >= view_start_ms(mode, self._now_ms):
+                bucket = totals.get(bucket_start)
+                if bucket is None:
+                    bucket = totals[bucket_start] = _Totals()
+                bucket.usd += trade.usd
+                bucket.trades += 1
+
+    def _forget_before(self, start_ms: int) -> None:
+        while self._retained and self._retained.peekitem(0)[0] < start_ms:
+            _, retained = self._retained.popitem(0)
+            self._seen_ids.difference_update(retained.trade_ids)
+            for market in retained.markets:
+                self._markets[market].history.drop_older_than(start_ms)
+        self._tape.drop_older_than(start_ms)
