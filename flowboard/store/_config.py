@@ -1,0 +1,105 @@
+"""Where the trade store lives and how it behaves, parsed and checked once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from flowboard.errors import ConfigError
+
+#: ``--db`` when none is given: a SQLite file in the working directory.
+DEFAULT_DB_PATH = "flowboard.db"
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+@attrs.frozen(kw_only=True)
+class StoreConfig:
+    """How the store batches, retries and forgets. Every default carries its unit."""
+
+    batch_max_trades: int = 1_000
+    #: How long the writer gathers trades before committing a batch that is not full.
+    batch_interval_s: float = 0.2
+    #: Trades held in memory while the database is slow or down; beyond this they are dropped and counted.
+    queue_max_trades: int = 500_000
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 5.0
+    #: How long one statement waits for a lock someone else holds before the attempt fails and is retried.
+    lock_timeout_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    retention_days: int = 7
+    retention_interval_s: float = 600.0
+    #: Rows per DELETE, small so that retention never holds the write lock for long.
+    retention_batch_rows: int = 5_000
+    load_chunk_trades: int = 50_000
+    #: PostgreSQL connections for reads; the writer has one more of its own.
+    postgres_readers: int = 4
+    #: On shutdown, how long the writer may keep committing what is still queued.
+    shutdown_flush_s: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        for field in attrs.fields(StoreConfig):
+            value = getattr(self, field.name)
+            if not value > 0:
+                raise ConfigError(f"store setting {field.name} must be greater than 0, got {value!r}")
+
+
+@attrs.frozen
+class SqliteTarget:
+    path: Path
+
+
+@attrs.frozen
+class PostgresTarget:
+    conninfo: str
+    #: host:port/dbname without credentials, safe to put in messages and logs.
+    description: str
+
+
+def parse_target(url_or_path: str) -> SqliteTarget | PostgresTarget:
+    """What ``--db`` names: a ``postgresql://`` URL or a SQLite file path."""
+    if url_or_path.startswith(_POSTGRES_SCHEMES):
+        return _parse_postgres_url(url_or_path)
+    if "://" in url_or_path:
+        scheme = url_or_path.split("://", 1)[0]
+        raise ConfigError(
+            f"--db {scheme}://... is not supported: give a SQLite file path (e.g. {DEFAULT_DB_PATH}) "
+            "or a postgresql://user@host:port/dbname URL"
+        )
+    return _parse_sqlite_path(url_or_path)
+
+
+def _parse_postgres_url(url: str) -> PostgresTarget:
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise ConfigError(
+            f"--db is not a valid PostgreSQL URL ({error}); expected postgresql://user@host:port/dbname"
+        ) from None
+    host = params.get("host") or "local socket"
+    port = params.get("port") or 5432
+    dbname = params.get("dbname") or params.get("user") or "(default database)"
+    return PostgresTarget(conninfo=url, description=f"{host}:{port}/{dbname}")
+
+
+def _parse_sqlite_path(raw: str) -> SqliteTarget:
+    if not raw.strip():
+        raise ConfigError(
+            f"--db is empty; give a SQLite file path (e.g. {DEFAULT_DB_PATH}) or a postgresql:// URL"
+        )
+    if raw == ":memory:" or raw.startswith("file:"):
+        raise ConfigError(
+            f"--db {raw} is not a plain file path: an in-memory or URI database cannot be shared by "
+            "the store's writer and reader connections; give a file path"
+        )
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--db {raw} is a directory; give a file path such as {path / DEFAULT_DB_PATH}")
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"--db {raw}: directory {path.parent} does not exist; create it or choose another path"
+        )
+    return SqliteTarget(path=path)

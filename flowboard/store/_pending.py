@@ -1,0 +1,82 @@
+"""The writer's pure parts: the bounded queue of trades waiting for the database, its
+statistics record, the retry schedule and the keyset cursors used for paging."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from itertools import islice
+
+import attrs
+
+from flowboard.model import Trade
+
+#: A position in (ts_ms, trade_id) order. Trade ids are never empty, so (ts, "") sorts before
+#: every trade at ts: "strictly after (ts, '')" means "at ts or later".
+Cursor = tuple[int, str]
+
+_LATEST_POSSIBLE_MS = 2**63 - 1
+
+
+def page_cursor(before_ms: int | None, before_trade_id: str | None) -> Cursor:
+    """The cursor a newest-first page starts strictly before."""
+    if before_ms is None:
+        return (_LATEST_POSSIBLE_MS, "")
+    return (before_ms, before_trade_id or "")
+
+
+def cursor_after(trade: Trade) -> Cursor:
+    return (trade.ts_ms, trade.trade_id)
+
+
+def retry_delay_s(failures_in_a_row: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff: ``initial_s`` after the first failure, doubling up to ``max_s``."""
+    return min(max_s, initial_s * 2.0 ** max(0, failures_in_a_row - 1))
+
+
+@attrs.frozen
+class StoreStatistics:
+    """A snapshot of the store's writer.
+
+    ``queued + written_total + dropped`` is every trade ever offered.
+    """
+
+    queued: int  # offered, not yet committed (includes a batch being written)
+    written_total: int  # committed; a re-written duplicate counts, the table keeps one row
+    batches: int  # commits
+    failures: int  # failed batch attempts, each retried
+    dropped: int  # refused because the queue was full
+    last_error: str | None  # the latest failure, kept after recovery
+    healthy: bool  # the latest attempt succeeded and the queue is less than half full
+    last_commit_ms: int | None  # wall time of the latest commit, Unix ms
+
+
+class PendingTrades:
+    """Trades offered but not yet committed, oldest first, never more than ``capacity``.
+
+    What does not fit is dropped and counted: the producer must never wait for the database.
+    The newest trades are the ones dropped, so what is kept stays one contiguous run.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.dropped_total = 0
+        self._trades: deque[Trade] = deque()
+
+    def __len__(self) -> int:
+        return len(self._trades)
+
+    def offer(self, trades: Iterable[Trade]) -> int:
+        """Queue what fits; return how many were dropped."""
+        incoming = iter(trades)
+        self._trades.extend(islice(incoming, self.capacity - len(self._trades)))
+        dropped = sum(1 for _ in incoming)
+        self.dropped_total += dropped
+        return dropped
+
+    def oldest(self, limit: int) -> list[Trade]:
+        return list(islice(self._trades, limit))
+
+    def discard_oldest(self, count: int) -> None:
+        for _ in range(count):
+            self._trades.popleft()

@@ -1,0 +1,179 @@
+"""The store on PostgreSQL: psycopg 3's sync API with a psycopg-pool ``ConnectionPool``, used
+from trio worker threads (psycopg's async API is asyncio-only)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import starmap
+
+import psycopg
+import trio
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool
+
+from flowboard.errors import StoreError
+from flowboard.model import MarketMeta, Trade
+
+from ._config import PostgresTarget, StoreConfig
+from ._pending import Cursor
+from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
+from ._store import BatchedStore, wall_clock_ms
+
+_TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
+_META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
+
+# One statement per batch: the columns travel as six arrays instead of a round trip per row.
+_INSERT_TRADES = (
+    f"INSERT INTO trades ({_TRADE_COLUMNS}) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bigint[]) "
+    "ON CONFLICT (trade_id) DO NOTHING"
+)
+_DELETE_OLDEST = (
+    "DELETE FROM trades WHERE trade_id IN (SELECT trade_id FROM trades WHERE ts_ms < %s LIMIT %s)"
+)
+_MARKET_PAGE = (
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = %s AND (ts_ms, trade_id) < (%s, %s) "
+    "ORDER BY ts_ms DESC, trade_id DESC LIMIT %s"
+)
+_TRADES_AFTER = (
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE (ts_ms, trade_id) > (%s, %s) "
+    "ORDER BY ts_ms, trade_id LIMIT %s"
+)
+_UPSERT_META = (
+    f"INSERT INTO markets ({_META_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (ticker) DO UPDATE SET "
+    "title = excluded.title, category = excluded.category, close_ts_ms = excluded.close_ts_ms, "
+    "event_ticker = excluded.event_ticker, series_ticker = excluded.series_ticker"
+)
+# Any constant shared by every Flowboard process: concurrent start-ups migrate one at a time.
+_MIGRATION_LOCK_KEY = 0x466C6F77  # "Flow"
+
+
+class PostgresDatabase:
+    def __init__(self, target: PostgresTarget, config: StoreConfig) -> None:
+        self._description = target.description
+        self._lock_timeout_ms = round(config.lock_timeout_s * 1000)
+        self._connect_timeout_s = config.connect_timeout_s
+        params = conninfo_to_dict(target.conninfo)
+        params.setdefault("application_name", "flowboard-store")
+        # libpq counts whole seconds and treats values below 2 as 2.
+        params.setdefault("connect_timeout", max(2, math.ceil(config.connect_timeout_s)))
+        self._pool = ConnectionPool(
+            make_conninfo("", **params),
+            min_size=1,
+            max_size=config.postgres_readers + 1,
+            open=False,
+            timeout=config.connect_timeout_s,
+            configure=self._configure,
+            # A connection the server dropped (restart, pg_terminate_backend) is replaced before use
+            # instead of failing the batch it was handed to.
+            check=ConnectionPool.check_connection,
+            name="flowboard-store",
+        )
+
+    def open(self) -> None:
+        """Connect, or raise StoreError within ``connect_timeout_s``."""
+        try:
+            self._pool.open(wait=True, timeout=self._connect_timeout_s)
+        except psycopg.Error as error:
+            self._pool.close()
+            raise StoreError(
+                f"PostgreSQL not reachable at {self._description} within {self._connect_timeout_s} s: {error}"
+            ) from error
+
+    def _configure(self, connection: psycopg.Connection[TupleRow]) -> None:
+        connection.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
+        connection.commit()
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[psycopg.Connection[TupleRow]]:
+        """A pooled connection whose work commits on success and rolls back on error."""
+        try:
+            with self._pool.connection() as connection:
+                yield connection
+        except psycopg.Error as error:
+            raise StoreError(f"PostgreSQL {self._description}: {action} failed: {error}") from error
+
+    def migrate(self) -> int:
+        with self._transaction("migrating the schema") as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+            connection.execute(CREATE_VERSION_TABLE)
+            version = _scalar_int(connection, CURRENT_VERSION) or 0
+            for migration in pending_migrations(version):
+                for statement in migration.statements("postgres"):
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO schema_version VALUES (%s, %s)", (migration.version, wall_clock_ms())
+                )
+                version = migration.version
+        return version
+
+    def insert_trades(self, trades: Sequence[Trade]) -> None:
+        columns = (
+            [t.trade_id for t in trades],
+            [t.ticker for t in trades],
+            [t.yes_price for t in trades],
+            [t.count for t in trades],
+            [t.taker_side for t in trades],
+            [t.ts_ms for t in trades],
+        )
+        with self._transaction("writing trades") as connection:
+            connection.execute(_INSERT_TRADES, columns)
+
+    def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int:
+        with self._transaction("deleting old trades") as connection:
+            return connection.execute(_DELETE_OLDEST, (cutoff_ms, max_rows)).rowcount
+
+    def market_trades_before(self, ticker: str, before: Cursor, limit: int) -> list[Trade]:
+        with self._transaction("reading a market's trades") as connection:
+            rows = connection.execute(_MARKET_PAGE, (ticker, *before, limit)).fetchall()
+        return list(starmap(Trade, rows))
+
+    def trades_after(self, after: Cursor, limit: int) -> list[Trade]:
+        with self._transaction("loading trades") as connection:
+            rows = connection.execute(_TRADES_AFTER, (*after, limit)).fetchall()
+        return list(starmap(Trade, rows))
+
+    def last_trade_ms(self) -> int | None:
+        with self._transaction("reading the last trade time") as connection:
+            return _scalar_int(connection, "SELECT MAX(ts_ms) FROM trades")
+
+    def trade_ids_since(self, since_ms: int) -> set[str]:
+        with self._transaction("reading trade ids") as connection:
+            rows = connection.execute("SELECT trade_id FROM trades WHERE ts_ms >= %s", (since_ms,)).fetchall()
+        return {str(trade_id) for (trade_id,) in rows}
+
+    def save_meta(self, metas: Sequence[MarketMeta]) -> None:
+        rows = [
+            (m.ticker, m.title, m.category, m.close_ts_ms, m.event_ticker, m.series_ticker) for m in metas
+        ]
+        with self._transaction("saving market metadata") as connection, connection.cursor() as cursor:
+            cursor.executemany(_UPSERT_META, rows)
+
+    def load_meta(self) -> list[MarketMeta]:
+        with self._transaction("loading market metadata") as connection:
+            rows = connection.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+        return list(starmap(MarketMeta, rows))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _scalar_int(connection: psycopg.Connection[TupleRow], query: str) -> int | None:
+    row = connection.execute(query).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+class PostgresStore(BatchedStore):
+    """The store in a PostgreSQL database shared by a team."""
+
+    def __init__(self, database: PostgresDatabase, config: StoreConfig) -> None:
+        super().__init__(
+            database,
+            config,
+            write_limiter=trio.CapacityLimiter(1),
+            read_limiter=trio.CapacityLimiter(config.postgres_readers),
+        )

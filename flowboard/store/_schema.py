@@ -1,0 +1,81 @@
+"""The store's schema as numbered migrations, applied in order at start-up.
+
+The database records the versions it has in ``schema_version``; opening a store applies the
+missing ones in one transaction, so opening twice is harmless. A migration is a list of SQL
+statements per dialect; most are the same text on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import attrs
+
+from flowboard.errors import StoreError
+
+Dialect = Literal["sqlite", "postgres"]
+
+CREATE_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)"
+)
+CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    summary: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+    def statements(self, dialect: Dialect) -> tuple[str, ...]:
+        return self.sqlite if dialect == "sqlite" else self.postgres
+
+
+def _trades_and_markets(text_type: str) -> tuple[str, ...]:
+    # Integers in the model's exact units (see flowboard.model). The empty trade id is refused so
+    # that ("", ts) can serve as the cursor that sorts before every trade at ts.
+    return (
+        f"""CREATE TABLE trades (
+            trade_id   {text_type} PRIMARY KEY CHECK (trade_id <> ''),
+            ticker     {text_type} NOT NULL,
+            yes_price  BIGINT NOT NULL,
+            count      BIGINT NOT NULL,
+            taker_side TEXT NOT NULL CHECK (taker_side IN ('yes', 'no')),
+            ts_ms      BIGINT NOT NULL
+        )""",
+        "CREATE INDEX trades_by_time ON trades (ts_ms, trade_id)",
+        "CREATE INDEX trades_by_market_time ON trades (ticker, ts_ms, trade_id)",
+        f"""CREATE TABLE markets (
+            ticker        {text_type} PRIMARY KEY,
+            title         TEXT NOT NULL,
+            category      TEXT NOT NULL,
+            close_ts_ms   BIGINT,
+            event_ticker  TEXT NOT NULL,
+            series_ticker TEXT NOT NULL
+        )""",
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        summary="trades keyed by trade_id, market metadata",
+        sqlite=_trades_and_markets("TEXT"),
+        # Byte order, like SQLite's BINARY, so both backends page through equal timestamps the
+        # same way whatever the database's locale.
+        postgres=_trades_and_markets('TEXT COLLATE "C"'),
+    ),
+)
+
+
+def pending_migrations(current_version: int, migrations: Sequence[Migration] = MIGRATIONS) -> list[Migration]:
+    """The migrations a database at ``current_version`` still needs, oldest first."""
+    latest = migrations[-1].version if migrations else 0
+    if current_version > latest:
+        raise StoreError(
+            f"the database has schema version {current_version}, newer than this Flowboard knows "
+            f"({latest}); upgrade Flowboard or point --db at another database"
+        )
+    return [migration for migration in migrations if migration.version > current_version]

@@ -1,0 +1,159 @@
+"""The store on SQLite: stdlib ``sqlite3`` in WAL mode, one writer connection and one reader.
+
+Each connection is used by one worker thread at a time (a capacity limiter of 1 each), so
+``check_same_thread=False`` is safe. WAL lets reads run while a batch commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import starmap
+from pathlib import Path
+
+import trio
+
+from flowboard.errors import ConfigError, StoreError
+from flowboard.model import MarketMeta, Trade
+
+from ._config import StoreConfig
+from ._pending import Cursor
+from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
+from ._store import BatchedStore, wall_clock_ms
+
+_TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
+_META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
+
+_INSERT_TRADE = (
+    f"INSERT INTO trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
+)
+_DELETE_OLDEST = "DELETE FROM trades WHERE rowid IN (SELECT rowid FROM trades WHERE ts_ms < ? LIMIT ?)"
+_MARKET_PAGE = (
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = ? AND (ts_ms, trade_id) < (?, ?) "
+    "ORDER BY ts_ms DESC, trade_id DESC LIMIT ?"
+)
+_TRADES_AFTER = (
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE (ts_ms, trade_id) > (?, ?) ORDER BY ts_ms, trade_id LIMIT ?"
+)
+_UPSERT_META = (
+    f"INSERT INTO markets ({_META_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ticker) DO UPDATE SET "
+    "title = excluded.title, category = excluded.category, close_ts_ms = excluded.close_ts_ms, "
+    "event_ticker = excluded.event_ticker, series_ticker = excluded.series_ticker"
+)
+
+
+@contextmanager
+def _as_store_error(action: str, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (sqlite3.Error, OverflowError) as error:
+        raise StoreError(f"SQLite {path}: {action} failed: {error}") from error
+
+
+def _connect(path: Path, config: StoreConfig) -> sqlite3.Connection:
+    # isolation_level=None: transactions are opened explicitly, with BEGIN IMMEDIATE for writes.
+    # timeout is SQLite's busy timeout: how long a statement waits for another connection's lock.
+    return sqlite3.connect(path, timeout=config.lock_timeout_s, isolation_level=None, check_same_thread=False)
+
+
+class SqliteDatabase:
+    def __init__(self, path: Path, config: StoreConfig) -> None:
+        self._path = path
+        try:
+            self._writer = _connect(path, config)
+            self._writer.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit survives a power cut, not only a crash. It costs one fsync per batch.
+            self._writer.execute("PRAGMA synchronous = FULL")
+            self._reader = _connect(path, config)
+            self._reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as error:
+            raise ConfigError(
+                f"--db {path}: cannot open it as a SQLite database ({error}); "
+                "check the path and its permissions"
+            ) from error
+
+    @contextmanager
+    def _write_transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        with _as_store_error(action, self._path):
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                yield self._writer
+                self._writer.execute("COMMIT")
+            except BaseException:
+                if self._writer.in_transaction:
+                    self._writer.rollback()
+                raise
+
+    def migrate(self) -> int:
+        with self._write_transaction("migrating the schema") as connection:
+            connection.execute(CREATE_VERSION_TABLE)
+            (version,) = connection.execute(CURRENT_VERSION).fetchone()
+            for migration in pending_migrations(version):
+                for statement in migration.statements("sqlite"):
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO schema_version VALUES (?, ?)", (migration.version, wall_clock_ms())
+                )
+                version = migration.version
+        return int(version)
+
+    def insert_trades(self, trades: Sequence[Trade]) -> None:
+        rows = ((t.trade_id, t.ticker, t.yes_price, t.count, t.taker_side, t.ts_ms) for t in trades)
+        with self._write_transaction("writing trades") as connection:
+            connection.executemany(_INSERT_TRADE, rows)
+
+    def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int:
+        with self._write_transaction("deleting old trades") as connection:
+            return connection.execute(_DELETE_OLDEST, (cutoff_ms, max_rows)).rowcount
+
+    def market_trades_before(self, ticker: str, before: Cursor, limit: int) -> list[Trade]:
+        with _as_store_error("reading a market's trades", self._path):
+            rows = self._reader.execute(_MARKET_PAGE, (ticker, *before, limit)).fetchall()
+        return list(starmap(Trade, rows))
+
+    def trades_after(self, after: Cursor, limit: int) -> list[Trade]:
+        with _as_store_error("loading trades", self._path):
+            rows = self._reader.execute(_TRADES_AFTER, (*after, limit)).fetchall()
+        return list(starmap(Trade, rows))
+
+    def last_trade_ms(self) -> int | None:
+        with _as_store_error("reading the last trade time", self._path):
+            (latest,) = self._reader.execute("SELECT MAX(ts_ms) FROM trades").fetchone()
+        return None if latest is None else int(latest)
+
+    def trade_ids_since(self, since_ms: int) -> set[str]:
+        with _as_store_error("reading trade ids", self._path):
+            rows = self._reader.execute(
+                "SELECT trade_id FROM trades WHERE ts_ms >= ?", (since_ms,)
+            ).fetchall()
+        return {trade_id for (trade_id,) in rows}
+
+    def save_meta(self, metas: Sequence[MarketMeta]) -> None:
+        rows = (
+            (m.ticker, m.title, m.category, m.close_ts_ms, m.event_ticker, m.series_ticker) for m in metas
+        )
+        with self._write_transaction("saving market metadata") as connection:
+            connection.executemany(_UPSERT_META, rows)
+
+    def load_meta(self) -> list[MarketMeta]:
+        with _as_store_error("loading market metadata", self._path):
+            rows = self._reader.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+        return list(starmap(MarketMeta, rows))
+
+    def close(self) -> None:
+        with _as_store_error("closing", self._path):
+            self._reader.close()
+            self._writer.close()
+
+
+class SqliteStore(BatchedStore):
+    """The store in a SQLite file."""
+
+    def __init__(self, database: SqliteDatabase, config: StoreConfig) -> None:
+        super().__init__(
+            database,
+            config,
+            write_limiter=trio.CapacityLimiter(1),
+            read_limiter=trio.CapacityLimiter(1),
+        )

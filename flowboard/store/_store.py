@@ -1,0 +1,286 @@
+"""The trio face of the store: a batched writer task and async reads, over a sync database
+that runs in worker threads. The SQL lives in ``_sqlite`` and ``_postgres``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import NoReturn, Protocol, TypeVar, TypeVarTuple
+
+import trio
+
+from flowboard.errors import StoreError
+from flowboard.model import DAY_MS, MarketMeta, Trade
+
+from ._config import StoreConfig
+from ._pending import Cursor, PendingTrades, StoreStatistics, cursor_after, page_cursor, retry_delay_s
+
+log = logging.getLogger("flowboard.store")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Database(Protocol):
+    """One backend's SQL, synchronous; every method raises StoreError when the database fails."""
+
+    def migrate(self) -> int: ...
+    def insert_trades(self, trades: Sequence[Trade]) -> None: ...
+    def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int: ...
+    def market_trades_before(self, ticker: str, before: Cursor, limit: int) -> list[Trade]: ...
+    def trades_after(self, after: Cursor, limit: int) -> list[Trade]: ...
+    def last_trade_ms(self) -> int | None: ...
+    def trade_ids_since(self, since_ms: int) -> set[str]: ...
+    def save_meta(self, metas: Sequence[MarketMeta]) -> None: ...
+    def load_meta(self) -> list[MarketMeta]: ...
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Where every trade is kept, and what a restart rebuilds from."""
+
+    def offer(self, trades: Iterable[Trade]) -> None: ...
+    def statistics(self) -> StoreStatistics: ...
+    async def serve_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn: ...
+    async def purge_before(self, cutoff_ms: int) -> int: ...
+    async def market_trades(
+        self, ticker: str, before_ms: int | None, limit: int, *, before_trade_id: str | None = None
+    ) -> list[Trade]: ...
+    def load_trades_since(self, since_ms: int) -> AsyncIterator[list[Trade]]: ...
+    async def last_trade_ms(self) -> int | None: ...
+    async def known_trade_ids_since(self, since_ms: int) -> set[str]: ...
+    async def save_meta(self, metas: Sequence[MarketMeta]) -> None: ...
+    async def load_meta(self) -> list[MarketMeta]: ...
+
+
+class BatchedStore:
+    """Shared by both backends: the bounded queue, the writer task, retention and reads."""
+
+    def __init__(
+        self,
+        database: Database,
+        config: StoreConfig,
+        *,
+        write_limiter: trio.CapacityLimiter,
+        read_limiter: trio.CapacityLimiter,
+    ) -> None:
+        self._database = database
+        self._config = config
+        # One write at a time: SQLite allows one writer, and batches must commit in offer order.
+        self._write_limiter = write_limiter
+        self._read_limiter = read_limiter
+        self._pending = PendingTrades(config.queue_max_trades)
+        # Set by offer() once the queue holds _wake_at_queued trades; replaced each time the writer waits.
+        self._writer_wakeup = trio.Event()
+        self._wake_at_queued = 1
+        # True from the first dropped trade until the next commit, so a full queue logs once, not per offer.
+        self._dropping = False
+        self._dropped_at_episode_start = 0
+        self._written_total = 0
+        self._batches = 0
+        self._failures = 0
+        self._last_error: str | None = None
+        self._last_attempt_failed = False
+        self._last_commit_ms: int | None = None
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date; returns the schema version."""
+        return await self._run_write(self._database.migrate)
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._run_write(self._database.close)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def offer(self, trades: Iterable[Trade]) -> None:
+        """Queue trades for the writer without ever waiting; what does not fit is dropped and counted."""
+        dropped = self._pending.offer(trades)
+        if dropped and not self._dropping:
+            self._dropping = True
+            self._dropped_at_episode_start = self._pending.dropped_total - dropped
+            log.warning(
+                "store queue full (%d trades): dropping trades until the database catches up",
+                self._pending.capacity,
+            )
+        if len(self._pending) >= self._wake_at_queued:
+            self._writer_wakeup.set()
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            queued=len(self._pending),
+            written_total=self._written_total,
+            batches=self._batches,
+            failures=self._failures,
+            dropped=self._pending.dropped_total,
+            last_error=self._last_error,
+            healthy=not self._last_attempt_failed and len(self._pending) < self._pending.capacity / 2,
+            last_commit_ms=self._last_commit_ms,
+        )
+
+    async def serve_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Commit offered trades in batches and expire old ones, forever.
+
+        On cancellation it keeps committing what is queued for up to ``shutdown_flush_s``.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire_old_trades_forever)
+                task_status.started()
+                await self._write_forever()
+        finally:
+            await self._flush_before_exit()
+
+    async def _write_forever(self) -> NoReturn:
+        while True:
+            await self._wait_for_batch()
+            await self._commit_oldest_batch()
+
+    async def _wait_for_batch(self) -> None:
+        await self._wait_until_queued(1)
+        with trio.move_on_after(self._config.batch_interval_s):
+            await self._wait_until_queued(self._config.batch_max_trades)
+
+    async def _wait_until_queued(self, count: int) -> None:
+        while len(self._pending) < count:
+            self._wake_at_queued = count
+            self._writer_wakeup = trio.Event()
+            await self._writer_wakeup.wait()
+
+    async def _commit_oldest_batch(self) -> None:
+        """Write the oldest batch, retrying with backoff until the database takes it."""
+        # The batch stays at the head of the queue until committed, so it is counted as queued
+        # (and holds its place) while the database is down.
+        batch = self._pending.oldest(self._config.batch_max_trades)
+        failures_in_a_row = 0
+        while True:
+            try:
+                await self._run_write(self._database.insert_trades, batch)
+            except StoreError as error:
+                failures_in_a_row += 1
+                self._failures += 1
+                self._last_attempt_failed = True
+                self._last_error = str(error)
+                delay_s = retry_delay_s(
+                    failures_in_a_row, self._config.retry_initial_s, self._config.retry_max_s
+                )
+                log.warning(
+                    "store: writing %d trades failed (%s); retrying in %.1f s with %d queued",
+                    len(batch),
+                    error,
+                    delay_s,
+                    len(self._pending),
+                )
+                await trio.sleep(delay_s)
+            else:
+                break
+        self._pending.discard_oldest(len(batch))
+        self._written_total += len(batch)
+        self._batches += 1
+        self._last_commit_ms = wall_clock_ms()
+        if self._last_attempt_failed:
+            self._last_attempt_failed = False
+            log.warning("store: database is back; %d trades still queued", len(self._pending))
+        if self._dropping:
+            self._dropping = False
+            log.warning(
+                "store: queue has room again after dropping %d trades",
+                self._pending.dropped_total - self._dropped_at_episode_start,
+            )
+
+    async def _flush_before_exit(self) -> None:
+        with trio.move_on_after(self._config.shutdown_flush_s, shield=True):
+            while self._pending:
+                await self._commit_oldest_batch()
+        if self._pending:
+            log.error("store: shut down with %d trades not written", len(self._pending))
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def _expire_old_trades_forever(self) -> NoReturn:
+        while True:
+            cutoff_ms = wall_clock_ms() - self._config.retention_days * DAY_MS
+            try:
+                deleted = await self.purge_before(cutoff_ms)
+            except StoreError as error:
+                log.warning(
+                    "store: retention failed (%s); trying again in %.0f s",
+                    error,
+                    self._config.retention_interval_s,
+                )
+            else:
+                if deleted:
+                    log.info(
+                        "store: retention deleted %d trades older than %d days",
+                        deleted,
+                        self._config.retention_days,
+                    )
+            await trio.sleep(self._config.retention_interval_s)
+
+    async def purge_before(self, cutoff_ms: int) -> int:
+        """Delete trades older than ``cutoff_ms`` in small statements, letting batches commit in
+        between; returns how many went."""
+        deleted_total = 0
+        while True:
+            deleted = await self._run_write(
+                self._database.delete_trades_before, cutoff_ms, self._config.retention_batch_rows
+            )
+            deleted_total += deleted
+            if deleted < self._config.retention_batch_rows:
+                return deleted_total
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def market_trades(
+        self, ticker: str, before_ms: int | None, limit: int, *, before_trade_id: str | None = None
+    ) -> list[Trade]:
+        """One market's trades, newest first, strictly before a position.
+
+        For the next page pass the last trade's ``ts_ms`` and ``trade_id``; with ``before_ms``
+        alone the page starts below that millisecond, and with neither at the newest trade.
+        """
+        cursor = page_cursor(before_ms, before_trade_id)
+        return await self._run_read(self._database.market_trades_before, ticker, cursor, limit)
+
+    async def load_trades_since(self, since_ms: int) -> AsyncIterator[list[Trade]]:
+        """Every trade at or after ``since_ms`` in (ts_ms, trade_id) order, in chunks of
+        ``load_chunk_trades``; each chunk is its own query, so nothing is held between chunks."""
+        chunk_size = self._config.load_chunk_trades
+        cursor: Cursor = (since_ms, "")
+        while True:
+            chunk = await self._run_read(self._database.trades_after, cursor, chunk_size)
+            if chunk:
+                yield chunk
+            if len(chunk) < chunk_size:
+                return
+            cursor = cursor_after(chunk[-1])
+
+    async def last_trade_ms(self) -> int | None:
+        return await self._run_read(self._database.last_trade_ms)
+
+    async def known_trade_ids_since(self, since_ms: int) -> set[str]:
+        return await self._run_read(self._database.trade_ids_since, since_ms)
+
+    async def save_meta(self, metas: Sequence[MarketMeta]) -> None:
+        """Insert or replace market metadata by ticker."""
+        await self._run_write(self._database.save_meta, metas)
+
+    async def load_meta(self) -> list[MarketMeta]:
+        return await self._run_read(self._database.load_meta)
+
+    # -- threads ---------------------------------------------------------------------------
+
+    async def _run_write(self, call: Callable[[*Ts], T], *args: *Ts) -> T:
+        return await trio.to_thread.run_sync(call, *args, limiter=self._write_limiter)
+
+    async def _run_read(self, call: Callable[[*Ts], T], *args: *Ts) -> T:
+        return await trio.to_thread.run_sync(call, *args, limiter=self._read_limiter)
