@@ -79,10 +79,13 @@ def _parse_postgres_url(url: str) -> PostgresTarget:
         raise ConfigError(
             f"--db is not a valid PostgreSQL URL ({error}); expected postgresql://user@host:port/dbname"
         ) from None
+    # libpq only finds a bad port when it connects; say so at start-up instead.
+    port_text = str(params.get("port") or "5432")
+    if not all(part.isdigit() for part in port_text.split(",")):
+        raise ConfigError(f"--db PostgreSQL URL has port {port_text!r}; expected a number such as 5432")
     host = params.get("host") or "local socket"
-    port = params.get("port") or 5432
     dbname = params.get("dbname") or params.get("user") or "(default database)"
-    return PostgresTarget(conninfo=url, description=f"{host}:{port}/{dbname}")
+    return PostgresTarget(conninfo=url, description=f"{host}:{port_text}/{dbname}")
 
 
 def _parse_sqlite_path(raw: str) -> SqliteTarget:
