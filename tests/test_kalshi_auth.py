@@ -27,12 +27,20 @@ def _verify(public_key: rsa.RSAPublicKey, signature_b64: str, message: bytes) ->
 def test_signature_covers_timestamp_method_and_bare_path() -> None:
     """The signature is RSA-PSS/SHA-256 (salt 32) over timestamp + METHOD + path, query excluded."""
     key = session_private_key()
-    headers = sign_headers("kid", key, "get", "/trade-api/v2/markets/trades?min_ts=1&limit=1000", 1_700_000_000_123)
+    headers = sign_headers(
+        "kid", key, "get", "/trade-api/v2/markets/trades?min_ts=1&limit=1000", 1_700_000_000_123
+    )
     assert headers["KALSHI-ACCESS-KEY"] == "kid"
     assert headers["KALSHI-ACCESS-TIMESTAMP"] == "1700000000123"
-    _verify(key.public_key(), headers["KALSHI-ACCESS-SIGNATURE"], b"1700000000123GET/trade-api/v2/markets/trades")
+    _verify(
+        key.public_key(), headers["KALSHI-ACCESS-SIGNATURE"], b"1700000000123GET/trade-api/v2/markets/trades"
+    )
     with pytest.raises(InvalidSignature):
-        _verify(key.public_key(), headers["KALSHI-ACCESS-SIGNATURE"], b"1700000000124GET/trade-api/v2/markets/trades")
+        _verify(
+            key.public_key(),
+            headers["KALSHI-ACCESS-SIGNATURE"],
+            b"1700000000124GET/trade-api/v2/markets/trades",
+        )
 
 
 def test_salt_length_is_32_not_maximum() -> None:
