@@ -384,11 +384,27 @@ async def test_a_full_queue_drops_newest_trades_and_counts_and_logs_them(
             assert (full.queued, full.dropped, full.healthy) == (100, 50, False)
             await wait_until(lambda: store.statistics().failures >= 1)
         await wait_until(lambda: store.statistics().queued == 0)
-        assert store.statistics().written_total + store.statistics().dropped == 150
+        after = store.statistics()
+        assert after.written_total + after.dropped + after.rejected + after.queued == 150
         assert await load_all(store) == trades[:100]
     queue_full_logs = [r for r in caplog.records if "queue full" in r.getMessage()]
     assert len(queue_full_logs) == 1
     assert any("after dropping 50 trades" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_trade_the_database_refuses_is_logged_and_does_not_hold_back_the_rest(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trade the database cannot hold (a count beyond 64 bits) is not retried forever: it is
+    logged and counted as rejected, the rest of its batch is written, and the store stays healthy."""
+    good = make_trades(3)
+    too_big = attrs.evolve(good[0], trade_id="too-big", count=2**63)
+    store.offer([good[0], too_big, good[1], good[2]])
+    await wait_until(lambda: store.statistics().queued == 0)
+    after = store.statistics()
+    assert (after.written_total, after.rejected, after.failures, after.healthy) == (3, 1, 0, True)
+    assert await load_all(store) == good
+    assert any("too-big" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
 
 
 @pytest.mark.postgres

@@ -38,7 +38,7 @@ def retry_delay_s(failures_in_a_row: int, initial_s: float, max_s: float) -> flo
 class StoreStatistics:
     """A snapshot of the store's writer.
 
-    ``queued + written_total + dropped`` is every trade ever offered.
+    ``queued + written_total + dropped + rejected`` is every trade ever offered.
     """
 
     queued: int  # offered, not yet committed (includes a batch being written)
@@ -46,6 +46,7 @@ class StoreStatistics:
     batches: int  # commits
     failures: int  # failed batch attempts, each retried
     dropped: int  # refused because the queue was full
+    rejected: int  # refused by the database itself (e.g. a value out of range), logged one by one
     last_error: str | None  # the latest failure, kept after recovery
     healthy: bool  # the latest attempt succeeded and the queue is less than half full
     last_commit_ms: int | None  # wall time of the latest commit, Unix ms

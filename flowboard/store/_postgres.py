@@ -20,7 +20,7 @@ from flowboard.model import MarketMeta, Trade
 from ._config import PostgresTarget, StoreConfig
 from ._pending import Cursor
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
-from ._store import BatchedStore, wall_clock_ms
+from ._store import BatchedStore, TradesRejected, wall_clock_ms
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
 _META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
@@ -94,6 +94,8 @@ class PostgresDatabase:
         try:
             with self._pool.connection() as connection:
                 yield connection
+        except (psycopg.IntegrityError, psycopg.DataError) as error:
+            raise TradesRejected(f"PostgreSQL {self._description}: {action} refused: {error}") from error
         except psycopg.Error as error:
             raise StoreError(f"PostgreSQL {self._description}: {action} failed: {error}") from error
 

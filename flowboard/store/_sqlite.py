@@ -20,7 +20,7 @@ from flowboard.model import MarketMeta, Trade
 from ._config import StoreConfig
 from ._pending import Cursor
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
-from ._store import BatchedStore, wall_clock_ms
+from ._store import BatchedStore, TradesRejected, wall_clock_ms
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
 _META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
@@ -47,7 +47,10 @@ _UPSERT_META = (
 def _as_store_error(action: str, path: Path) -> Iterator[None]:
     try:
         yield
-    except (sqlite3.Error, OverflowError) as error:
+    except (sqlite3.IntegrityError, OverflowError) as error:
+        # OverflowError: an integer beyond SQLite's 64 bits, refused by the driver.
+        raise TradesRejected(f"SQLite {path}: {action} refused: {error}") from error
+    except sqlite3.Error as error:
         raise StoreError(f"SQLite {path}: {action} failed: {error}") from error
 
 

@@ -22,12 +22,18 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+class TradesRejected(StoreError):
+    """The database refused the rows themselves (a constraint, a value out of range): unlike an
+    outage, retrying the same trades cannot help."""
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class Database(Protocol):
-    """One backend's SQL, synchronous; every method raises StoreError when the database fails."""
+    """One backend's SQL, synchronous; every method raises StoreError when the database fails,
+    and insert_trades raises TradesRejected when it is the trades that are wrong."""
 
     def migrate(self) -> int: ...
     def insert_trades(self, trades: Sequence[Trade]) -> None: ...
@@ -86,6 +92,7 @@ class BatchedStore:
         self._written_total = 0
         self._batches = 0
         self._failures = 0
+        self._rejected = 0
         self._last_error: str | None = None
         self._last_attempt_failed = False
         self._last_commit_ms: int | None = None
@@ -120,6 +127,7 @@ class BatchedStore:
             batches=self._batches,
             failures=self._failures,
             dropped=self._pending.dropped_total,
+            rejected=self._rejected,
             last_error=self._last_error,
             healthy=not self._last_attempt_failed and len(self._pending) < self._pending.capacity / 2,
             last_commit_ms=self._last_commit_ms,
@@ -161,30 +169,20 @@ class BatchedStore:
         # The batch stays at the head of the queue until committed, so it is counted as queued
         # (and holds its place) while the database is down.
         batch = self._pending.oldest(self._config.batch_max_trades)
-        failures_in_a_row = 0
-        while True:
-            try:
-                await self._run_write(self._database.insert_trades, batch)
-            except StoreError as error:
-                failures_in_a_row += 1
-                self._failures += 1
-                self._last_attempt_failed = True
-                self._last_error = str(error)
-                delay_s = retry_delay_s(
-                    failures_in_a_row, self._config.retry_initial_s, self._config.retry_max_s
-                )
-                log.warning(
-                    "store: writing %d trades failed (%s); retrying in %.1f s with %d queued",
-                    len(batch),
-                    error,
-                    delay_s,
-                    len(self._pending),
-                )
-                await trio.sleep(delay_s)
-            else:
-                break
+        rejected = 0
+        try:
+            await self._insert_until_committed(batch)
+        except TradesRejected:
+            # One bad trade must not hold back the rest forever: find it by writing one at a time.
+            for trade in batch:
+                try:
+                    await self._insert_until_committed([trade])
+                except TradesRejected as error:
+                    rejected += 1
+                    log.error("store: the database refused %r, so it is not stored: %s", trade, error)
         self._pending.discard_oldest(len(batch))
-        self._written_total += len(batch)
+        self._rejected += rejected
+        self._written_total += len(batch) - rejected
         self._batches += 1
         self._last_commit_ms = wall_clock_ms()
         if self._last_attempt_failed:
@@ -196,6 +194,32 @@ class BatchedStore:
                 "store: queue has room again after dropping %d trades",
                 self._pending.dropped_total - self._dropped_at_episode_start,
             )
+
+    async def _insert_until_committed(self, trades: list[Trade]) -> None:
+        failures_in_a_row = 0
+        while True:
+            try:
+                await self._run_write(self._database.insert_trades, trades)
+            except TradesRejected:
+                raise
+            except StoreError as error:
+                failures_in_a_row += 1
+                self._failures += 1
+                self._last_attempt_failed = True
+                self._last_error = str(error)
+                delay_s = retry_delay_s(
+                    failures_in_a_row, self._config.retry_initial_s, self._config.retry_max_s
+                )
+                log.warning(
+                    "store: writing %d trades failed (%s); retrying in %.1f s with %d queued",
+                    len(trades),
+                    error,
+                    delay_s,
+                    len(self._pending),
+                )
+                await trio.sleep(delay_s)
+            else:
+                return
 
     async def _flush_before_exit(self) -> None:
         with trio.move_on_after(self._config.shutdown_flush_s, shield=True):

@@ -1,0 +1,1 @@
+"""Flowboard benchmarks: seeded, separate from the tests."""
