@@ -136,10 +136,8 @@ class _LatestTrades:
         self._held = SortedKeyList(key=_by_time)
 
     def add(self, held: _Held) -> None:
-        if len(self._held) < self._capacity:
-            self._held.add(held)
-        elif _by_time(held) > _by_time(self._held[0]):
-            self._held.add(held)
+        self._held.add(held)
+        if len(self._held) > self._capacity:
             self._held.pop(0)
 
     def drop_older_than(self, ts_ms: int) -> None:
@@ -216,6 +214,7 @@ class Aggregator:
         self._sparkline_len = sparkline_len
         self._hot_size = hot_size
         self._top_size = top_size
+        self._tape_size = tape_size
         self._market_tape_size = market_tape_size
         self._history_len = max(sparkline_len, market_tape_size)
 
@@ -294,6 +293,32 @@ class Aggregator:
             market.meta = meta
             events.append(MetaChanged(market_id, meta))
         return events
+
+    # -- settings (clients are told them, to fold the stream the same way) -------------------
+
+    @property
+    def window_ms(self) -> int:
+        return self._window_ms
+
+    @property
+    def sparkline_len(self) -> int:
+        return self._sparkline_len
+
+    @property
+    def hot_size(self) -> int:
+        return self._hot_size
+
+    @property
+    def top_size(self) -> int:
+        return self._top_size
+
+    @property
+    def tape_size(self) -> int:
+        return self._tape_size
+
+    @property
+    def market_tape_size(self) -> int:
+        return self._market_tape_size
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -464,16 +489,13 @@ class Aggregator:
         retained.markets.add(held.market)
         self._tape.add(held)
         self._markets[held.market].history.add(held)
-        # A bucket older than its view would only be pruned again; don't create it.
         for mode, totals in self._buckets.items():
-            bucket_ms = ANALYTICS_VIEWS[mode][0]
-            bucket_start = floor_to(trade.ts_ms, bucket_ms)
-            if bucket_start >= view_start_ms(mode, self._now_ms):
-                bucket = totals.get(bucket_start)
-                if bucket is None:
-                    bucket = totals[bucket_start] = _Totals()
-                bucket.usd += trade.usd
-                bucket.trades += 1
+            bucket_start = floor_to(trade.ts_ms, ANALYTICS_VIEWS[mode][0])
+            bucket = totals.get(bucket_start)
+            if bucket is None:
+                bucket = totals[bucket_start] = _Totals()
+            bucket.usd += trade.usd
+            bucket.trades += 1
 
     def _forget_before(self, start_ms: int) -> None:
         while self._retained and self._retained.peekitem(0)[0] < start_ms:

@@ -1,0 +1,225 @@
+"""A deliberately simple aggregator to check ``flowboard.aggregate.aggregator`` against.
+
+It keeps every accepted trade in a list and recomputes each read from scratch for the
+current time; its events are the difference between the reads before and after an
+input. Slow (O(n) per read) and obviously right: it shares no code with the real one
+except the records it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from flowboard.aggregate.aggregator import Analytics
+from flowboard.aggregate.events import (
+    ClockTicked,
+    Event,
+    HotChanged,
+    MarketAdded,
+    MetaChanged,
+    TopChanged,
+    TradeAdded,
+    WindowChanged,
+    WindowStats,
+)
+from flowboard.model import MarketMeta, Trade
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+def retention_start(now_ms: int, window_ms: int) -> int:
+    """The day view's first hour, or the window's first minute if that is earlier."""
+    day_view_start = (now_ms // HOUR - 23) * HOUR
+    window_start_minute = (now_ms - window_ms + 1) // MINUTE * MINUTE
+    return min(day_view_start, window_start_minute)
+
+
+@attrs.frozen
+class _Accepted:
+    trade: Trade
+    market: int
+    arrival: int
+
+
+@attrs.frozen
+class _Rankings:
+    windows: tuple[WindowStats, ...]
+    top: tuple[Trade, ...]
+    hot: tuple[int, ...]
+
+
+class ReferenceAggregator:
+    def __init__(
+        self,
+        *,
+        window_ms: int = 600_000,
+        sparkline_len: int = 20,
+        hot_size: int = 12,
+        top_size: int = 10,
+        tape_size: int = 200,
+        market_tape_size: int = 50,
+    ) -> None:
+        self.window_ms = window_ms
+        self.sparkline_len = sparkline_len
+        self.hot_size = hot_size
+        self.top_size = top_size
+        self.tape_size = tape_size
+        self.market_tape_size = market_tape_size
+        self.now_ms = 0
+        self.started = False
+        self.accepted: list[_Accepted] = []
+        self.seen_ids: set[str] = set()
+        self.tickers: list[str] = []
+        self.metas: list[MarketMeta] = []
+
+    @property
+    def trades_total(self) -> int:
+        return len(self.accepted)
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def advance(self, now_ms: int) -> list[Event]:
+        if self.started and now_ms <= self.now_ms:
+            return []
+        events: list[Event] = []
+        if self.started and now_ms // MINUTE != self.now_ms // MINUTE:
+            events.append(ClockTicked(now_ms // MINUTE * MINUTE))
+        before = self._rankings()
+        self.started = True
+        self.now_ms = now_ms
+        after = self._rankings()
+        for market, window in enumerate(after.windows):
+            if window != before.windows[market]:
+                events.append(WindowChanged(market, window))
+        if after.top != before.top:
+            events.append(TopChanged(after.top, derivable=False))
+        if set(after.hot) != set(before.hot):
+            events.append(HotChanged(after.hot))
+        return events
+
+    def add_trade(self, trade: Trade, now_ms: int) -> list[Event]:
+        events = self.advance(now_ms)
+        if trade.trade_id in self.seen_ids or trade.ts_ms < retention_start(self.now_ms, self.window_ms):
+            return events
+        market = self._market_for(trade.ticker, events)
+        before = self._rankings()
+        self.seen_ids.add(trade.trade_id)
+        arrival = len(self.accepted)
+        self.accepted.append(_Accepted(trade, market, arrival))
+        after = self._rankings()
+        events.append(TradeAdded(trade, market, self.window(market), arrival))
+        if trade.ts_ms <= self.now_ms - self.window_ms:
+            events.append(WindowChanged(market, self.window(market)))
+            events.append(TopChanged(after.top, derivable=False))
+        elif after.top != before.top:
+            events.append(TopChanged(after.top, derivable=True))
+        if set(after.hot) != set(before.hot):
+            events.append(HotChanged(after.hot))
+        return events
+
+    def set_meta(self, meta: MarketMeta) -> list[Event]:
+        events: list[Event] = []
+        market = self._market_for(meta.ticker, events)
+        if self.metas[market] != meta:
+            self.metas[market] = meta
+            events.append(MetaChanged(market, meta))
+        return events
+
+    def _market_for(self, ticker: str, events: list[Event]) -> int:
+        if ticker not in self.tickers:
+            self.tickers.append(ticker)
+            self.metas.append(MarketMeta(ticker))
+            events.append(MarketAdded(len(self.tickers) - 1, ticker))
+        return self.tickers.index(ticker)
+
+    def _rankings(self) -> _Rankings:
+        return _Rankings(
+            tuple(self.window(market) for market in range(len(self.tickers))), self.top_trades(), self.hot()
+        )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _retained(self, market: int | None = None) -> list[_Accepted]:
+        """Trades still remembered, oldest first by (ts, arrival)."""
+        start = retention_start(self.now_ms, self.window_ms)
+        kept = [a for a in self.accepted if a.trade.ts_ms >= start and market in (None, a.market)]
+        return sorted(kept, key=lambda a: (a.trade.ts_ms, a.arrival))
+
+    def _in_window(self) -> list[_Accepted]:
+        return [a for a in self.accepted if a.trade.ts_ms > self.now_ms - self.window_ms]
+
+    def market_id(self, ticker: str) -> int | None:
+        return self.tickers.index(ticker) if ticker in self.tickers else None
+
+    def ticker(self, market: int) -> str:
+        return self.tickers[market]
+
+    def markets_count(self) -> int:
+        return len(self.tickers)
+
+    def meta(self, market: int) -> MarketMeta:
+        return self.metas[market]
+
+    def window(self, market: int) -> WindowStats:
+        trades = [a.trade for a in self._in_window() if a.market == market]
+        return WindowStats(
+            contracts=sum(t.count for t in trades),
+            usd=sum(t.count * t.taker_price for t in trades),
+            trades=len(trades),
+            yes_flow=sum(t.count for t in trades if t.taker_side == "yes"),
+            no_flow=sum(t.count for t in trades if t.taker_side == "no"),
+        )
+
+    def sparkline(self, market: int) -> tuple[Trade, ...]:
+        return tuple(a.trade for a in self._retained(market)[-self.sparkline_len :])
+
+    def last_trade(self, market: int) -> Trade | None:
+        retained = self._retained(market)
+        return retained[-1].trade if retained else None
+
+    def hot(self) -> tuple[int, ...]:
+        usd = {market: self.window(market).usd for market in range(len(self.tickers))}
+        ranked = sorted((m for m in usd if usd[m] > 0), key=lambda m: (-usd[m], self.tickers[m]))
+        return tuple(ranked[: self.hot_size])
+
+    def top_trades(self) -> tuple[Trade, ...]:
+        ranked = sorted(self._in_window(), key=lambda a: (-a.trade.usd, a.arrival))
+        return tuple(a.trade for a in ranked[: self.top_size])
+
+    def recent_trades(self, limit: int) -> tuple[Trade, ...]:
+        newest_first = [a.trade for a in reversed(self._retained())]
+        return tuple(newest_first[: min(limit, self.tape_size)])
+
+    def market_trades(self, market: int, limit: int) -> tuple[Trade, ...]:
+        newest_first = [a.trade for a in reversed(self._retained(market))]
+        return tuple(newest_first[: min(limit, self.market_tape_size)])
+
+    def analytics(self, mode: Literal["hour", "day"]) -> Analytics:
+        bucket_ms, count = (MINUTE, 60) if mode == "hour" else (HOUR, 24)
+        first = (self.now_ms // bucket_ms - (count - 1)) * bucket_ms
+        buckets = []
+        for index in range(count):
+            start = first + index * bucket_ms
+            inside = [a.trade for a in self.accepted if start <= a.trade.ts_ms < start + bucket_ms]
+            buckets.append((sum(t.usd for t in inside), len(inside)))
+        return Analytics(
+            mode=mode,
+            bucket_ms=bucket_ms,
+            first_bucket_ms=first,
+            buckets=tuple(buckets),
+            total_usd=sum(b[0] for b in buckets),
+            total_trades=sum(b[1] for b in buckets),
+            peak_usd=max(b[0] for b in buckets),
+            peak_trades=max(b[1] for b in buckets),
+        )
+
+    def today(self) -> tuple[int, int]:
+        trades = [a.trade for a in self.accepted if a.trade.ts_ms // DAY == self.now_ms // DAY]
+        return len(trades), sum(t.usd for t in trades)
+
+    def active_markets(self) -> int:
+        return sum(1 for market in range(len(self.tickers)) if self.window(market).trades > 0)
