@@ -30,7 +30,7 @@ class StoreConfig:
     #: How long one statement waits for a lock someone else holds before the attempt fails and is retried.
     lock_timeout_s: float = 5.0
     connect_timeout_s: float = 10.0
-    retention_days: int = 7
+    retention_days: float = 7.0
     retention_interval_s: float = 600.0
     #: Rows per DELETE, small so that retention never holds the write lock for long.
     retention_batch_rows: int = 5_000

@@ -232,7 +232,7 @@ class BatchedStore:
 
     async def _expire_old_trades_forever(self) -> NoReturn:
         while True:
-            cutoff_ms = wall_clock_ms() - self._config.retention_days * DAY_MS
+            cutoff_ms = wall_clock_ms() - round(self._config.retention_days * DAY_MS)
             try:
                 deleted = await self.purge_before(cutoff_ms)
             except StoreError as error:
@@ -244,7 +244,7 @@ class BatchedStore:
             else:
                 if deleted:
                     log.info(
-                        "store: retention deleted %d trades older than %d days",
+                        "store: retention deleted %d trades older than %g days",
                         deleted,
                         self._config.retention_days,
                     )
