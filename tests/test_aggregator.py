@@ -563,8 +563,8 @@ class FoldingClient:
             case ClockTicked(minute_ms):
                 self.minute = minute_ms
                 forget_before = retention_start_ms(minute_ms, self.sizes["window_ms"])
-                for trades in [self.tape, *self.sparklines, *self.market_tapes]:
-                    trades[:] = [(t, arrival) for t, arrival in trades if t.ts_ms >= forget_before]
+                for latest in [self.tape, *self.sparklines, *self.market_tapes]:
+                    latest[:] = [held for held in latest if held[0].ts_ms >= forget_before]
 
     def _fold_trade(self, trade: Trade, market: int, arrival: int) -> None:
         window = self.windows[market]
@@ -597,7 +597,8 @@ class FoldingClient:
     def analytics(self, mode: Literal["hour", "day"]) -> tuple[tuple[int, int], ...]:
         bucket_ms, count = (MINUTE_MS, 60) if mode == "hour" else (HOUR_MS, 24)
         first = self.minute // bucket_ms * bucket_ms - (count - 1) * bucket_ms
-        return tuple(tuple(self.buckets[mode].get(first + i * bucket_ms, [0, 0])) for i in range(count))  # type: ignore[misc]
+        buckets = [self.buckets[mode].get(first + index * bucket_ms, [0, 0]) for index in range(count)]
+        return tuple((usd, trades) for usd, trades in buckets)
 
     def reads(self) -> dict[str, Any]:
         usd, trades = self.days.get(self.minute // DAY_MS * DAY_MS, [0, 0])
