@@ -27,7 +27,8 @@ import attrs
 
 from flowboard.model import COUNT_SCALE, ONE_DOLLAR, MarketMeta, Side, Trade
 
-#: The most markets a simulator makes; the ticker families run out of unique events beyond it.
+#: The most markets a simulator makes: the families have a finite (if large) number of distinct
+#: events, and a dashboard of more markets than this shows nothing the simulator could add.
 MAX_MARKETS = 2_000
 
 # Share of all trades that arrive in bursts; the rest is a plain Poisson stream.
@@ -118,6 +119,7 @@ class Simulator:
 
     @property
     def markets(self) -> list[MarketMeta]:
+        """Every market the simulator trades, with the metadata a fetcher would find."""
         return [state.meta for state in self._states]
 
     def next_trade(self, now_ms: int) -> tuple[int, Trade]:
