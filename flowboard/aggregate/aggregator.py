@@ -12,8 +12,9 @@ list, and analytics are per-minute and per-hour running totals.
 
 How long anything is remembered is one rule, ``retention_start_ms``: trades older than
 the start of the day view (or of the window, if that is longer) are forgotten, and a
-trade that arrives already older than that is refused like a duplicate. That bounds
-memory by the day's trade ids plus a fixed number of trades per market and on the tape.
+trade that arrives already older than that is refused like a duplicate. Memory is then
+the window's trades, the day's trade ids and buckets, and a fixed number of recent trades
+on the tape and per market; a market quiet for a day keeps only its id and metadata.
 """
 
 from __future__ import annotations
@@ -246,9 +247,8 @@ class Aggregator:
         """Account for ``trade`` as of ``now_ms``; a duplicate ``trade_id`` or a trade older
         than the retention horizon is ignored (only the clock's own events are returned)."""
         events = self._move_clock(now_ms)
-        if trade.trade_id in self._seen_ids or trade.ts_ms < retention_start_ms(
-            self._now_ms, self._window_ms
-        ):
+        too_old = trade.ts_ms < retention_start_ms(self._now_ms, self._window_ms)
+        if too_old or trade.trade_id in self._seen_ids:
             return events
 
         market = self._market_for(trade.ticker, events)
