@@ -378,7 +378,7 @@ class FakeKalshi:
             sids = [sid for sid in params.get("sids", []) if conn.subscriptions.pop(sid, None)]
             return [{"id": cid, "type": "unsubscribed", "sid": sid, "seq": 0} for sid in sids]
         if cmd == "update_subscription":
-            sub = conn.subscriptions.get(params.get("sid"))
+            sub = conn.subscriptions.get(int(params.get("sid") or 0))
             if sub is None:
                 return [error(6, "Unknown subscription")]
             tickers = params.get("market_tickers") or []
