@@ -16,6 +16,7 @@ import trio.testing
 from fake_kalshi import FakeKalshi, eventually, session_private_key, write_test_key
 
 from flowboard.errors import ConfigError
+from flowboard.ingest.backfill import RecentIds
 from flowboard.ingest.kalshi import KalshiConfig, KalshiIngest, serve_kalshi
 from flowboard.ingest.kalshi_format import decode_message, trade_from_msg
 from flowboard.ingest.sources import RawMessage
@@ -435,3 +436,16 @@ async def test_logs_never_contain_the_key(
     body = pem.splitlines()[1]
     assert body not in caplog.text
     assert "PRIVATE KEY" not in caplog.text
+
+
+def test_recent_ids_expire_by_trade_time_and_stay_bounded() -> None:
+    """Ids are forgotten ttl after the newest trade time (not the wall clock), oldest first past max_ids."""
+    recent = RecentIds(ttl_ms=1000, max_ids=3)
+    assert recent.add("a", 0) and not recent.add("a", 0)
+    recent.add("b", 500)
+    assert "a" in recent  # no newer trades: nothing expires, however long the outage
+    recent.add("c", 1200)
+    assert "a" not in recent and "b" in recent
+    recent.add("d", 1300)
+    recent.add("e", 1301)
+    assert len(recent) == 3 and "b" not in recent
