@@ -1,0 +1,480 @@
+// Flowboard page: connection, subscriptions, and a paint loop that repaints only what changed.
+//
+// Frames are folded into the ViewState as they arrive (cheap: parse + a few sums); the
+// DOM is touched only on requestAnimationFrame, once for everything since the last paint.
+import { ViewState, DecodeError } from "./decoder.js";
+import * as fmt from "./format.js";
+import { Tape } from "./tape.js";
+import { HotCards, sparkPoints } from "./cards.js";
+import { ActivityChart } from "./chart.js";
+
+const TAPE_LIMIT = 5000;
+const BACKOFF_MIN_MS = 1000;
+const BACKOFF_MAX_MS = 30_000;
+const OFFLINE_AFTER_ATTEMPTS = 5; // failed attempts before the header says "offline"
+const CHART_EVERY_MS = 250; // the chart redraws at most this often
+const TWEEN_MS = 450;
+const USD_SCALE = 1_000_000;
+
+const $ = (id) => document.getElementById(id);
+
+// ---- warnings: once per kind, never fatal ----------------------------------
+const warned = new Set();
+function warnOnce(kind, ...args) {
+  if (warned.has(kind)) return;
+  warned.add(kind);
+  console.warn(`flowboard: ${kind}:`, ...args);
+}
+
+// ---- state -------------------------------------------------------------------
+const state = new ViewState({ tapeLimit: TAPE_LIMIT });
+const ui = {
+  view: localStorage.getItem("flowboard.view") === "d" ? "d" : "h",
+  detail: null, // ticker shown in the drawer
+  lastFocus: null,
+  firstRender: false,
+};
+
+// ---- connection ----------------------------------------------------------------
+const conn = {
+  ws: null,
+  attempts: 0,
+  retryAt: 0,
+  timer: null,
+  state: "connecting",
+  closeReason: "",
+  live: false,
+};
+
+function channels() {
+  return ["trades", "hot", ui.view === "h" ? "hour" : "day", "top", "today"];
+}
+
+function wsUrl() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const q = new URLSearchParams({ ch: channels().join(",") });
+  if (ui.detail) q.set("detail", ui.detail);
+  if (state.epoch && state.seq >= 0) q.set("resume", `${state.epoch}:${state.seq}`);
+  return `${proto}//${location.host}/ws?${q.toString().replaceAll("%2C", ",").replaceAll("%3A", ":")}`;
+}
+
+function connect() {
+  clearTimeout(conn.timer);
+  conn.timer = null;
+  setConn(conn.attempts ? "reconnecting" : "connecting");
+  let ws;
+  try {
+    ws = new WebSocket(wsUrl());
+  } catch (err) {
+    warnOnce("connect", err);
+    return scheduleReconnect();
+  }
+  conn.ws = ws;
+  ws.onmessage = (ev) => onFrame(ev.data);
+  ws.onclose = (ev) => {
+    if (conn.ws !== ws) return;
+    conn.ws = null;
+    conn.live = false;
+    conn.closeReason = ev.code === 4008 || ev.reason ? `${ev.code} ${ev.reason}`.trim() : "";
+    if (ev.code === 4008) warnOnce("closed-4008", "server closed the connection:", ev.reason);
+    scheduleReconnect();
+  };
+  ws.onerror = () => {}; // onclose follows and reconnects; the browser logs the failure itself
+  return undefined;
+}
+
+function scheduleReconnect() {
+  conn.attempts++;
+  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (conn.attempts - 1));
+  const delay = Math.round(base * (0.75 + Math.random() * 0.25));
+  conn.retryAt = performance.now() + delay;
+  conn.timer = setTimeout(connect, delay);
+  setConn(navigator.onLine === false || conn.attempts > OFFLINE_AFTER_ATTEMPTS ? "offline" : "reconnecting");
+}
+
+function retryNow() {
+  if (conn.ws) return;
+  conn.attempts = Math.max(0, conn.attempts - 1);
+  connect();
+}
+
+function send(msg) {
+  if (conn.ws && conn.ws.readyState === WebSocket.OPEN) conn.ws.send(JSON.stringify(msg));
+}
+
+function setConn(s) {
+  conn.state = s;
+  paintConn();
+}
+
+function paintConn() {
+  const box = $("conn");
+  const text = $("conn-text");
+  let label;
+  if (conn.state === "live") label = "live";
+  else if (conn.state === "connecting") label = "connecting…";
+  else if (conn.ws) label = "reconnecting…";
+  else {
+    const s = Math.max(0, Math.ceil((conn.retryAt - performance.now()) / 1000));
+    label = `${conn.state === "offline" ? "offline" : "reconnecting"} · retry in ${s}s`;
+  }
+  if (box.dataset.state !== conn.state) box.dataset.state = conn.state;
+  if (text.textContent !== label) text.textContent = label;
+  box.title = conn.closeReason ? `last close: ${conn.closeReason}` : "";
+  $("conn-retry").hidden = conn.state === "live" || conn.state === "connecting" || !!conn.ws;
+}
+
+// ---- frames ----------------------------------------------------------------------
+let paintScheduled = false;
+function requestPaint() {
+  if (paintScheduled) return;
+  paintScheduled = true;
+  requestAnimationFrame(paint);
+}
+
+function onFrame(text) {
+  if (typeof text !== "string") {
+    warnOnce("binary-frame", "ignored a binary frame");
+    return;
+  }
+  try {
+    state.applyFrame(text);
+  } catch (err) {
+    warnOnce(err instanceof DecodeError ? `frame-${err.kind}` : "frame-error", err.message ?? err, text.slice(0, 200));
+    return;
+  }
+  if (!conn.live) {
+    conn.live = true;
+    conn.attempts = 0;
+    conn.closeReason = "";
+    setConn("live");
+  }
+  requestPaint();
+}
+
+// ---- paint -----------------------------------------------------------------------
+let lastChart = 0;
+let chartDirty = false;
+const tweens = new Map(); // element -> {from, to, start, format}
+
+function tweenTo(node, to, format) {
+  if (node.dataset.value === String(to)) return;
+  node.dataset.value = String(to);
+  const cur = tweens.get(node);
+  const shown = cur ? cur.now : Number(node.dataset.shown ?? to);
+  if (!ui.firstRender || Number.isNaN(shown) || matchMedia("(prefers-reduced-motion: reduce)").matches) {
+    node.textContent = format(to);
+    node.dataset.shown = String(to);
+    tweens.delete(node);
+    return;
+  }
+  tweens.set(node, { from: shown, to, start: performance.now(), now: shown, format });
+}
+
+function stepTweens(now) {
+  for (const [node, t] of tweens) {
+    const k = Math.min(1, (now - t.start) / TWEEN_MS);
+    const e = 1 - (1 - k) ** 3;
+    t.now = k >= 1 ? t.to : Math.round(t.from + (t.to - t.from) * e);
+    node.textContent = t.format(t.now);
+    node.dataset.shown = String(t.now);
+    if (k >= 1) tweens.delete(node);
+  }
+}
+
+function paint(now) {
+  paintScheduled = false;
+  const ch = state.takeChanges();
+  for (const code of ch.unknown) warnOnce(`unknown-event-${code}`, `event "${code}" is not understood; ignored`);
+  for (const msg of ch.errors) warnOnce(`server-error:${msg.split(":")[0]}`, "server did not understand a command:", msg);
+  const wall = Date.now();
+
+  if (ch.reset || ch.hello) fillCategories();
+  if (ch.reset || ch.today) paintToday();
+  if (ch.reset || ch.views.size || ch.clock) {
+    paintStats();
+    chartDirty = true;
+  }
+  if (chartDirty && (ch.reset || now - lastChart >= CHART_EVERY_MS)) {
+    paintChart();
+    lastChart = now;
+    chartDirty = false;
+  }
+  if (ch.reset || ch.hot || ch.markets.size) cards.render(state, ch.markets, ch.hot || ch.reset, wall);
+  if (ch.reset || ch.top) paintTop();
+  if (ch.tapeReordered) tape.rebuild(state, !ch.reset);
+  else if (ch.tape) tape.add(state, ch.tape);
+  tape.render();
+  if (ui.detail && (ch.detail || ch.reset || (state.detail !== null && ch.markets.has(state.detail)))) paintDrawer();
+  if (ch.markets.size && ch.markets.size < 64) {
+    for (const id of ch.markets) if (state.markets.get(id)?.category) noteCategory(state.markets.get(id).category);
+  }
+  stepTweens(now);
+
+  if (!ui.firstRender && state.hello && state.viewsLoaded.has(ui.view)) {
+    ui.firstRender = true;
+    // The snapshot is in the DOM; the next frame callback runs after it was painted.
+    requestAnimationFrame(() => {
+      performance.mark("flowboard:first-render");
+      document.documentElement.dataset.ready = "1";
+    });
+  }
+  if (tweens.size || chartDirty) requestPaint();
+}
+
+// ---- header & activity ----------------------------------------------------------------
+function paintToday() {
+  const [trades, usd] = state.today();
+  tweenTo($("today-trades"), trades, fmt.count);
+  tweenTo($("today-usd"), usd, fmt.usd);
+}
+
+function viewTotals(code) {
+  const out = { usd: 0, trades: 0, peakUsd: 0, peakTrades: 0 };
+  for (const [usd, trades] of state.view(code).buckets) {
+    out.usd += usd;
+    out.trades += trades;
+    if (usd > out.peakUsd) out.peakUsd = usd;
+    if (trades > out.peakTrades) out.peakTrades = trades;
+  }
+  return out;
+}
+
+function paintStats() {
+  const code = ui.view;
+  const t = viewTotals(code);
+  tweenTo($("st-usd"), t.usd, fmt.usd);
+  tweenTo($("st-trades"), t.trades, fmt.count);
+  tweenTo($("st-peak-usd"), t.peakUsd, fmt.usd);
+  tweenTo($("st-peak-trades"), t.peakTrades, fmt.count);
+  const v = state.view(code);
+  {
+    const start = v.first + (v.buckets.length - 1) * v.step;
+    const [usd, trades] = v.buckets[v.buckets.length - 1];
+    tweenTo($("st-cur-usd"), usd, fmt.usd);
+    const tr = `${fmt.count(trades)} trade${trades === 1 ? "" : "s"}`;
+    if ($("st-cur-trades").textContent !== tr) $("st-cur-trades").textContent = tr;
+    const span = code === "h" ? fmt.hm(start) : `${fmt.hm(start)}–${fmt.hm(start + v.step)}`;
+    if ($("st-cur-time").textContent !== span) $("st-cur-time").textContent = span;
+  }
+}
+
+function paintChart() {
+  chart.set(state.view(ui.view));
+}
+
+function setView(code) {
+  if (code === ui.view) return;
+  const old = ui.view;
+  ui.view = code;
+  localStorage.setItem("flowboard.view", code);
+  for (const b of document.querySelectorAll(".toggle button")) b.setAttribute("aria-checked", String(b.dataset.view === code));
+  for (const s of document.querySelectorAll(".per")) s.textContent = code === "h" ? "min" : "hour";
+  const name = (c) => (c === "h" ? "hour" : "day");
+  send({ op: "sub", ch: [name(code)] });
+  send({ op: "unsub", ch: [name(old)] });
+  paintStats();
+  paintChart();
+}
+
+// ---- top trades -------------------------------------------------------------------------
+function paintTop() {
+  const list = $("top");
+  const items = [];
+  state.top.forEach((t, i) => {
+    const m = state.markets.get(t.market);
+    const li = document.createElement("li");
+    li.tabIndex = 0;
+    li.dataset.ticker = m ? m.ticker : "";
+    li.dataset.usd = String(t.usd);
+    li.innerHTML = `<span class="n num"></span><span class="mk"></span><span class="det num"></span><span class="amt num"></span>`;
+    const c = li.children;
+    c[0].textContent = String(i + 1);
+    c[1].textContent = m ? m.title || m.ticker : "?";
+    c[1].title = m ? m.ticker : "";
+    c[2].innerHTML = `<span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span> ${fmt.contractsShort(t.count)} @ ${fmt.price(t.price)}`;
+    c[3].textContent = fmt.usd(t.usd);
+    items.push(li);
+  });
+  for (let i = items.length; i < state.topLen; i++) {
+    const li = document.createElement("li");
+    li.className = "empty";
+    li.setAttribute("aria-hidden", "true");
+    li.textContent = i === 0 ? "No trades in the last 10 minutes" : "";
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+}
+
+// ---- drawer ---------------------------------------------------------------------------------
+function openDrawer(ticker) {
+  if (!ticker) return;
+  if (ui.detail !== ticker) {
+    ui.detail = ticker;
+    send({ op: "detail", ticker });
+  }
+  const d = $("drawer");
+  if (d.hidden) ui.lastFocus = document.activeElement;
+  d.hidden = false;
+  paintDrawer();
+  $("dr-close").focus();
+}
+
+function closeDrawer() {
+  if (!ui.detail) return;
+  ui.detail = null;
+  send({ op: "detail", ticker: null });
+  $("drawer").hidden = true;
+  if (ui.lastFocus && ui.lastFocus.isConnected) ui.lastFocus.focus();
+}
+
+function dl(node, pairs) {
+  const frag = document.createDocumentFragment();
+  for (const [k, v] of pairs) {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = k;
+    dd.textContent = v;
+    div.append(dt, dd);
+    frag.appendChild(div);
+  }
+  node.replaceChildren(frag);
+}
+
+function paintDrawer() {
+  const ticker = ui.detail;
+  let id = state.byTicker.get(ticker);
+  // Until the server's "D" arrives, show what is known about the market and nothing stale.
+  if (id !== state.detail) id = undefined;
+  const m = state.markets.get(state.byTicker.get(ticker)) ?? null;
+  const series = ticker.split("-")[0];
+  $("drawer").dataset.ticker = ticker;
+  $("dr-title").textContent = m && m.title ? m.title : ticker;
+  $("dr-ticker").textContent = ticker;
+  $("dr-cat").textContent = m && m.category ? m.category : "";
+  const link = $("dr-link");
+  link.href = `https://kalshi.com/markets/${encodeURIComponent(series.toLowerCase())}`;
+  const pts = id !== undefined ? m.spark : [];
+  $("dr-price").textContent = fmt.price(id !== undefined ? state.lastPrice(id) : null);
+  const svg = $("dr-spark");
+  const poly = sparkPoints(pts, 400, 120, 8);
+  let dots = "";
+  if (pts.length) {
+    const coords = poly.trim().split(" ");
+    pts.forEach((p, i) => {
+      const [x, y] = coords[i].split(",");
+      dots += `<circle cx="${x}" cy="${y}" r="3" class="${p.side === 1 ? "yes" : "no"}"/>`;
+    });
+  }
+  svg.innerHTML = `<polyline points="${poly}"/>${dots}`;
+  const w = id !== undefined ? state.window(id) : null;
+  const net = w ? w.yesFlow - w.noFlow : 0;
+  dl($("dr-stats"), w ? [
+    ["$ vol · 10m", fmt.usd(w.usd)],
+    ["contracts · 10m", fmt.contracts(w.contracts)],
+    ["trades · 10m", fmt.count(w.trades)],
+    ["YES flow (contracts)", fmt.contracts(w.yesFlow)],
+    ["NO flow (contracts)", fmt.contracts(w.noFlow)],
+    ["net flow (contracts)", `${net >= 0 ? "+" : "−"}${fmt.contracts(Math.abs(net))}`],
+  ] : []);
+  const close = m ? m.close : null;
+  dl($("dr-meta"), [
+    ["series", series],
+    ["category", m && m.category ? m.category : "–"],
+    ["closes", close === null ? "–" : fmt.dateTime(close)],
+    ["time to close", close === null ? "–" : fmt.until(close, Date.now())],
+  ]);
+  const rows = [];
+  for (const t of id !== undefined ? state.detailTrades : []) {
+    const li = document.createElement("li");
+    li.className = "num";
+    li.innerHTML = `<span class="muted"></span><span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span><span></span><span></span><span class="r"></span>`;
+    li.children[0].textContent = fmt.clock(t.ts);
+    li.children[2].textContent = fmt.price(t.price);
+    li.children[3].textContent = `${fmt.contractsShort(t.count)} ct`;
+    li.children[4].textContent = fmt.usd(t.usd);
+    rows.push(li);
+  }
+  $("dr-trades").replaceChildren(...rows);
+}
+
+// ---- filters --------------------------------------------------------------------------------------
+const categories = new Set();
+function noteCategory(c) {
+  if (categories.has(c)) return;
+  categories.add(c);
+  const sel = $("f-cat");
+  const opt = document.createElement("option");
+  opt.value = c;
+  opt.textContent = c;
+  const after = [...sel.options].slice(1).find((o) => o.value.localeCompare(c) > 0);
+  sel.insertBefore(opt, after ?? null);
+}
+
+function fillCategories() {
+  for (const m of state.markets.values()) if (m.category) noteCategory(m.category);
+}
+
+function readFilter() {
+  const min = parseFloat($("f-min").value);
+  tape.setFilter({
+    text: $("f-text").value.trim().toLowerCase(),
+    category: $("f-cat").value,
+    minUsd: Number.isFinite(min) && min > 0 ? Math.round(min * USD_SCALE) : 0,
+  });
+  tape.render();
+}
+
+// ---- wiring --------------------------------------------------------------------------------------
+const tape = new Tape({
+  view: $("tape"),
+  spacer: $("tape-spacer"),
+  pill: $("tape-pill"),
+  counter: $("tape-count"),
+  limit: TAPE_LIMIT,
+  onOpen: openDrawer,
+});
+tape.requestPaint = requestPaint;
+const cards = new HotCards($("hot"), openDrawer);
+const chart = new ActivityChart($("chart"), $("chart-tip"));
+
+for (const b of document.querySelectorAll(".toggle button")) {
+  b.setAttribute("aria-checked", String(b.dataset.view === ui.view));
+  b.addEventListener("click", () => setView(b.dataset.view));
+  b.addEventListener("keydown", (e) => {
+    if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
+      e.preventDefault();
+      const next = ui.view === "h" ? "d" : "h";
+      setView(next);
+      document.querySelector(`.toggle button[data-view="${next}"]`).focus();
+    }
+  });
+}
+for (const s of document.querySelectorAll(".per")) s.textContent = ui.view === "h" ? "min" : "hour";
+$("top").addEventListener("click", (e) => openDrawer(e.target.closest("li[data-ticker]")?.dataset.ticker));
+$("top").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" || e.key === " ") {
+    e.preventDefault();
+    openDrawer(e.target.closest("li[data-ticker]")?.dataset.ticker);
+  }
+});
+$("dr-close").addEventListener("click", closeDrawer);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && ui.detail) closeDrawer();
+});
+$("conn-retry").addEventListener("click", retryNow);
+for (const id of ["f-text", "f-cat", "f-min"]) $(id).addEventListener("input", readFilter);
+window.addEventListener("online", retryNow);
+window.addEventListener("offline", () => conn.ws || setConn("offline"));
+
+// Once a second: the reconnect countdown and the time-to-close countdowns.
+setInterval(() => {
+  if (!conn.ws) paintConn();
+  cards.tick(state, Date.now());
+}, 1000);
+
+// For tests and the bench: the live state, read-only by convention.
+window.flowboard = { state, conn, ui, openDrawer, closeDrawer, setView };
+
+connect();

@@ -1,0 +1,102 @@
+// The activity chart: $ volume per period as bars, trade count as a line, on two axes.
+import uPlot from "./vendor/uplot/uPlot.esm.js";
+import * as fmt from "./format.js";
+
+const USD_SCALE = 1_000_000;
+
+function css(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+export class ActivityChart {
+  constructor(el, tip) {
+    this.el = el;
+    this.tip = tip;
+    this.bucketMs = 60_000;
+    this.data = [[], [], []];
+    const muted = css("--muted");
+    const grid = { stroke: "#1e2738", width: 1 };
+    const axisFont = "11px ui-sans-serif, system-ui, sans-serif";
+    this.plot = new uPlot(
+      {
+        width: Math.max(200, el.clientWidth),
+        height: el.clientHeight || 240,
+        padding: [8, 4, 0, 4],
+        legend: { show: false },
+        cursor: { drag: { x: false, y: false }, points: { size: 7 } },
+        scales: { x: { time: true }, usd: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
+          n: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+        axes: [
+          { stroke: muted, grid, ticks: grid, font: axisFont,
+            values: (u, splits) => splits.map((s) => fmt.hm(s * 1000)) },
+          { scale: "usd", stroke: muted, grid, ticks: grid, font: axisFont, size: 56,
+            label: "$ volume", labelFont: axisFont, labelSize: 14,
+            values: (u, splits) => splits.map((s) => fmt.usdShort(s * USD_SCALE)) },
+          { scale: "n", side: 1, stroke: muted, grid: { show: false }, ticks: grid, font: axisFont, size: 44,
+            label: "trades", labelFont: axisFont, labelSize: 14,
+            values: (u, splits) => splits.map((s) => (Number.isInteger(s) ? fmt.count(s) : "")) },
+        ],
+        series: [
+          {},
+          { label: "$ volume", scale: "usd", fill: "rgba(59,130,246,.55)", stroke: "rgba(59,130,246,.9)", width: 0,
+            paths: uPlot.paths.bars({ size: [0.78, 28], align: 1 }), points: { show: false } },
+          { label: "trades", scale: "n", stroke: css("--warn"), width: 1.6, points: { show: false } },
+        ],
+        hooks: { setCursor: [(u) => this._tooltip(u)] },
+      },
+      this.data,
+      el,
+    );
+    new ResizeObserver(() => {
+      const w = Math.max(200, el.clientWidth);
+      const h = el.clientHeight || 240;
+      if (w !== this.plot.width || h !== this.plot.height) this.plot.setSize({ width: w, height: h });
+    }).observe(el);
+  }
+
+  /** view: {first, step, buckets} with times in Unix ms. */
+  set(view) {
+    const bucketMs = view.step;
+    this.bucketMs = bucketMs;
+    const n = view.buckets.length;
+    const xs = new Array(n);
+    const usd = new Array(n);
+    const trades = new Array(n);
+    for (let i = 0; i < n; i++) {
+      xs[i] = (view.first + i * bucketMs) / 1000;
+      usd[i] = view.buckets[i][0] / USD_SCALE;
+      trades[i] = view.buckets[i][1];
+    }
+    this.data = [xs, usd, trades];
+    this.plot.setData(this.data);
+    if (this.plot.cursor.idx !== null && this.plot.cursor.idx !== undefined) this._tooltip(this.plot);
+  }
+
+  _tooltip(u) {
+    const i = u.cursor.idx;
+    if (i === null || i === undefined || u.cursor.left < 0 || !this.data[0].length) {
+      this.tip.hidden = true;
+      return;
+    }
+    const start = this.data[0][i] * 1000;
+    const label = this.bucketMs >= 3_600_000
+      ? `${fmt.hm(start)}–${fmt.hm(start + this.bucketMs)}`
+      : fmt.hm(start);
+    this.tip.innerHTML = "";
+    const head = document.createElement("div");
+    head.className = "muted";
+    head.textContent = i === this.data[0].length - 1 ? `${label} · live` : label;
+    const a = document.createElement("div");
+    a.innerHTML = `<b></b> $ volume`;
+    a.firstChild.textContent = fmt.usd(Math.round(this.data[1][i] * USD_SCALE));
+    const b = document.createElement("div");
+    b.innerHTML = `<b></b> trades`;
+    b.firstChild.textContent = fmt.count(this.data[2][i]);
+    this.tip.append(head, a, b);
+    this.tip.hidden = false;
+    const left = u.cursor.left + u.over.offsetLeft;
+    const w = this.tip.offsetWidth;
+    const x = left + 12 + w > this.el.clientWidth ? left - w - 12 : left + 12;
+    this.tip.style.transform = `translate(${x}px, ${Math.max(0, u.cursor.top - 10)}px)`;
+  }
+}

@@ -1,0 +1,88 @@
+// Number and time formatting for the page. Values arrive as exact integers in the
+// protocol's units (price $0.0001, count 0.01 contract, usd $0.000001); they are
+// only turned into decimals here, for display.
+
+const USD_SCALE = 1_000_000;
+const COUNT_SCALE = 100;
+
+const int = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+const cents = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+const compact2 = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 2 });
+
+/** "$1,234" (whole dollars, cents under $100). */
+export function usd(units) {
+  const d = units / USD_SCALE;
+  return Math.abs(d) < 100 ? `$${cents.format(d)}` : `$${int.format(d)}`;
+}
+
+/** "$1.2M" for tight spaces. */
+export function usdShort(units) {
+  const d = units / USD_SCALE;
+  return Math.abs(d) < 1000 ? `$${int.format(Math.round(d))}` : `$${compact2.format(d)}`;
+}
+
+/** Contracts: "1,250" or "3.47". */
+export function contracts(count) {
+  return count % COUNT_SCALE === 0 ? int.format(count / COUNT_SCALE) : cents.format(count / COUNT_SCALE);
+}
+
+export function contractsShort(count) {
+  const c = count / COUNT_SCALE;
+  return Math.abs(c) < 10_000 ? contracts(count) : compact.format(c);
+}
+
+export function count(n) {
+  return int.format(n);
+}
+
+/** A YES price as cents: "36¢", "36.5¢", "0.25¢"; sub-cent ticks survive. */
+export function price(p) {
+  if (p === null || p === undefined) return "–";
+  const c = p / 100;
+  return `${Number.isInteger(c) ? c : +c.toFixed(2)}¢`;
+}
+
+const timeFmt = new Intl.DateTimeFormat("en-GB", {
+  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+});
+const hmFmt = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hour12: false });
+const dateFmt = new Intl.DateTimeFormat("en-GB", {
+  day: "numeric", month: "short", hour: "2-digit", minute: "2-digit", hour12: false,
+});
+
+export function clock(ms) {
+  return timeFmt.format(ms);
+}
+
+export function hm(ms) {
+  return hmFmt.format(ms);
+}
+
+export function dateTime(ms) {
+  return dateFmt.format(ms);
+}
+
+/** Time left until `ms`: "3d 4h", "5h 12m", "14m", "closed". */
+export function until(ms, now) {
+  if (ms === null || ms === undefined) return "–";
+  let s = Math.floor((ms - now) / 1000);
+  if (s <= 0) return "closed";
+  const d = Math.floor(s / 86400);
+  s -= d * 86400;
+  const h = Math.floor(s / 3600);
+  s -= h * 3600;
+  const m = Math.floor(s / 60);
+  if (d > 365) return `${Math.floor(d / 365)}y ${Math.floor((d % 365) / 30)}mo`;
+  if (d > 0) return `${d}d ${h}h`;
+  if (h > 0) return `${h}h ${m}m`;
+  if (m > 0) return `${m}m ${s % 60}s`;
+  return `${s}s`;
+}
+
+export function ago(ms, now) {
+  const s = Math.max(0, Math.round((now - ms) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  return `${Math.floor(s / 3600)}h ago`;
+}

@@ -1,0 +1,212 @@
+// The trade tape: every trade, newest first, virtualised.
+//
+// Only the rows in view (plus a small margin) exist in the DOM; each row element is
+// keyed to its trade, so a new trade creates one row and moves the others with a
+// transform instead of rewriting every row's text. Scrolling away from the top keeps
+// the rows in view still and counts the new ones in a pill.
+import * as fmt from "./format.js";
+
+const MARGIN_ROWS = 6;
+const BIG_USD = 1_000 * 1_000_000; // $1,000: highlighted
+
+export class Tape {
+  constructor({ view, spacer, pill, counter, limit, onOpen }) {
+    this.view = view;
+    this.spacer = spacer;
+    this.pill = pill;
+    this.counter = counter;
+    this.limit = limit;
+    this.onOpen = onOpen;
+    this.rowH = parseFloat(getComputedStyle(view).getPropertyValue("--row-h")) || 28;
+    this.rows = []; // trades passing the filter, oldest first
+    this.live = new Map(); // trade -> row element in the DOM
+    this.free = []; // detached row elements for reuse
+    this.pending = 0; // new trades above the fold while scrolled away
+    this.sel = -1; // keyboard-highlighted row (index from the top), -1: none
+    this.filter = { text: "", category: "", minUsd: 0 };
+    this.state = null;
+    this._dirty = true;
+    view.style.overflowAnchor = "none";
+    view.addEventListener("scroll", () => this._onScroll(), { passive: true });
+    view.addEventListener("click", (e) => this._click(e));
+    view.addEventListener("keydown", (e) => this._key(e));
+    pill.addEventListener("click", () => {
+      view.scrollTop = 0;
+      view.focus();
+    });
+  }
+
+  setFilter(filter) {
+    this.filter = filter;
+    if (this.state) this.rebuild(this.state);
+  }
+
+  _passes(t) {
+    const f = this.filter;
+    if (f.minUsd && t.usd < f.minUsd) return false;
+    if (!f.text && !f.category) return true;
+    const m = this.state.markets.get(t.market);
+    if (!m) return false;
+    if (f.category && m.category !== f.category) return false;
+    if (f.text && !m.ticker.toLowerCase().includes(f.text) && !m.title.toLowerCase().includes(f.text)) return false;
+    return true;
+  }
+
+  /** Rebuild from the state's tape; `keepScroll`: a late trade moved rows, keep the reader's place. */
+  rebuild(state, keepScroll = false) {
+    this.state = state;
+    const rows = [];
+    for (let i = state.tapeLength - 1; i >= 0; i--) {
+      const t = state.tapeAt(i);
+      if (this._passes(t)) rows.push(t);
+    }
+    const grew = rows.length - this.rows.length;
+    this.rows = rows;
+    this._sizeSpacer();
+    if (keepScroll && this.view.scrollTop > this.rowH / 2 && grew > 0) {
+      this.pending += grew;
+      this.view.scrollTop += grew * this.rowH;
+    } else if (!keepScroll) {
+      this.pending = 0;
+      this.sel = -1;
+      this.view.scrollTop = 0;
+    }
+    this._dirty = true;
+  }
+
+  /** `n` trades were added to the state's tape since the last call. */
+  add(state, n) {
+    this.state = state;
+    if (n >= state.tapeLength) return this.rebuild(state);
+    let added = 0;
+    for (let i = n - 1; i >= 0; i--) {
+      const t = state.tapeAt(i);
+      if (this._passes(t)) {
+        this.rows.push(t);
+        added++;
+      }
+    }
+    if (this.rows.length > this.limit * 1.25) this.rows.splice(0, this.rows.length - this.limit);
+    if (!added) return undefined;
+    this._sizeSpacer();
+    if (this.view.scrollTop > this.rowH / 2) {
+      // Keep what the reader is looking at where it is.
+      this.pending += added;
+      this.view.scrollTop += added * this.rowH;
+    }
+    if (this.sel >= 0) this.sel += added;
+    this._dirty = true;
+    return undefined;
+  }
+
+  _onScroll() {
+    if (this.view.scrollTop <= this.rowH / 2 && this.pending) this.pending = 0;
+    this._dirty = true;
+    this.requestPaint?.();
+  }
+
+  render() {
+    if (!this._dirty) return;
+    this._dirty = false;
+    const rows = this.rows;
+    const n = this._sizeSpacer();
+    const top = this.view.scrollTop;
+    const first = Math.max(0, Math.floor(top / this.rowH) - MARGIN_ROWS);
+    const last = Math.min(n - 1, Math.ceil((top + this.view.clientHeight) / this.rowH) + MARGIN_ROWS);
+    const keep = new Set();
+    for (let i = first; i <= last; i++) keep.add(rows[rows.length - 1 - i]);
+    for (const [t, el] of this.live) {
+      if (!keep.has(t)) {
+        el.remove();
+        this.live.delete(t);
+        this.free.push(el);
+      }
+    }
+    for (let i = first; i <= last; i++) {
+      const t = rows[rows.length - 1 - i];
+      let el = this.live.get(t);
+      if (!el) {
+        el = this.free.pop() ?? this._makeRow();
+        this._fill(el, t);
+        this.live.set(t, el);
+        this.view.appendChild(el);
+      }
+      const y = i * this.rowH;
+      if (el._y !== y) {
+        el._y = y;
+        el.style.transform = `translateY(${y}px)`;
+      }
+      el.classList.toggle("sel", i === this.sel);
+    }
+    this.pill.hidden = this.pending === 0;
+    if (this.pending) this.pill.textContent = `${fmt.count(this.pending)} new trade${this.pending === 1 ? "" : "s"} ↑`;
+    const label = `${fmt.count(n)} shown`;
+    if (this.counter.textContent !== label) this.counter.textContent = label;
+  }
+
+  _sizeSpacer() {
+    const n = Math.min(this.rows.length, this.limit);
+    const h = `${n * this.rowH}px`;
+    if (this.spacer.style.height !== h) this.spacer.style.height = h;
+    return n;
+  }
+
+  _makeRow() {
+    const el = document.createElement("div");
+    el.className = "trow num";
+    el.setAttribute("role", "listitem");
+    for (const cls of ["t", "mk", "sd", "p r", "s r", "d r"]) {
+      const s = document.createElement("span");
+      s.className = cls;
+      el.appendChild(s);
+    }
+    return el;
+  }
+
+  _fill(el, t) {
+    const m = this.state.markets.get(t.market);
+    const c = el.children;
+    el._trade = t;
+    el.dataset.ticker = m ? m.ticker : "";
+    el.dataset.usd = String(t.usd);
+    el.classList.toggle("big", t.usd >= BIG_USD);
+    el.title = m && m.title ? m.title : "";
+    c[0].textContent = fmt.clock(t.ts);
+    c[1].textContent = m ? m.ticker : "?";
+    c[2].textContent = t.side === 1 ? "YES" : "NO";
+    c[2].className = t.side === 1 ? "sd yes" : "sd no";
+    c[3].textContent = fmt.price(t.price);
+    c[4].textContent = fmt.contractsShort(t.count);
+    c[5].textContent = fmt.usd(t.usd);
+  }
+
+  _click(e) {
+    const row = e.target.closest(".trow");
+    if (row && row.dataset.ticker) this.onOpen(row.dataset.ticker);
+  }
+
+  // The tape is one focus stop: arrows move a highlighted row, Enter opens its market.
+  _key(e) {
+    const n = Math.min(this.rows.length, this.limit);
+    if (!n) return;
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      const top = Math.ceil(this.view.scrollTop / this.rowH);
+      const cur = this.sel < 0 ? top - 1 : this.sel;
+      this.sel = Math.max(0, Math.min(n - 1, cur + (e.key === "ArrowDown" ? 1 : -1)));
+      const y = this.sel * this.rowH;
+      if (y < this.view.scrollTop) this.view.scrollTop = y;
+      else if (y + this.rowH > this.view.scrollTop + this.view.clientHeight) {
+        this.view.scrollTop = y + this.rowH - this.view.clientHeight;
+      }
+      this._dirty = true;
+      this.requestPaint?.();
+    } else if (e.key === "Enter" && this.sel >= 0) {
+      const t = this.rows[this.rows.length - 1 - this.sel];
+      const m = t && this.state.markets.get(t.market);
+      if (m) this.onOpen(m.ticker);
+    } else if (e.key === "Home") {
+      this.view.scrollTop = 0;
+    }
+  }
+}
