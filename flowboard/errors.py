@@ -1,10 +1,10 @@
 """Flowboard's exceptions.
 
-    FlowboardError
-     ├── ConfigError            bad flag / environment value / key file: stop at start-up
-     ├── MalformedMessage       a feed message we cannot use: counted and skipped
-     ├── ProtocolError          a client frame that is not a valid v2 command
-     └── StoreError             the database refused or is unreachable
+FlowboardError
+ ├── ConfigError            bad flag / environment value / key file: stop at start-up
+ ├── MalformedMessage       a feed message we cannot use: counted and skipped
+ ├── ProtocolError          a client frame that is not a valid v2 command
+ └── StoreError             the database refused or is unreachable
 """
 
 

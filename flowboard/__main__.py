@@ -1,0 +1,5 @@
+import sys
+
+from flowboard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""One configuration for a Flowboard process, from flags and ``FLOWBOARD_<NAME>`` variables.
+
+Every flag of ``flowboard serve`` can also be set in the environment (``--rate 50`` ==
+``FLOWBOARD_RATE=50``); a flag on the command line wins. A value that cannot work stops
+the process at start-up with one line that names the flag or variable and what it expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+
+from flowboard.errors import ConfigError
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+@attrs.frozen
+class Config:
+    """Settings of a ``flowboard serve`` process; units are in the names."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    source: str = "sim"  # sim | kalshi | replay
+    replay_file: str | None = None
+    speed: float = 1.0  # replay speed; 0 = as fast as possible
+    rate: float = 10.0  # simulator: mean trades per second
+    seed: int = 1
+    sim_markets: int = 300
+    sim_history_s: float = 600.0  # simulator warm start: trades backdated over this many seconds
+    db: str = "flowboard.db"
+    retention_days: float = 7.0
+    web_dir: str = str(WEB_DIR)
+    deflate: bool = True
+    deflate_window_bits: int = 13
+    deflate_mem_level: int = 5
+    max_pending_trades: int = 2_000  # per client, before a resync
+    max_resyncs: int = 3  # per client per minute, before a 4008 close
+    stall_timeout_s: float = 10.0  # a frame the socket has not taken by then -> 4008
+    ring_size: int = 20_000  # events kept for resuming clients
+    ingest_buffer: int = 10_000  # raw feed messages waiting to be aggregated
+    tick_s: float = 1.0  # how often windows expire and the clock is checked
+    log_level: str = "info"
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that fails with one line (``flowboard: error: ...``) instead of the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see flowboard serve --help)")
+
+
+# (flag, Config field, parser, help)
+_SERVE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
+    ("--host", "host", str, "address to listen on"),
+    ("--port", "port", _port, "port to listen on (0 = any free port)"),
+    ("--rate", "rate", _positive(float), "simulator: mean trades per second"),
+    ("--seed", "seed", int, "simulator: random seed"),
+    ("--sim-markets", "sim_markets", _positive(int), "simulator: number of markets"),
+    (
+        "--sim-history",
+        "sim_history_s",
+        _non_negative_float,
+        "simulator: seconds of backdated trades at start",
+    ),
+    ("--speed", "speed", _non_negative_float, "replay speed (0 = as fast as possible)"),
+    ("--db", "db", str, "SQLite file path or postgresql:// URL"),
+    ("--retention-days", "retention_days", _positive(float), "days of trades to keep in the store"),
+    ("--web-dir", "web_dir", str, "directory served at /"),
+    ("--deflate-window-bits", "deflate_window_bits", int, "permessage-deflate window bits (9-15)"),
+    ("--deflate-mem-level", "deflate_mem_level", int, "permessage-deflate zlib memLevel (1-9)"),
+    ("--max-pending-trades", "max_pending_trades", _positive(int), "per client, before a resync"),
+    ("--max-resyncs", "max_resyncs", _positive(int), "per client per minute, before closing it (4008)"),
+    ("--stall-timeout", "stall_timeout_s", _positive(float), "seconds a frame may wait for a slow socket"),
+    ("--ring-size", "ring_size", _positive(int), "events kept for resuming clients"),
+    ("--log-level", "log_level", str, "debug, info, warning or error"),
+]
+
+
+def _env_name(flag: str) -> str:
+    return "FLOWBOARD_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="flowboard", description="Live trade-flow dashboard for Kalshi.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    serve = commands.add_parser("serve", help="run the dashboard server")
+    for flag, field, _, help_text in _SERVE_OPTIONS:
+        serve.add_argument(flag, dest=field, default=None, help=f"{help_text} [{_env_name(flag)}]")
+    serve.add_argument(
+        "--source",
+        choices=("sim", "kalshi", "replay"),
+        default=None,
+        help="where trades come from [FLOWBOARD_SOURCE]",
+    )
+    serve.add_argument("replay_file", nargs="?", default=None, help="the recording for --source replay")
+    serve.add_argument(
+        "--no-deflate", dest="deflate", action="store_false", default=None, help="turn permessage-deflate off"
+    )
+    return parser
+
+
+def _value(
+    flag: str, field: str, parse: Callable[[str], Any], given: str | None, env: Mapping[str, str]
+) -> Any:
+    if given is not None:
+        origin, text = flag, given
+    elif _env_name(flag) in env:
+        origin, text = _env_name(flag), env[_env_name(flag)]
+    else:
+        return attrs.NOTHING
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}={text!r}: {exc}") from None
+
+
+def parse_serve_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    values: dict[str, Any] = {}
+    for flag, field, parse, _ in _SERVE_OPTIONS:
+        value = _value(flag, field, parse, getattr(args, field), env)
+        if value is not attrs.NOTHING:
+            values[field] = value
+    source = args.source or env.get("FLOWBOARD_SOURCE", "sim")
+    if source not in ("sim", "kalshi", "replay"):
+        raise ConfigError(f"FLOWBOARD_SOURCE={source!r}: expected sim, kalshi or replay")
+    values["source"] = source
+    if args.deflate is False:
+        values["deflate"] = False
+    elif "FLOWBOARD_DEFLATE" in env:
+        values["deflate"] = _value("--deflate", "deflate", _bool, None, env)
+    replay_file = args.replay_file or env.get("FLOWBOARD_REPLAY_FILE")
+    if source == "replay":
+        if not replay_file:
+            raise ConfigError("--source replay needs the recording: flowboard serve --source replay FILE")
+        if not Path(replay_file).is_file():
+            raise ConfigError(f"replay file {replay_file!r} does not exist or is not a file")
+        values["replay_file"] = replay_file
+    elif replay_file:
+        raise ConfigError(f"unexpected argument {replay_file!r} (a FILE is only taken with --source replay)")
+    config = Config(**values)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    if not 9 <= config.deflate_window_bits <= 15:
+        raise ConfigError(f"--deflate-window-bits={config.deflate_window_bits}: must be between 9 and 15")
+    if not 1 <= config.deflate_mem_level <= 9:
+        raise ConfigError(f"--deflate-mem-level={config.deflate_mem_level}: must be between 1 and 9")
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level={config.log_level!r}: expected debug, info, warning or error")
+    if not Path(config.web_dir).is_dir():
+        raise ConfigError(f"--web-dir={config.web_dir!r} is not a directory")
+
+
+def parse_argv(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[str, Config]:
+    """``(command, config)`` for a command line, or ConfigError with one line to show."""
+    environ = os.environ if env is None else env
+    args = build_parser().parse_args(list(argv))
+    return args.command, parse_serve_args(args, environ)

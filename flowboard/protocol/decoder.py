@@ -1,0 +1,401 @@
+"""The reference v2 decoder: folds frames into the view a client shows.
+
+Tests, the benchmark and the browser (web/decoder.js, checked against the same vectors)
+all fold the stream with these rules, so "the client's view equals the server's state"
+is something we can assert: compare ``ViewState.summary()`` with ``expected_summary()``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import attrs
+import orjson
+
+from flowboard.aggregate.aggregator import Aggregator
+from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, ONE_DOLLAR, Trade
+from flowboard.protocol import v2
+
+# A trade as the client holds it: (market, price, count, side, ts_ms).
+Row = tuple[int, int, int, int, int]
+
+
+class DecodeError(ValueError):
+    """A frame that does not follow docs/protocol.md."""
+
+
+@attrs.define
+class MarketView:
+    ticker: str
+    category: str = ""
+    title: str = ""
+    close_ms: int | None = None
+    window: list[int] | None = None  # [contracts, usd, trades, yes_flow, no_flow]
+    # Sparkline as (ts, arrival, price, count, side); arrival breaks ties like the server.
+    spark: list[tuple[int, int, int, int, int]] = attrs.Factory(list)
+
+
+def trade_usd(price: int, count: int, side: int) -> int:
+    return count * (price if side else ONE_DOLLAR - price)
+
+
+@attrs.define
+class ViewState:
+    """Everything a v2 client knows, folded from frames in order."""
+
+    tape_limit: int = 200
+    detail_limit: int = 50
+    seq: int = -1
+    epoch: str = ""
+    t0: int = 0
+    channels: frozenset[str] = frozenset()
+    window_ms: int = 600_000
+    spark_len: int = 20
+    top_len: int = 10
+    markets: dict[int, MarketView] = attrs.Factory(dict)
+    hot: list[int] = attrs.Factory(list)
+    detail: int | None = None
+    detail_trades: list[tuple[int, int, Row]] = attrs.Factory(list)  # (ts, arrival, row), newest first
+    tape: list[tuple[int, int, Row]] = attrs.Factory(list)  # newest first
+    top: list[tuple[int, int, Row]] = attrs.Factory(list)  # (usd, arrival, row), largest first
+    minute_ms: int = 0
+    buckets: dict[str, dict[int, list[int]]] = attrs.Factory(lambda: {"hour": {}, "day": {}})
+    days: dict[int, list[int]] = attrs.Factory(dict)  # UTC day start -> [trades, usd]
+    missed: int = 0
+    resyncs: int = 0
+    errors: list[str] = attrs.Factory(list)
+    _last_ts: int = 0
+    _arrival: int = 0
+
+    # -- folding -------------------------------------------------------------------------
+
+    def apply_frame(self, text: str | bytes) -> None:
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"frame is not JSON: {exc}") from None
+        if not isinstance(frame, list) or not frame or not isinstance(frame[0], int):
+            raise DecodeError(f"frame must be [seq, event...], got {str(frame)[:80]}")
+        if frame[0] < self.seq:
+            raise DecodeError(f"seq went backwards: {frame[0]} after {self.seq}")
+        for event in frame[1:]:
+            if not isinstance(event, list) or not event or not isinstance(event[0], str):
+                raise DecodeError(f"event must be [code, ...], got {str(event)[:80]}")
+            handler = _HANDLERS.get(event[0])
+            if handler is None:
+                raise DecodeError(f"unknown event code {event[0]!r}")
+            handler(self, event)
+        self.seq = frame[0]
+
+    def _hello(self, event: list[Any]) -> None:
+        hello = event[1]
+        if hello["v"] != v2.VERSION:
+            raise DecodeError(f"protocol version {hello['v']}, expected {v2.VERSION}")
+        if not hello["resumed"]:
+            fresh = ViewState(
+                tape_limit=self.tape_limit,
+                detail_limit=self.detail_limit,
+                missed=self.missed,
+                resyncs=self.resyncs,
+            )
+            for field in attrs.fields(ViewState):
+                setattr(self, field.name, getattr(fresh, field.name))
+        self.epoch = hello["epoch"]
+        self.t0 = hello["t0"]
+        self._last_ts = self.t0
+        self.minute_ms = self.t0 - self.t0 % MINUTE_MS
+        self.channels = frozenset(hello["ch"])
+        self.window_ms = hello["window_ms"]
+        self.spark_len = hello["spark"]
+        self.top_len = hello["top"]
+
+    def _resync(self, event: list[Any]) -> None:
+        self.resyncs += 1
+        self.missed += event[1]
+
+    def _market(self, event: list[Any]) -> None:
+        _, market, ticker, category = event
+        view = self.markets.get(market)
+        if view is None or view.ticker != ticker:
+            self.markets[market] = MarketView(ticker, category)
+        else:
+            view.category = category
+
+    def _info(self, event: list[Any]) -> None:
+        _, market, title, close = event
+        view = self.markets[market]
+        view.title = title
+        view.close_ms = None if close is None else close + self.t0
+
+    def _clock(self, event: list[Any]) -> None:
+        self.minute_ms = event[1] + self.t0
+        hour_start = self._view_start("hour")
+        day_start = self._view_start("day")
+        self.buckets["hour"] = {k: v for k, v in self.buckets["hour"].items() if k >= hour_start}
+        self.buckets["day"] = {k: v for k, v in self.buckets["day"].items() if k >= day_start}
+        today = self.minute_ms - self.minute_ms % DAY_MS
+        self.days = {k: v for k, v in self.days.items() if k >= today}
+        # The server forgets trades older than the day view; so does the client.
+        self.tape = [entry for entry in self.tape if entry[0] >= day_start]
+        self.detail_trades = [entry for entry in self.detail_trades if entry[0] >= day_start]
+        for view in self.markets.values():
+            view.spark = [point for point in view.spark if point[0] >= day_start]
+
+    def _view_start(self, mode: str) -> int:
+        if mode == "hour":
+            return self.minute_ms - 59 * MINUTE_MS
+        hour = self.minute_ms - self.minute_ms % HOUR_MS
+        return hour - 23 * HOUR_MS
+
+    def tracked(self) -> set[int]:
+        tracked = set(self.hot) if "hot" in self.channels else set()
+        if self.detail is not None:
+            tracked.add(self.detail)
+        return tracked
+
+    def _trades(self, event: list[Any]) -> None:
+        folds = "trades" in self.channels
+        tracked = self.tracked()
+        for market, price, count, side, dt in event[1:]:
+            ts = self._last_ts + dt
+            self._last_ts = ts
+            self._arrival += 1
+            row: Row = (market, price, count, side, ts)
+            usd = trade_usd(price, count, side)
+            if folds:
+                _insert_newest_first(self.tape, (ts, self._arrival, row))
+                del self.tape[self.tape_limit :]
+                self._insert_top(usd, row)
+                for mode, step in (("hour", MINUTE_MS), ("day", HOUR_MS)):
+                    start = ts - ts % step
+                    if start >= self._view_start(mode):
+                        bucket = self.buckets[mode].setdefault(start, [0, 0])
+                        bucket[0] += usd
+                        bucket[1] += 1
+                day = ts - ts % DAY_MS
+                if day >= self.minute_ms - self.minute_ms % DAY_MS:
+                    totals = self.days.setdefault(day, [0, 0])
+                    totals[0] += 1
+                    totals[1] += usd
+            if market in tracked and (folds or market == self.detail):
+                view = self.markets[market]
+                if view.window is not None:
+                    window = view.window
+                    window[0] += count
+                    window[1] += usd
+                    window[2] += 1
+                    window[3 if side else 4] += count
+                self._insert_point(view, (ts, self._arrival, price, count, side))
+            if market == self.detail:
+                _insert_newest_first(self.detail_trades, (ts, self._arrival, row))
+                del self.detail_trades[self.detail_limit :]
+
+    def _insert_top(self, usd: int, row: Row) -> None:
+        keys = [(-entry[0], entry[1]) for entry in self.top]
+        position = bisect.bisect_right(keys, (-usd, self._arrival))
+        self.top.insert(position, (usd, self._arrival, row))
+        del self.top[self.top_len :]
+
+    def _insert_point(self, view: MarketView, point: tuple[int, int, int, int, int]) -> None:
+        bisect.insort(view.spark, point)
+        del view.spark[: max(0, len(view.spark) - self.spark_len)]
+
+    def _channels(self, event: list[Any]) -> None:
+        self.channels = frozenset(event[1:])
+
+    def _hot(self, event: list[Any]) -> None:
+        self.hot = list(event[1:])
+        self._drop_untracked()
+
+    def _drop_untracked(self) -> None:
+        tracked = self.tracked()
+        for market, view in self.markets.items():
+            if market not in tracked:
+                view.window = None
+                view.spark = []
+
+    def _window(self, event: list[Any]) -> None:
+        self.markets[event[1]].window = list(event[2:])
+
+    def _spark(self, event: list[Any]) -> None:
+        _, market, mode, *points = event
+        view = self.markets[market]
+        if mode == 0:
+            view.spark = []
+        for price, count, side, ts in points:
+            self._arrival += 1
+            self._insert_point(view, (ts + self.t0, self._arrival, price, count, side))
+
+    def _rows(self, rows: list[list[int]]) -> list[tuple[int, int, Row]]:
+        held = []
+        for market, price, count, side, ts in rows:
+            self._arrival += 1
+            held.append((ts + self.t0, self._arrival, (market, price, count, side, ts + self.t0)))
+        return held
+
+    def _top(self, event: list[Any]) -> None:
+        self.top = [
+            (trade_usd(row[1], row[2], row[3]), arrival, row) for _, arrival, row in self._rows(event[1:])
+        ]
+
+    def _analytics(self, event: list[Any]) -> None:
+        _, code, first, *buckets = event
+        mode = v2.MODE_NAMES[code]
+        step = MINUTE_MS if mode == "hour" else HOUR_MS
+        start = first + self.t0
+        self.buckets[mode] = {start + i * step: list(bucket) for i, bucket in enumerate(buckets)}
+
+    def _period(self, event: list[Any]) -> None:
+        _, code, start, usd, count = event
+        self.buckets[v2.MODE_NAMES[code]][start + self.t0] = [usd, count]
+
+    def _today(self, event: list[Any]) -> None:
+        today = self.minute_ms - self.minute_ms % DAY_MS
+        self.days[today] = [event[1], event[2]]
+
+    def _tape(self, event: list[Any]) -> None:
+        # The snapshot's tape is newest first: give older trades earlier arrival numbers.
+        rows = self._rows(list(reversed(event[1:])))
+        self.tape = list(reversed(rows))
+
+    def _detail(self, event: list[Any]) -> None:
+        _, market, *rows = event
+        previous = self.detail
+        self.detail = market
+        if previous is not None and previous != market:
+            self._drop_untracked()
+        self.detail_trades = list(reversed(self._rows(list(reversed(rows)))))
+
+    def _error(self, event: list[Any]) -> None:
+        self.errors.append(event[1])
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def ranked_hot(self) -> list[int]:
+        """Hot markets ranked like the server: $ volume descending, then ticker."""
+
+        def key(market: int) -> tuple[int, str]:
+            view = self.markets[market]
+            return (-(view.window[1] if view.window else 0), view.ticker)
+
+        return sorted(self.hot, key=key)
+
+    def summary(self) -> dict[str, Any]:
+        """A normalised, JSON-able view (the browser decoder produces the same shape)."""
+        out: dict[str, Any] = {"seq": self.seq, "channels": sorted(self.channels)}
+        if "hot" in self.channels:
+            out["hot"] = [self._market_summary(m) for m in self.ranked_hot()]
+        if "top" in self.channels:
+            out["top"] = [self._row_summary(row) for _, _, row in self.top]
+        for mode in ("hour", "day"):
+            if mode in self.channels:
+                start = self._view_start(mode)
+                step = MINUTE_MS if mode == "hour" else HOUR_MS
+                count = 60 if mode == "hour" else 24
+                held = self.buckets[mode]
+                out[mode] = {
+                    "first": start,
+                    "buckets": [held.get(start + i * step, [0, 0]) for i in range(count)],
+                }
+        if "today" in self.channels:
+            today = self.minute_ms - self.minute_ms % DAY_MS
+            out["today"] = self.days.get(today, [0, 0])
+        if "trades" in self.channels:
+            out["tape"] = [self._row_summary(row) for _, _, row in self.tape]
+        if self.detail is not None:
+            detail = self._market_summary(self.detail)
+            detail["trades"] = [self._row_summary(row) for _, _, row in self.detail_trades]
+            out["detail"] = detail
+        return out
+
+    def _market_summary(self, market: int) -> dict[str, Any]:
+        view = self.markets[market]
+        return {
+            "ticker": view.ticker,
+            "category": view.category,
+            "title": view.title,
+            "close_ms": view.close_ms,
+            "window": view.window,
+            "spark": [[price, count, side, ts] for ts, _, price, count, side in view.spark],
+        }
+
+    def _row_summary(self, row: Row) -> list[Any]:
+        market, price, count, side, ts = row
+        return [self.markets[market].ticker, price, count, side, ts]
+
+
+def _insert_newest_first(rows: list[tuple[int, int, Row]], entry: tuple[int, int, Row]) -> None:
+    """Keep ``rows`` ordered by (ts, arrival) descending; a new entry is almost always first."""
+    position = 0
+    while position < len(rows) and rows[position][:2] > entry[:2]:
+        position += 1
+    rows.insert(position, entry)
+
+
+_HANDLERS = {
+    "H": ViewState._hello,
+    "r": ViewState._resync,
+    "m": ViewState._market,
+    "i": ViewState._info,
+    "c": ViewState._clock,
+    "t": ViewState._trades,
+    "C": ViewState._channels,
+    "k": ViewState._hot,
+    "w": ViewState._window,
+    "s": ViewState._spark,
+    "x": ViewState._top,
+    "a": ViewState._analytics,
+    "p": ViewState._period,
+    "d": ViewState._today,
+    "T": ViewState._tape,
+    "D": ViewState._detail,
+    "e": ViewState._error,
+}
+
+
+def expected_summary(
+    agg: Aggregator,
+    *,
+    channels: frozenset[str],
+    detail: str | None,
+    tape_len: int,
+    detail_len: int,
+) -> dict[str, Any]:
+    """What ``ViewState.summary()`` must be for a client of ``channels`` at the aggregator's state."""
+
+    def row(trade: Trade) -> list[Any]:
+        return [trade.ticker, trade.yes_price, trade.count, v2.side_code(trade), trade.ts_ms]
+
+    def market(market_id: int) -> dict[str, Any]:
+        meta = agg.meta(market_id)
+        window = agg.window(market_id)
+        return {
+            "ticker": meta.ticker,
+            "category": meta.category,
+            "title": meta.title,
+            "close_ms": meta.close_ts_ms,
+            "window": [window.contracts, window.usd, window.trades, window.yes_flow, window.no_flow],
+            "spark": [v2.trade_point(t, 0) for t in agg.sparkline(market_id)],
+        }
+
+    out: dict[str, Any] = {"channels": sorted(channels)}
+    if "hot" in channels:
+        out["hot"] = [market(m) for m in agg.hot()]
+    if "top" in channels:
+        out["top"] = [row(t) for t in agg.top_trades()]
+    for mode in ("hour", "day"):
+        if mode in channels:
+            view = agg.analytics("hour" if mode == "hour" else "day")
+            out[mode] = {"first": view.first_bucket_ms, "buckets": [list(b) for b in view.buckets]}
+    if "today" in channels:
+        out["today"] = list(agg.today())
+    if "trades" in channels:
+        out["tape"] = [row(t) for t in agg.recent_trades(tape_len)]
+    if detail is not None:
+        market_id = agg.market_id(detail)
+        if market_id is not None:
+            summary = market(market_id)
+            summary["trades"] = [row(t) for t in agg.market_trades(market_id, detail_len)]
+            out["detail"] = summary
+    return out

@@ -1,0 +1,570 @@
+"""What one client still needs: the per-client half of protocol v2, as a pure state machine.
+
+The publisher ``offer``s every event to every session (cheap: it only records what became
+stale); the client's send loop asks ``build_frame`` for everything pending in one frame.
+Because keyed state (windows, hot set, top trades, analytics, metadata) is only *marked*
+dirty and read from the aggregator when the frame is built, a client that falls behind gets
+each key once, at its latest value (conflation), while its trades are batched in order.
+A frame is therefore always exactly "the server's state as of ``seq``" for this client.
+
+The session mirrors what the client holds (which markets it tracks, which ids it knows,
+the time base of its trade deltas) so that it never sends what the client can derive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from flowboard.aggregate.aggregator import Aggregator
+from flowboard.aggregate.events import (
+    ClockTicked,
+    Event,
+    HotChanged,
+    MetaChanged,
+    TopChanged,
+    TradeAdded,
+    WindowChanged,
+)
+from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, Trade
+from flowboard.protocol import v2
+
+
+@attrs.frozen
+class SessionLimits:
+    """Bounds and sizes of one client's stream (defaults carry their units in the name)."""
+
+    max_pending_trades: int = 2_000  # past this the client is resynced from a snapshot
+    max_resyncs: int = 3  # more resyncs than this within resync_period_ms -> closed (4008)
+    resync_period_ms: int = 60_000
+    snapshot_tape: int = 50  # trades in the snapshot's tape
+    detail_trades: int = 50  # trades sent when a market's detail opens
+    # Clients that do not fold trades get analytics/today updates at an adaptive cadence:
+    # every analytics_busy_ms when trades flow fast, every analytics_quiet_ms when slow.
+    analytics_busy_ms: int = 250
+    analytics_quiet_ms: int = 2_000
+    busy_trades_per_s: float = 20.0
+
+
+@attrs.frozen
+class SessionStats:
+    frames: int
+    trades_sent: int
+    batched_frames: int  # frames that carried more than one trade
+    conflated: int  # keyed updates absorbed into a later value before being sent
+    resyncs: int
+    missed_trades: int
+
+
+@attrs.frozen
+class ResumePoint:
+    """What the client held at the sequence it resumes from: the hot set then."""
+
+    hot: tuple[int, ...]
+
+
+class ClientSession:
+    """One client's subscription, its pending changes, and a mirror of what it holds."""
+
+    def __init__(
+        self,
+        *,
+        epoch: str,
+        channels: frozenset[str],
+        detail: str | None,
+        limits: SessionLimits,
+        seq: int,
+        resume: ResumePoint | None = None,
+    ) -> None:
+        self.epoch = epoch
+        self.limits = limits
+        # What the client asked for.
+        self.channels = channels
+        self._wanted_detail = detail
+        # The sequence number of the latest event offered; frames carry it.
+        self.seq = seq
+        # Mirror of the client: market ids it knows, markets whose window/sparkline it holds,
+        # the hot set it was last told, its detail market, the time base of its trade deltas.
+        self._known: set[int] = set()
+        self._tracked: set[int] = set()
+        self._hot_sent: frozenset[int] = frozenset()
+        self._detail: int | None = None
+        self._t0 = 0
+        self._last_trade_ts = 0
+        # Pending changes since the last frame.
+        self._needs_snapshot = resume is None
+        self._resumed = resume is not None
+        # Whether this connection continues an earlier one (for metrics).
+        self.is_resume = resume is not None
+        self._pending_trades: list[TradeAdded] = []
+        self._dirty_windows: set[int] = set()
+        self._spark_inserts: dict[int, list[Trade]] = {}
+        self._dirty_meta: set[int] = set()
+        self._dirty_buckets: dict[str, set[int]] = {"hour": set(), "day": set()}
+        self._hot_dirty = False
+        self._top_dirty = False
+        self._today_dirty = False
+        self._clock_dirty = False
+        self._detail_dirty = False
+        self._added_channels: frozenset[str] = frozenset()
+        self._channels_dirty = False
+        self._errors: list[str] = []
+        self._missed = 0
+        self._last_analytics_ms = 0
+        self._recent_trade_times: list[int] = []
+        self._resync_times: list[int] = []
+        # Why this client must be closed (code 4008), once it is hopeless.
+        self.close_reason: str | None = None
+        # Counters for /metrics.
+        self._frames = 0
+        self._trades_sent = 0
+        self._batched_frames = 0
+        self._conflated = 0
+        self._resyncs = 0
+        self._missed_total = 0
+        if resume is not None:
+            self._tracked = set(resume.hot) if "hot" in channels else set()
+            self._hot_sent = frozenset(self._tracked)
+            self._detail_dirty = detail is not None
+
+    # -- what the client folds by itself ------------------------------------------------
+
+    @property
+    def _folds_trades(self) -> bool:
+        return "trades" in self.channels
+
+    def _derives(self, market: int) -> bool:
+        """Whether the client keeps this market's window/sparkline from the trades it gets."""
+        return self._folds_trades or market == self._detail
+
+    # -- input: events from the publisher ------------------------------------------------
+
+    def offer(self, seq: int, event: Event, now_ms: int) -> None:
+        """Record that ``event`` (number ``seq``) happened. Never blocks, never encodes."""
+        self.seq = seq
+        if self._needs_snapshot:
+            # Everything is read afresh when the snapshot is built; only count what is skipped.
+            if isinstance(event, TradeAdded):
+                self._missed += 1
+            return
+        if isinstance(event, TradeAdded):
+            self._offer_trade(event, now_ms)
+        elif isinstance(event, WindowChanged):
+            self._mark_window(event.market)
+        elif isinstance(event, HotChanged):
+            self._hot_dirty = True
+        elif isinstance(event, TopChanged):
+            if "top" in self.channels and not (event.derivable and self._folds_trades):
+                self._conflated += self._top_dirty
+                self._top_dirty = True
+        elif isinstance(event, MetaChanged):
+            self._dirty_meta.add(event.market)
+        elif isinstance(event, ClockTicked) and self.channels & {"hour", "day", "today"}:
+            self._clock_dirty = True
+
+    def _mark_window(self, market: int) -> None:
+        if market in self._dirty_windows:
+            self._conflated += 1
+        else:
+            self._dirty_windows.add(market)
+
+    def _offer_trade(self, event: TradeAdded, now_ms: int) -> None:
+        market = event.market
+        if self._folds_trades or market == self._detail:
+            self._pending_trades.append(event)
+            if len(self._pending_trades) > self.limits.max_pending_trades:
+                self._start_resync(now_ms)
+                return
+        if market in self._tracked and not self._derives(market):
+            self._mark_window(market)
+            self._spark_inserts.setdefault(market, []).append(event.trade)
+        if not self._folds_trades:
+            ts = event.trade.ts_ms
+            self._recent_trade_times.append(now_ms)
+            if "hour" in self.channels:
+                self._dirty_buckets["hour"].add(ts - ts % MINUTE_MS)
+            if "day" in self.channels:
+                self._dirty_buckets["day"].add(ts - ts % HOUR_MS)
+            if "today" in self.channels:
+                self._today_dirty = True
+
+    def _start_resync(self, now_ms: int) -> None:
+        self._missed += len(self._pending_trades)
+        self._needs_snapshot = True
+        self._resync_times = [t for t in self._resync_times if t > now_ms - self.limits.resync_period_ms]
+        self._resync_times.append(now_ms)
+        self._resyncs += 1
+        if len(self._resync_times) > self.limits.max_resyncs:
+            self.close_reason = (
+                f"too slow: needed {len(self._resync_times)} resyncs within "
+                f"{self.limits.resync_period_ms // 1000} s (limit {self.limits.max_resyncs})"
+            )
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        self._pending_trades = []
+        self._dirty_windows.clear()
+        self._spark_inserts.clear()
+        self._dirty_meta.clear()
+        for buckets in self._dirty_buckets.values():
+            buckets.clear()
+        self._hot_dirty = self._top_dirty = self._today_dirty = self._clock_dirty = False
+        self._detail_dirty = False
+        self._added_channels = frozenset()
+        self._channels_dirty = False
+
+    # -- input: commands from the client -------------------------------------------------
+
+    def subscribe(self, channels: frozenset[str]) -> None:
+        added = channels - self.channels
+        self.channels = self.channels | channels
+        self._added_channels |= added
+        self._channels_dirty = True
+        if "hot" in added:
+            self._hot_dirty = True
+
+    def unsubscribe(self, channels: frozenset[str]) -> None:
+        removed = channels & self.channels
+        self.channels = self.channels - channels
+        self._added_channels -= channels
+        self._channels_dirty = True
+        if "hot" in removed:
+            self._hot_dirty = True  # an empty `k` tells the client to drop the hot markets
+
+    def set_detail(self, ticker: str | None) -> None:
+        self._wanted_detail = ticker
+        self._detail_dirty = True
+
+    def report_error(self, message: str) -> None:
+        self._errors.append(message)
+
+    @property
+    def pending_trades(self) -> int:
+        return len(self._pending_trades)
+
+    # -- output: frames --------------------------------------------------------------------
+
+    def has_pending(self, now_ms: int) -> bool:
+        """Whether ``build_frame(now_ms)`` would produce a frame."""
+        return bool(
+            self._needs_snapshot
+            or self._resumed
+            or self._pending_trades
+            or self._dirty_windows
+            or self._spark_inserts
+            or self._dirty_meta
+            or self._hot_dirty
+            or self._top_dirty
+            or self._clock_dirty
+            or self._detail_dirty
+            or self._added_channels
+            or self._channels_dirty
+            or self._errors
+            or self._analytics_due(now_ms)
+        )
+
+    def next_deadline(self) -> int | None:
+        """When pending analytics become due (ms), if any are held back by the cadence."""
+        if self._today_dirty or any(self._dirty_buckets.values()):
+            return self._last_analytics_ms + self._analytics_interval()
+        return None
+
+    def _analytics_interval(self) -> int:
+        horizon = 1_000
+        recent = self._recent_trade_times
+        if recent and recent[-1] - recent[0] > horizon:
+            cutoff = recent[-1] - horizon
+            self._recent_trade_times = recent = [t for t in recent if t > cutoff]
+        per_s = len(recent) * 1_000 / horizon
+        if per_s >= self.limits.busy_trades_per_s:
+            return self.limits.analytics_busy_ms
+        # Between quiet and busy, shrink the interval in proportion to the trade rate.
+        span = self.limits.analytics_quiet_ms - self.limits.analytics_busy_ms
+        return int(self.limits.analytics_quiet_ms - span * per_s / self.limits.busy_trades_per_s)
+
+    def _analytics_due(self, now_ms: int) -> bool:
+        deadline = self.next_deadline()
+        return deadline is not None and now_ms >= deadline
+
+    def build_frame(self, agg: Aggregator, now_ms: int) -> bytes | None:
+        """Everything pending, as one frame of bytes, or None when there is nothing to send."""
+        if self._needs_snapshot:
+            frame = self._snapshot_frame(agg)
+        else:
+            if not self.has_pending(now_ms):
+                return None
+            frame = self._update_frame(agg, now_ms)
+        self._frames += 1
+        return v2.dumps(frame)
+
+    def statistics(self) -> SessionStats:
+        return SessionStats(
+            frames=self._frames,
+            trades_sent=self._trades_sent,
+            batched_frames=self._batched_frames,
+            conflated=self._conflated,
+            resyncs=self._resyncs,
+            missed_trades=self._missed_total,
+        )
+
+    # -- frame builders --------------------------------------------------------------------
+
+    def _hello(self, agg: Aggregator, *, resumed: bool) -> list[Any]:
+        self._t0 = agg.now_ms
+        self._last_trade_ts = self._t0
+        return [
+            "H",
+            {
+                "v": v2.VERSION,
+                "epoch": self.epoch,
+                "t0": self._t0,
+                "units": v2.UNITS,
+                "window_ms": agg.window_ms,
+                "spark": agg.sparkline_len,
+                "hot": agg.hot_size,
+                "top": agg.top_size,
+                "ch": sorted(self.channels),
+                "detail": self._wanted_detail,
+                "resumed": resumed,
+            },
+        ]
+
+    def _define(self, agg: Aggregator, market: int, out: list[Any]) -> None:
+        if market not in self._known:
+            self._known.add(market)
+            meta = agg.meta(market)
+            out.append(["m", market, meta.ticker, meta.category])
+
+    def _market_state(self, agg: Aggregator, market: int, defs: list[Any], out: list[Any]) -> None:
+        """Everything a client needs to start tracking ``market``."""
+        self._define(agg, market, defs)
+        meta = agg.meta(market)
+        close = None if meta.close_ts_ms is None else meta.close_ts_ms - self._t0
+        window = agg.window(market)
+        out.append(["i", market, meta.title, close])
+        out.append(
+            ["w", market, window.contracts, window.usd, window.trades, window.yes_flow, window.no_flow]
+        )
+        out.append(["s", market, 0, *(v2.trade_point(t, self._t0) for t in agg.sparkline(market))])
+
+    def _rows(self, agg: Aggregator, trades: tuple[Trade, ...], defs: list[Any]) -> list[list[int]]:
+        rows = []
+        for trade in trades:
+            market = agg.market_id(trade.ticker)
+            assert market is not None, "a stored trade always has a market id"
+            self._define(agg, market, defs)
+            rows.append(v2.trade_row(market, trade, self._t0))
+        return rows
+
+    def _analytics_event(self, agg: Aggregator, mode: str) -> list[Any]:
+        view = agg.analytics("hour" if mode == "hour" else "day")
+        return ["a", v2.MODE_CODES[mode], view.first_bucket_ms - self._t0, *map(list, view.buckets)]
+
+    def _channel_parts(self, agg: Aggregator, channels: frozenset[str], defs: list[Any]) -> list[Any]:
+        """The current state of ``channels`` (a snapshot, or what a new subscription needs)."""
+        parts: list[Any] = []
+        if "hot" in channels:
+            hot = agg.hot()
+            parts.append(["k", *hot])
+            self._hot_sent = frozenset(hot)
+            for market in hot:
+                if market not in self._tracked:
+                    self._market_state(agg, market, defs, parts)
+                    self._tracked.add(market)
+        if "top" in channels:
+            parts.append(["x", *self._rows(agg, agg.top_trades(), defs)])
+        for mode in ("hour", "day"):
+            if mode in channels:
+                parts.append(self._analytics_event(agg, mode))
+        if "today" in channels:
+            parts.append(["d", *agg.today()])
+        if "trades" in channels:
+            parts.append(["T", *self._rows(agg, agg.recent_trades(self.limits.snapshot_tape), defs)])
+        return parts
+
+    def _snapshot_frame(self, agg: Aggregator) -> list[Any]:
+        frame: list[Any] = [self.seq]
+        if self._missed:
+            frame.append(["r", self._missed])
+            self._missed_total += self._missed
+            self._missed = 0
+        frame.append(self._hello(agg, resumed=False))
+        self._known.clear()
+        self._tracked.clear()
+        self._hot_sent = frozenset()
+        self._detail = None
+        self._needs_snapshot = False
+        self._resumed = False
+        self._clear_pending()
+        self._last_analytics_ms = 0
+        defs: list[Any] = []
+        parts = self._channel_parts(agg, self.channels, defs)
+        detail_parts = self._detail_parts(agg, defs) if self._wanted_detail is not None else []
+        frame.extend(defs)
+        frame.extend(parts)
+        frame.extend(detail_parts)
+        return frame
+
+    def _detail_parts(self, agg: Aggregator, defs: list[Any]) -> list[Any]:
+        """Switch the client's detail market to the wanted one (its full state, or null)."""
+        self._detail_dirty = False
+        wanted = None if self._wanted_detail is None else agg.market_id(self._wanted_detail)
+        parts: list[Any] = []
+        if self._wanted_detail is not None and wanted is None:
+            self._errors.append(f"unknown market {self._wanted_detail[:80]!r}: no trade seen for it yet")
+        previous = self._detail
+        self._detail = wanted
+        if previous is not None and previous != wanted and previous not in self._hot_sent:
+            self._tracked.discard(previous)
+        if wanted is None:
+            return [["D", None]]
+        if wanted not in self._tracked:
+            self._market_state(agg, wanted, defs, parts)
+            self._tracked.add(wanted)
+        trades = agg.market_trades(wanted, self.limits.detail_trades)
+        parts.append(["D", wanted, *self._rows(agg, trades, defs)])
+        return parts
+
+    def _update_frame(self, agg: Aggregator, now_ms: int) -> list[Any]:
+        frame: list[Any] = [self.seq]
+        if self._resumed:
+            frame.append(self._hello(agg, resumed=True))
+            self._resumed = False
+        defs: list[Any] = []
+        head: list[Any] = []
+        keyed: list[Any] = []
+
+        if self._clock_dirty:
+            minute = agg.now_ms - agg.now_ms % MINUTE_MS
+            head.append(["c", minute - self._t0])
+            self._clock_dirty = False
+            if not self._folds_trades:
+                # The new period may already hold trades timed ahead of our clock: send whole views.
+                for mode in ("hour", "day"):
+                    if mode in self.channels:
+                        keyed.append(self._analytics_event(agg, mode))
+                        self._dirty_buckets[mode].clear()
+                if "today" in self.channels:
+                    keyed.append(["d", *agg.today()])
+                    self._today_dirty = False
+
+        if self._pending_trades:
+            trades: list[Any] = ["t"]
+            for event in self._pending_trades:
+                self._define(agg, event.market, defs)
+                trade = event.trade
+                trades.append(
+                    [
+                        event.market,
+                        trade.yes_price,
+                        trade.count,
+                        v2.side_code(trade),
+                        trade.ts_ms - self._last_trade_ts,
+                    ]
+                )
+                self._last_trade_ts = trade.ts_ms
+            head.append(trades)
+            self._trades_sent += len(self._pending_trades)
+            if len(self._pending_trades) > 1:
+                self._batched_frames += 1
+            self._pending_trades = []
+
+        if self._channels_dirty:
+            # After the trades (folded under the old channels), before the state for the new ones.
+            head.append(["C", *sorted(self.channels)])
+            self._channels_dirty = False
+
+        # Markets the client must hold from now on: the hot set and the detail market.
+        hot = agg.hot() if "hot" in self.channels else ()
+        if self._hot_dirty or "hot" in self._added_channels:
+            self._hot_dirty = False
+            if frozenset(hot) != self._hot_sent or "hot" in self._added_channels:
+                keyed.append(["k", *hot])
+                self._hot_sent = frozenset(hot)
+        wanted_tracked = set(self._hot_sent)
+        if self._detail is not None:
+            wanted_tracked.add(self._detail)
+        entering = wanted_tracked - self._tracked
+        self._tracked &= wanted_tracked
+        for market in sorted(entering):
+            self._market_state(agg, market, defs, keyed)
+            self._tracked.add(market)
+
+        for market in sorted(self._dirty_meta):
+            if market in self._known:
+                meta = agg.meta(market)
+                defs.append(["m", market, meta.ticker, meta.category])
+            if market in self._tracked and market not in entering:
+                meta = agg.meta(market)
+                close = None if meta.close_ts_ms is None else meta.close_ts_ms - self._t0
+                keyed.append(["i", market, meta.title, close])
+        self._dirty_meta.clear()
+
+        for market in sorted(self._dirty_windows):
+            if market in self._tracked and market not in entering:
+                window = agg.window(market)
+                keyed.append(
+                    [
+                        "w",
+                        market,
+                        window.contracts,
+                        window.usd,
+                        window.trades,
+                        window.yes_flow,
+                        window.no_flow,
+                    ]
+                )
+        self._dirty_windows.clear()
+
+        for market, inserted in sorted(self._spark_inserts.items()):
+            if market in self._tracked and market not in entering:
+                if len(inserted) >= agg.sparkline_len:
+                    points = agg.sparkline(market)
+                    keyed.append(["s", market, 0, *(v2.trade_point(t, self._t0) for t in points)])
+                else:
+                    keyed.append(["s", market, 1, *(v2.trade_point(t, self._t0) for t in inserted)])
+        self._spark_inserts.clear()
+
+        if self._top_dirty:
+            keyed.append(["x", *self._rows(agg, agg.top_trades(), defs)])
+            self._top_dirty = False
+
+        if self._added_channels:
+            keyed.extend(self._channel_parts(agg, self._added_channels - {"hot"}, defs))
+            self._added_channels = frozenset()
+
+        if self._analytics_due(now_ms):
+            keyed.extend(self._analytics_updates(agg))
+            self._last_analytics_ms = now_ms
+
+        if self._detail_dirty:
+            keyed.extend(self._detail_parts(agg, defs))
+
+        frame.extend(defs)
+        frame.extend(head)
+        frame.extend(keyed)
+        frame.extend(["e", message] for message in self._errors)
+        self._errors = []
+        return frame
+
+    def _analytics_updates(self, agg: Aggregator) -> list[Any]:
+        updates: list[Any] = []
+        for mode, dirty in self._dirty_buckets.items():
+            if not dirty:
+                continue
+            view = agg.analytics("hour" if mode == "hour" else "day")
+            step = MINUTE_MS if mode == "hour" else HOUR_MS
+            for start in sorted(dirty):
+                index = (start - view.first_bucket_ms) // step
+                if 0 <= index < len(view.buckets):
+                    usd, count = view.buckets[index]
+                    updates.append(["p", v2.MODE_CODES[mode], start - self._t0, usd, count])
+            dirty.clear()
+        if self._today_dirty:
+            updates.append(["d", *agg.today()])
+            self._today_dirty = False
+        return updates
+
+
+__all__ = ["DAY_MS", "ClientSession", "ResumePoint", "SessionLimits", "SessionStats"]

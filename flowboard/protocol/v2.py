@@ -1,0 +1,99 @@
+"""Wire protocol v2: the vocabulary shared by the session (encoder) and the decoder.
+
+The format itself is specified in docs/protocol.md; this module holds its constants, the
+compact encodings of trades, and the parsing of client commands. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import orjson
+
+from flowboard.errors import ProtocolError
+from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade
+
+VERSION = 2
+
+CHANNELS = ("trades", "hot", "hour", "day", "top", "today")
+DEFAULT_CHANNELS = frozenset(CHANNELS)
+UNITS = {"price": PRICE_DECIMALS, "count": COUNT_DECIMALS, "usd": USD_DECIMALS}
+
+#: Analytics modes as the wire names them.
+MODE_CODES = {"hour": "h", "day": "d"}
+MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
+
+#: Largest client command we accept; hypercorn closes bigger ones with 1009.
+MAX_COMMAND_BYTES = 64 * 1024
+
+#: Close code for a client that cannot keep up (DESIGN.md, protocol principle 3).
+CLOSE_TOO_SLOW = 4008
+
+
+def side_code(trade: Trade) -> int:
+    return 1 if trade.taker_side == "yes" else 0
+
+
+def trade_point(trade: Trade, t0_ms: int) -> list[int]:
+    """A sparkline point: ``[price, count, side, ts]`` with ts relative to ``t0``."""
+    return [trade.yes_price, trade.count, side_code(trade), trade.ts_ms - t0_ms]
+
+
+def trade_row(market: int, trade: Trade, t0_ms: int) -> list[int]:
+    """A trade in a list (``x``, ``T``, ``D``): ``[id, price, count, side, ts]``."""
+    return [market, trade.yes_price, trade.count, side_code(trade), trade.ts_ms - t0_ms]
+
+
+def parse_channels(names: Iterable[str]) -> frozenset[str]:
+    channels = frozenset(name.strip() for name in names if name.strip())
+    unknown = channels - DEFAULT_CHANNELS
+    if unknown:
+        raise ProtocolError(f"unknown channel(s) {sorted(unknown)}; expected any of {list(CHANNELS)}")
+    return channels
+
+
+@attrs.frozen(slots=True)
+class Subscribe:
+    channels: frozenset[str]
+
+
+@attrs.frozen(slots=True)
+class Unsubscribe:
+    channels: frozenset[str]
+
+
+@attrs.frozen(slots=True)
+class Detail:
+    ticker: str | None
+
+
+Command = Subscribe | Unsubscribe | Detail
+
+
+def parse_command(text: str | bytes) -> Command:
+    """One client frame as a command, or ProtocolError saying what was expected."""
+    try:
+        message: Any = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"expected a JSON object, got invalid JSON ({exc})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"expected a JSON object, got {type(message).__name__}")
+    op = message.get("op")
+    if op in ("sub", "unsub"):
+        names = message.get("ch")
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ProtocolError(f"'{op}' expects \"ch\": a list of channel names")
+        channels = parse_channels(names)
+        return Subscribe(channels) if op == "sub" else Unsubscribe(channels)
+    if op == "detail":
+        ticker = message.get("ticker")
+        if ticker is not None and (not isinstance(ticker, str) or not ticker or len(ticker) > 200):
+            raise ProtocolError("'detail' expects \"ticker\": a market ticker or null")
+        return Detail(ticker)
+    raise ProtocolError(f"unknown op {str(op)[:40]!r}; expected one of 'sub', 'unsub', 'detail'")
+
+
+def dumps(frame: list[Any]) -> bytes:
+    return orjson.dumps(frame)

@@ -1,0 +1,195 @@
+"""The quart-trio application: the page, the JSON API, health, metrics and the WebSockets.
+
+Money and sizes in the JSON API are exact decimal strings ("0.3600", "136.00"); times are
+Unix milliseconds. The API reads the same aggregator the streams are built from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from quart import Response, request, send_from_directory
+from quart_trio import QuartTrio
+
+from flowboard.aggregate.aggregator import Aggregator
+from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units
+from flowboard.server import websocket as ws_v2
+from flowboard.server.runtime import Runtime
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+
+def _price(units: int) -> str:
+    return str(from_units(units, PRICE_DECIMALS))
+
+
+def _count(units: int) -> str:
+    return str(from_units(units, COUNT_DECIMALS))
+
+
+def _usd(units: int) -> str:
+    return str(from_units(units, USD_DECIMALS))
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def trade_json(trade: Trade) -> dict[str, Any]:
+    return {
+        "trade_id": trade.trade_id,
+        "ticker": trade.ticker,
+        "yes_price": _price(trade.yes_price),
+        "no_price": _price(trade.no_price),
+        "count": _count(trade.count),
+        "taker_side": trade.taker_side,
+        "usd_volume": _usd(trade.usd),
+        "ts_ms": trade.ts_ms,
+    }
+
+
+def market_json(agg: Aggregator, market: int) -> dict[str, Any]:
+    meta = agg.meta(market)
+    window = agg.window(market)
+    last = agg.last_trade(market)
+    return {
+        "ticker": meta.ticker,
+        "title": meta.title,
+        "category": meta.category,
+        "event_ticker": meta.event_ticker,
+        "close_time": _iso(meta.close_ts_ms),
+        "last_price": None if last is None else _price(last.yes_price),
+        "window": {
+            "contracts": _count(window.contracts),
+            "usd_volume": _usd(window.usd),
+            "trades": window.trades,
+            "yes_flow": _count(window.yes_flow),
+            "no_flow": _count(window.no_flow),
+            "net_flow": _count(window.net_flow),
+        },
+        "sparkline": [
+            {"price": _price(t.yes_price), "count": _count(t.count), "side": t.taker_side, "ts_ms": t.ts_ms}
+            for t in agg.sparkline(market)
+        ],
+    }
+
+
+def analytics_json(agg: Aggregator, mode: str) -> dict[str, Any]:
+    view = agg.analytics("hour" if mode == "hour" else "day")
+
+    def bucket(index: int) -> dict[str, Any]:
+        usd, trades = view.buckets[index]
+        return {
+            "start_ms": view.first_bucket_ms + index * view.bucket_ms,
+            "usd_volume": _usd(usd),
+            "trades": trades,
+        }
+
+    return {
+        "mode": mode,
+        "bucket_ms": view.bucket_ms,
+        "buckets": [bucket(i) for i in range(len(view.buckets))],
+        "current": bucket(len(view.buckets) - 1),
+        "total_usd_volume": _usd(view.total_usd),
+        "total_trades": view.total_trades,
+        "peak_usd_volume": _usd(view.peak_usd),
+        "peak_trades": view.peak_trades,
+    }
+
+
+def _limit(default: int, maximum: int) -> int:
+    text = request.args.get("limit")
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise ValueError(f"limit must be an integer between 1 and {maximum}, got {text[:20]!r}")
+    return int(text)
+
+
+def create_app(runtime: Runtime) -> QuartTrio:
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    agg = runtime.agg
+    web_dir = Path(runtime.config.web_dir)
+
+    @app.errorhandler(ValueError)
+    async def bad_request(error: ValueError) -> Response:
+        return _json({"error": str(error)}, 400)
+
+    @app.route("/")
+    async def index() -> Response:
+        return await send_from_directory(web_dir, "index.html")
+
+    @app.route("/<path:name>")
+    async def static_file(name: str) -> Response:
+        return await send_from_directory(web_dir, name)
+
+    @app.route("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.route("/readyz")
+    async def readyz() -> Response:
+        if runtime.not_ready:
+            return _json({"ready": False, "reasons": sorted(runtime.not_ready)}, 503)
+        return _json({"ready": True})
+
+    @app.route("/metrics")
+    async def metrics() -> Response:
+        return Response(runtime.metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    @app.route("/api/stats")
+    async def stats() -> Response:
+        trades, usd = agg.today()
+        return _json(
+            {
+                "now_ms": agg.now_ms,
+                "today": {"trades": trades, "usd_volume": _usd(usd)},
+                "trades_total": agg.trades_total,
+                "active_markets": agg.active_markets,
+                "markets": agg.markets_count(),
+                "clients": len(runtime.hub.clients),
+                "seq": runtime.hub.seq,
+            }
+        )
+
+    @app.route("/api/markets/hot")
+    async def hot_markets() -> Response:
+        return _json(
+            {"markets": [dict(market_json(agg, m), rank=rank) for rank, m in enumerate(agg.hot(), start=1)]}
+        )
+
+    @app.route("/api/markets/<ticker>")
+    async def market(ticker: str) -> Response:
+        market_id = agg.market_id(ticker)
+        if market_id is None:
+            return _json({"error": f"no trade seen for market {ticker[:80]!r}"}, 404)
+        body = market_json(agg, market_id)
+        body["trades"] = [trade_json(t) for t in agg.market_trades(market_id, _limit(50, 1000))]
+        return _json(body)
+
+    @app.route("/api/trades/recent")
+    async def recent_trades() -> Response:
+        return _json({"trades": [trade_json(t) for t in agg.recent_trades(_limit(50, 1000))]})
+
+    @app.route("/api/trades/top")
+    async def top_trades() -> Response:
+        return _json({"trades": [trade_json(t) for t in agg.top_trades()]})
+
+    @app.route("/api/analytics")
+    async def analytics() -> Response:
+        mode = request.args.get("mode", "hour")
+        if mode not in ("hour", "day"):
+            return _json({"error": f"mode must be 'hour' or 'day', got {mode[:20]!r}"}, 400)
+        return _json(analytics_json(agg, mode))
+
+    @app.websocket("/ws")
+    async def stream_v2() -> None:
+        await ws_v2.serve_v2(runtime)
+
+    return app

@@ -1,0 +1,141 @@
+"""Publish: number the aggregator's events, keep a ring of them for resume, fan them out.
+
+``publish`` is synchronous and only appends to each client's session: it never waits on a
+socket, so one slow client cannot delay the feed or any other client. Each client's own
+send loop (flowboard.server.websocket) wakes up and takes everything pending as one frame.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import attrs
+import trio
+
+from flowboard.aggregate.aggregator import Aggregator
+from flowboard.aggregate.events import Event, HotChanged
+from flowboard.protocol.session import ClientSession, ResumePoint, SessionLimits
+
+
+class Client:
+    """A connected client: its session and the way to wake its send loop."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        # Set when the session may have something to send; replaced after each wait.
+        self._wakeup = trio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def wait(self, deadline: float) -> None:
+        """Until woken or until ``deadline`` (trio time); then re-arm."""
+        with trio.move_on_at(deadline):
+            await self._wakeup.wait()
+        self._wakeup = trio.Event()
+
+
+@attrs.frozen
+class HubStats:
+    seq: int
+    clients: int
+    ring_events: int
+    pending_trades_max: int
+    pending_trades_total: int
+
+
+class Hub:
+    """The single publisher: aggregator events in, per-client sessions out."""
+
+    def __init__(self, agg: Aggregator, *, epoch: str, ring_size: int, limits: SessionLimits) -> None:
+        self.agg = agg
+        self.epoch = epoch
+        self.limits = limits
+        # Sequence number of the latest event published.
+        self.seq = 0
+        # The latest events, for clients that resume: (seq, event).
+        self._ring: deque[tuple[int, Event]] = deque(maxlen=ring_size)
+        # The hot set as of the event just before the ring's oldest (for resume points).
+        self._hot_before_ring: tuple[int, ...] = ()
+        self.clients: set[Client] = set()
+        # Set once shutdown begins: send loops close their sockets with 1001.
+        self.shutting_down = trio.Event()
+        # Set when, after shutdown began, the last client has gone.
+        self.drained = trio.Event()
+
+    def publish(self, events: Iterable[Event], now_ms: int) -> None:
+        ring = self._ring
+        for event in events:
+            self.seq += 1
+            if len(ring) == ring.maxlen:
+                _, oldest = ring[0]
+                if isinstance(oldest, HotChanged):
+                    self._hot_before_ring = oldest.markets
+            ring.append((self.seq, event))
+            for client in self.clients:
+                client.session.offer(self.seq, event, now_ms)
+        for client in self.clients:
+            if client.session.has_pending(now_ms):
+                client.wake()
+
+    def _resume_point(self, resume: tuple[str, int] | None) -> ResumePoint | None:
+        """Where a reconnecting client can continue, or None if it needs a snapshot."""
+        if resume is None:
+            return None
+        epoch, seq = resume
+        oldest = self._ring[0][0] if self._ring else self.seq + 1
+        if epoch != self.epoch or not oldest - 1 <= seq <= self.seq:
+            return None
+        hot = self._hot_before_ring
+        for event_seq, event in self._ring:
+            if event_seq > seq:
+                break
+            if isinstance(event, HotChanged):
+                hot = event.markets
+        return ResumePoint(hot=hot)
+
+    def connect(
+        self, *, channels: frozenset[str], detail: str | None, resume: tuple[str, int] | None, now_ms: int
+    ) -> Client:
+        point = self._resume_point(resume)
+        start_seq = resume[1] if point is not None and resume is not None else self.seq
+        session = ClientSession(
+            epoch=self.epoch,
+            channels=channels,
+            detail=detail,
+            limits=self.limits,
+            seq=start_seq,
+            resume=point,
+        )
+        if point is not None:
+            for event_seq, event in self._ring:
+                if event_seq > start_seq:
+                    session.offer(event_seq, event, now_ms)
+        session.seq = self.seq
+        client = Client(session)
+        self.clients.add(client)
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        self.clients.discard(client)
+        if self.shutting_down.is_set() and not self.clients:
+            self.drained.set()
+
+    def begin_shutdown(self) -> None:
+        """Ask every send loop to close its client with 1001."""
+        self.shutting_down.set()
+        if not self.clients:
+            self.drained.set()
+        for client in self.clients:
+            client.wake()
+
+    def statistics(self) -> HubStats:
+        pending = [client.session.pending_trades for client in self.clients]
+        return HubStats(
+            seq=self.seq,
+            clients=len(self.clients),
+            ring_events=len(self._ring),
+            pending_trades_max=max(pending, default=0),
+            pending_trades_total=sum(pending),
+        )

@@ -1,0 +1,64 @@
+"""Prometheus metrics of one process (a registry of its own, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.trades_ingested = Counter(
+            "flowboard_trades_ingested", "Trades accepted by the aggregator", registry=r
+        )
+        self.duplicates = Counter(
+            "flowboard_trades_duplicate", "Trades ignored because their trade_id was seen", registry=r
+        )
+        self.feed_messages = Counter(
+            "flowboard_feed_messages", "Raw feed messages read, by type", ["type"], registry=r
+        )
+        self.malformed = Counter(
+            "flowboard_feed_malformed", "Feed messages that could not be used (skipped)", registry=r
+        )
+        self.frames_sent = Counter(
+            "flowboard_frames_sent",
+            "WebSocket frames sent to clients, by kind",
+            ["protocol", "kind"],
+            registry=r,
+        )
+        self.bytes_sent = Counter(
+            "flowboard_bytes_sent",
+            "Frame payload bytes before compression, by kind",
+            ["protocol", "kind"],
+            registry=r,
+        )
+        self.batched_frames = Counter(
+            "flowboard_client_batched_frames", "Frames that carried more than one trade", registry=r
+        )
+        self.conflated = Counter(
+            "flowboard_client_conflated_updates", "Keyed updates absorbed into a later value", registry=r
+        )
+        self.resyncs = Counter("flowboard_client_resyncs", "Clients resynced from a snapshot", registry=r)
+        self.closed_slow = Counter(
+            "flowboard_client_closed_slow", "Clients closed with 4008 (too slow)", registry=r
+        )
+        self.bad_commands = Counter(
+            "flowboard_client_bad_commands", "Client frames that were not valid commands", registry=r
+        )
+        self.connections = Counter(
+            "flowboard_client_connections",
+            "WebSocket connections accepted, by protocol",
+            ["protocol"],
+            registry=r,
+        )
+        self.resumed = Counter("flowboard_client_resumed", "Connections that resumed from a seq", registry=r)
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge whose value is read at scrape time (queue depths, client counts)."""
+        Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

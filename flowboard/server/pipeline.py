@@ -1,0 +1,250 @@
+"""Wiring: one nursery that owns the source, the aggregator loop, the clock and the HTTP server.
+
+Data flows one way (DESIGN.md): source -> RawMessage channel -> parse -> aggregate ->
+publish (hub) -> per-client sessions -> send loops. Everything here only moves data
+between the pure parts; start-up order is enforced with ``nursery.start`` so the server
+reports ready (``task_status.started(runtime)``, ``/readyz``) only when every part runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from flowboard.aggregate.aggregator import Aggregator
+from flowboard.aggregate.events import Event, TradeAdded
+from flowboard.config import Config
+from flowboard.errors import ConfigError, MalformedMessage
+from flowboard.ingest.kalshi_format import decode_message, encode_envelope, encode_trade_msg, trade_from_msg
+from flowboard.ingest.simulator import Simulator
+from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.protocol.session import SessionLimits
+from flowboard.protocol.v2 import MAX_COMMAND_BYTES
+from flowboard.server import deflate
+from flowboard.server.app import create_app
+from flowboard.server.hub import Hub
+from flowboard.server.metrics import Metrics
+from flowboard.server.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Raw messages taken from the channel per aggregation pass: one publish (one wake-up per
+#: client) covers them all, which is what batches a burst.
+_DRAIN_LIMIT = 500
+
+Source = Callable[..., Awaitable[None]]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ingestor:
+    """Raw feed message -> aggregator events. Counts, never raises on bad input."""
+
+    def __init__(self, agg: Aggregator, metrics: Metrics) -> None:
+        self.agg = agg
+        self.metrics = metrics
+        self._logged_malformed = 0
+
+    def ingest(self, text: str, now_ms: int) -> list[Event]:
+        try:
+            message = decode_message(text)
+            self.metrics.feed_messages.labels(message.type).inc()
+            if message.type != "trade":
+                return []
+            trade = trade_from_msg(message.msg)
+        except MalformedMessage as exc:
+            self.metrics.malformed.inc()
+            # Log the first few in full; after that the counter in /metrics tells the story.
+            if self._logged_malformed < 20:
+                self._logged_malformed += 1
+                log.warning("skipped a malformed feed message: %s", exc)
+            return []
+        events = self.agg.add_trade(trade, now_ms)
+        if any(isinstance(event, TradeAdded) for event in events):
+            self.metrics.trades_ingested.inc()
+        else:
+            self.metrics.duplicates.inc()
+        return events
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, or ConfigError with one line saying what to change."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} is not an address this machine can listen on ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use: stop the other process or pass --port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    hyper = HypercornConfig()
+    hyper.websocket_max_message_size = MAX_COMMAND_BYTES
+    hyper.graceful_timeout = 2.0
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("hypercorn.error")
+    return hyper
+
+
+async def _publish_history(runtime: Runtime, ingestor: Ingestor, sim: Simulator) -> None:
+    """Warm start: the simulator's backdated trades, through the same parser, before serving."""
+    now = runtime.wall_ms()
+    for meta in sim.markets:
+        runtime.hub.publish(runtime.agg.set_meta(meta), now)
+    for trade in sim.history(now, runtime.config.sim_history_s):
+        text = encode_envelope(encode_trade_msg(trade), sid=1, seq=None)
+        runtime.hub.publish(ingestor.ingest(text, trade.ts_ms), trade.ts_ms)
+    runtime.hub.publish(runtime.agg.advance(now), now)
+    await trio.lowlevel.checkpoint()
+
+
+async def _aggregate(
+    runtime: Runtime,
+    ingestor: Ingestor,
+    receive: trio.MemoryReceiveChannel[RawMessage],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    task_status.started()
+    async for first in receive:
+        batch = [first]
+        while len(batch) < _DRAIN_LIMIT:
+            try:
+                batch.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        now = runtime.wall_ms()
+        events: list[Event] = []
+        for raw in batch:
+            events.extend(ingestor.ingest(raw.text, now))
+        runtime.hub.publish(events, now)
+
+
+async def _tick(runtime: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Expire windows and roll the clock on whole seconds, trades or not."""
+    tick_ms = int(runtime.config.tick_s * 1000)
+    task_status.started()
+    while True:
+        now = runtime.wall_ms()
+        await trio.sleep((tick_ms - now % tick_ms) / 1000)
+        now = runtime.wall_ms()
+        runtime.hub.publish(runtime.agg.advance(now), now)
+
+
+async def _serve_http(
+    runtime: Runtime,
+    sock: socket.socket,
+    stop_http: trio.Event,
+    done: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    app = create_app(runtime)
+    await worker_serve(
+        wrap_app(app, 0, "asgi"),
+        _hypercorn_config(runtime.config),
+        sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+        shutdown_trigger=stop_http.wait,
+        task_status=task_status,
+    )
+    # The HTTP server has finished its graceful shutdown: stop everything else too.
+    done.cancel()
+
+
+async def _shutdown_when_asked(runtime: Runtime, stop_http: trio.Event) -> None:
+    await runtime.stop_requested.wait()
+    log.info("shutting down: closing client connections")
+    runtime.not_ready.add("shutting down")
+    runtime.hub.begin_shutdown()
+    with trio.move_on_after(2):
+        await runtime.hub.drained.wait()
+    stop_http.set()
+
+
+def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMessage]) -> None:
+    hub = runtime.hub
+    metrics = runtime.metrics
+    metrics.gauge("flowboard_clients", "Connected v2 clients", lambda: len(hub.clients))
+    metrics.gauge("flowboard_seq", "Sequence number of the latest event", lambda: hub.seq)
+    metrics.gauge(
+        "flowboard_ingest_queue_depth",
+        "Raw feed messages waiting to be aggregated",
+        lambda: receive.statistics().current_buffer_used,
+    )
+    metrics.gauge(
+        "flowboard_client_pending_trades_max",
+        "Largest number of trades waiting for one client",
+        lambda: hub.statistics().pending_trades_max,
+    )
+    metrics.gauge(
+        "flowboard_client_pending_trades_total",
+        "Trades waiting for all clients together",
+        lambda: hub.statistics().pending_trades_total,
+    )
+
+
+async def run_server(
+    config: Config,
+    *,
+    wall_ms: Callable[[], int] = wall_clock_ms,
+    task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run Flowboard until ``runtime.request_stop()`` (or cancellation)."""
+    sock = bind_socket(config.host, config.port)
+    agg = Aggregator()
+    limits = SessionLimits(max_pending_trades=config.max_pending_trades, max_resyncs=config.max_resyncs)
+    hub = Hub(agg, epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits)
+    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms)
+    ingestor = Ingestor(agg, runtime.metrics)
+    deflate.install(
+        deflate.DeflateSettings(
+            enabled=config.deflate, window_bits=config.deflate_window_bits, mem_level=config.deflate_mem_level
+        )
+    )
+    send, receive = trio.open_memory_channel[RawMessage](config.ingest_buffer)
+    _register_gauges(runtime, receive)
+
+    async with trio.open_nursery() as nursery:
+        if config.source == "sim":
+            sim = Simulator(
+                seed=config.seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_ms()
+            )
+            await _publish_history(runtime, ingestor, sim)
+            source: Source = partial(serve_simulator, sim, send, wall_ms=wall_ms)
+        else:
+            raise ConfigError(f"--source {config.source} is not available in this build")
+        await nursery.start(_aggregate, runtime, ingestor, receive)
+        await nursery.start(_tick, runtime)
+        await nursery.start(source)
+        stop_http = trio.Event()
+        runtime.binds = await nursery.start(_serve_http, runtime, sock, stop_http, nursery.cancel_scope)
+        nursery.start_soon(_shutdown_when_asked, runtime, stop_http)
+        runtime.not_ready.discard("starting")
+        log.info("flowboard listening on %s", runtime.url)
+        task_status.started(runtime)

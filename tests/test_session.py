@@ -1,0 +1,431 @@
+"""Protocol v2 without a network: the per-client session against the reference decoder.
+
+The contract these tests pin: whatever the trades, the clock and the client's read pattern,
+folding the frames a session builds gives exactly the view ``expected_summary`` reads from
+the aggregator — with trades batched and state conflated for a client that fell behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowboard.aggregate.aggregator import Aggregator
+from flowboard.errors import ProtocolError
+from flowboard.model import MINUTE_MS, MarketMeta, Trade
+from flowboard.protocol import v2
+from flowboard.protocol.decoder import ViewState, expected_summary
+from flowboard.protocol.session import SessionLimits
+from flowboard.server.hub import Client, Hub
+
+TICKERS = [f"KXTEST-26JAN01-T{i}" for i in range(8)]
+# 2026-11-27 23:58 UTC: runs cross a minute, an hour and a UTC midnight.
+START_MS = 1_795_823_880_000
+
+
+def small_aggregator() -> Aggregator:
+    """Small sizes so that short runs churn the hot set, the top list and sparklines."""
+    return Aggregator(window_ms=20_000, sparkline_len=4, hot_size=3, top_size=3, tape_size=200)
+
+
+class Harness:
+    """An aggregator, a hub and decoders for its clients, driven synchronously."""
+
+    def __init__(self, limits: SessionLimits | None = None) -> None:
+        self.agg = small_aggregator()
+        self.limits = limits or SessionLimits(snapshot_tape=200, detail_trades=50)
+        self.hub = Hub(self.agg, epoch="e1", ring_size=10_000, limits=self.limits)
+        self.now = START_MS
+        self.hub.publish(self.agg.advance(self.now), self.now)
+        self.views: dict[Client, ViewState] = {}
+        self.frames: dict[Client, list[bytes]] = {}
+        self._next_id = 0
+
+    def connect(
+        self,
+        channels: frozenset[str] = v2.DEFAULT_CHANNELS,
+        detail: str | None = None,
+        resume: tuple[str, int] | None = None,
+        view: ViewState | None = None,
+    ) -> Client:
+        client = self.hub.connect(channels=channels, detail=detail, resume=resume, now_ms=self.now)
+        self.views[client] = view if view is not None else ViewState(tape_limit=200)
+        self.frames[client] = []
+        return client
+
+    def trade(self, ticker: str, price: int, count: int, side: str, lateness_ms: int = 0) -> Trade:
+        self._next_id += 1
+        trade = Trade(
+            trade_id=f"t{self._next_id}",
+            ticker=ticker,
+            yes_price=price,
+            count=count,
+            taker_side="yes" if side == "yes" else "no",
+            ts_ms=self.now - lateness_ms,
+        )
+        self.hub.publish(self.agg.add_trade(trade, self.now), self.now)
+        return trade
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+        self.hub.publish(self.agg.advance(self.now), self.now)
+
+    def read(self, client: Client, *, later_ms: int = 0) -> bytes | None:
+        """Build and fold one frame; ``later_ms`` lets held-back analytics come due."""
+        frame = client.session.build_frame(self.agg, self.now + later_ms)
+        if frame is not None:
+            self.frames[client].append(frame)
+            self.views[client].apply_frame(frame)
+        return frame
+
+    def read_until_idle(self, client: Client) -> None:
+        while self.read(client, later_ms=60_000) is not None:
+            pass
+
+    def check(self, client: Client) -> None:
+        view = self.views[client]
+        session = client.session
+        wanted_detail = session._wanted_detail
+        detail = (
+            wanted_detail
+            if wanted_detail is not None and self.agg.market_id(wanted_detail) is not None
+            else None
+        )
+        expected = expected_summary(
+            self.agg,
+            channels=session.channels,
+            detail=detail,
+            tape_len=200,
+            detail_len=50,
+        )
+        actual = view.summary()
+        actual.pop("seq")
+        assert actual == expected
+
+
+def events_of(frame: bytes) -> list[Any]:
+    decoded: list[Any] = orjson.loads(frame)
+    return decoded[1:]
+
+
+def codes(frame: bytes) -> list[str]:
+    return [event[0] for event in events_of(frame)]
+
+
+def test_first_frame_is_a_snapshot_of_the_default_view() -> None:
+    """A client that sends nothing gets hello + every default channel's state in one frame."""
+    h = Harness()
+    h.trade(TICKERS[0], 3600, 10000, "yes")
+    client = h.connect()
+    frame = h.read(client)
+    assert frame is not None
+    assert codes(frame)[:2] == ["H", "m"]
+    assert {"k", "i", "w", "s", "x", "a", "d", "T"} <= set(codes(frame))
+    h.check(client)
+
+
+def test_caught_up_client_gets_each_trade_in_a_frame_of_its_own() -> None:
+    """A reader that keeps up gets one small `t` frame per trade, nothing it can derive."""
+    h = Harness()
+    client = h.connect()
+    h.read(client)
+    h.trade(TICKERS[0], 3600, 10000, "yes")
+    first = h.read(client)
+    assert first is not None
+    h.trade(TICKERS[0], 3700, 500, "no")
+    frame = h.read(client)
+    assert frame is not None
+    # Market 0 was defined by the previous frame; the window and sparkline are derived.
+    assert codes(frame) == ["t"]
+    assert events_of(frame)[0][1][:4] == [0, 3700, 500, 0]
+    h.check(client)
+
+
+def test_trade_bytes_are_compact() -> None:
+    """A trade of a known market costs a few dozen bytes, frame envelope included."""
+    h = Harness()
+    client = h.connect()
+    h.trade(TICKERS[0], 3600, 10000, "yes")
+    h.read_until_idle(client)
+    h.advance(137)
+    h.trade(TICKERS[0], 3600, 10000, "yes")
+    frame = h.read(client)
+    assert frame is not None
+    assert len(frame) <= 40, frame
+
+
+def test_stalled_client_gets_one_batched_conflated_frame_when_it_resumes_reading() -> None:
+    """Trades pile up in order while state conflates to its latest value; the view ends exact."""
+    h = Harness()
+    client = h.connect()
+    h.read_until_idle(client)
+    for i in range(60):
+        h.trade(TICKERS[i % 5], 1000 + 100 * i, 100 + i, "yes" if i % 3 else "no")
+        h.advance(700)
+    frame = h.read(client)
+    assert frame is not None
+    assert h.read(client) is None
+    trades = [event for event in events_of(frame) if event[0] == "t"]
+    assert len(trades) == 1 and len(trades[0]) == 61
+    windows = [event[1] for event in events_of(frame) if event[0] == "w"]
+    assert len(windows) == len(set(windows)), "each market's window at most once"
+    assert client.session.statistics().conflated > 0
+    h.check(client)
+
+
+def test_client_past_the_bound_is_resynced_with_a_count_of_what_it_missed() -> None:
+    """More pending trades than the bound: `r` with the count, then a fresh snapshot."""
+    h = Harness(SessionLimits(max_pending_trades=10, snapshot_tape=200))
+    client = h.connect()
+    h.read_until_idle(client)
+    for i in range(25):
+        h.trade(TICKERS[i % 3], 5000, 100, "yes")
+    frame = h.read(client)
+    assert frame is not None
+    events = events_of(frame)
+    assert events[0] == ["r", 25]
+    assert events[1][0] == "H" and events[1][1]["resumed"] is False
+    assert h.views[client].missed == 25
+    h.check(client)
+
+
+def test_client_that_keeps_falling_behind_is_marked_for_a_4008_close() -> None:
+    """Past max_resyncs within the period the session gives a reason to close (4008)."""
+    h = Harness(SessionLimits(max_pending_trades=2, max_resyncs=2, snapshot_tape=200))
+    client = h.connect()
+    h.read_until_idle(client)
+    for _ in range(3):
+        for i in range(3):
+            h.trade(TICKERS[i], 5000, 100, "yes")
+        h.read_until_idle(client)
+    assert client.session.close_reason is not None
+    assert "too slow" in client.session.close_reason
+
+
+def test_stalled_client_does_not_change_what_a_fast_client_receives() -> None:
+    """Fan-out is per client: a stalled reader's backlog leaves the fast one's frames unchanged."""
+    alone = Harness()
+    shared = Harness()
+    fast_alone = alone.connect()
+    fast = shared.connect()
+    stalled = shared.connect()
+    shared.read(stalled)  # it took its snapshot, then stopped reading
+    for h, client in ((alone, fast_alone), (shared, fast)):
+        for i in range(30):
+            h.trade(TICKERS[i % 4], 4000 + i, 100, "yes")
+            h.read(client)
+            h.advance(300)
+    assert alone.frames[fast_alone] == shared.frames[fast]
+    assert stalled.session.pending_trades == 30
+    shared.read_until_idle(stalled)
+    shared.check(stalled)
+
+
+def test_window_expiry_reaches_the_client_as_authoritative_values() -> None:
+    """Old trades leave the window on the clock; the client gets `w` without any new trade."""
+    h = Harness()
+    client = h.connect()
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    h.read_until_idle(client)
+    h.advance(20_000)
+    frame = h.read(client)
+    assert frame is not None
+    assert "w" in codes(frame) or "k" in codes(frame)
+    h.check(client)
+    assert h.views[client].summary()["hot"] == []
+
+
+def test_non_folding_client_gets_sparkline_diffs_and_analytics_updates() -> None:
+    """A hot+hour client without trades gets `s` appends and `p` updates, not trades."""
+    h = Harness()
+    client = h.connect(frozenset({"hot", "hour"}))
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    h.read_until_idle(client)
+    h.advance(3_000)
+    h.trade(TICKERS[0], 5100, 200, "no")
+    h.advance(3_000)
+    frame = h.read(client)
+    assert frame is not None
+    assert "t" not in codes(frame)
+    sparks = [event for event in events_of(frame) if event[0] == "s"]
+    assert sparks and sparks[0][2] == 1 and len(sparks[0]) == 4
+    assert "p" in codes(frame)
+    h.check(client)
+
+
+def test_detail_subscription_sends_that_market_and_its_trades_only() -> None:
+    """`detail` gives one market's state and recent trades, then its live trades."""
+    h = Harness()
+    for i in range(6):
+        h.trade(TICKERS[i % 2], 5000 + i, 100, "yes")
+    client = h.connect(frozenset({"today"}))
+    h.read_until_idle(client)
+    client.session.set_detail(TICKERS[1])
+    frame = h.read(client)
+    assert frame is not None
+    assert "D" in codes(frame)
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    h.trade(TICKERS[1], 5200, 300, "no")
+    h.advance(3_000)
+    h.read_until_idle(client)
+    trades_sent = [e for f in h.frames[client] for e in events_of(f) if e[0] == "t"]
+    assert [len(e) for e in trades_sent] == [2]
+    h.check(client)
+    client.session.set_detail(None)
+    h.read_until_idle(client)
+    assert "detail" not in h.views[client].summary()
+
+
+def test_unknown_detail_market_gets_an_error_event() -> None:
+    """A detail request for a market never seen is answered with `e`, the stream goes on."""
+    h = Harness()
+    client = h.connect()
+    h.read_until_idle(client)
+    client.session.set_detail("NOPE-1")
+    h.read_until_idle(client)
+    assert h.views[client].errors and "NOPE-1" in h.views[client].errors[0]
+
+
+def test_subscribe_and_unsubscribe_change_the_stream_from_the_next_frame() -> None:
+    """`sub` sends the new channel's state; `unsub` stops it; the view stays exact."""
+    h = Harness()
+    client = h.connect(frozenset({"hour"}))
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    h.read_until_idle(client)
+    client.session.subscribe(frozenset({"trades", "top"}))
+    frame = h.read(client)
+    assert frame is not None and {"C", "x", "T"} <= set(codes(frame))
+    h.trade(TICKERS[1], 5000, 100, "yes")
+    h.read_until_idle(client)
+    h.check(client)
+    client.session.unsubscribe(frozenset({"trades"}))
+    h.trade(TICKERS[1], 5000, 100, "yes")
+    h.advance(3_000)
+    h.read_until_idle(client)
+    h.check(client)
+
+
+def test_resume_sends_only_what_was_missed() -> None:
+    """A client that reconnects with EPOCH:SEQ still in the ring continues without a snapshot."""
+    h = Harness()
+    first = h.connect()
+    for i in range(5):
+        h.trade(TICKERS[i % 3], 5000, 100, "yes")
+    h.read_until_idle(first)
+    view = h.views[first]
+    h.hub.disconnect(first)
+    for i in range(5):
+        h.trade(TICKERS[i % 4], 5100, 100, "no")
+        h.advance(1_000)
+    second = h.connect(resume=(view.epoch, view.seq), view=view)
+    frame = h.read(second)
+    assert frame is not None
+    events = events_of(frame)
+    assert events[0][0] == "H" and events[0][1]["resumed"] is True
+    assert "T" not in codes(frame) and "a" not in codes(frame)
+    h.read_until_idle(second)
+    h.check(second)
+
+
+def test_resume_from_an_unknown_epoch_or_trimmed_seq_gets_a_snapshot() -> None:
+    """Resume falls back to a fresh snapshot when the history is gone."""
+    h = Harness()
+    client = h.connect(resume=("other-epoch", 1))
+    frame = h.read(client)
+    assert frame is not None and events_of(frame)[0][1]["resumed"] is False
+    late = h.connect(resume=("e1", h.hub.seq + 50))
+    frame = h.read(late)
+    assert frame is not None and events_of(frame)[0][1]["resumed"] is False
+
+
+CHANNEL_SETS = [
+    v2.DEFAULT_CHANNELS,
+    frozenset({"hot", "hour", "day"}),
+    frozenset({"top", "today", "trades"}),
+    frozenset({"hot", "today", "top"}),
+]
+
+trade_operation = st.tuples(
+    st.just("trade"),
+    st.integers(0, len(TICKERS) - 1),
+    st.integers(1, 9999),
+    st.integers(1, 50_000),
+    st.sampled_from(["yes", "no"]),
+    st.sampled_from([0, 0, 0, 0, 1_500, 25_000]),
+)
+operation = st.one_of(
+    trade_operation,
+    trade_operation,
+    st.tuples(
+        st.just("trade"),
+        st.integers(0, len(TICKERS) - 1),
+        st.integers(1, 9999),
+        st.integers(1, 50_000),
+        st.sampled_from(["yes", "no"]),
+        st.sampled_from([0, 0, 0, 0, 1_500, 25_000]),
+    ),
+    st.tuples(
+        st.just("advance"),
+        st.sampled_from([1, 400, 999, 999, 5_000, 5_000, 19_999, 20_000, 61_000, 3_600_000]),
+    ),
+    st.tuples(st.just("read"), st.integers(0, len(CHANNEL_SETS))),
+    st.tuples(st.just("detail"), st.integers(0, len(TICKERS))),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(operation, min_size=3, max_size=60), max_pending=st.sampled_from([3, 2_000]))
+def test_any_trades_and_read_pattern_fold_to_the_servers_state(
+    ops: list[tuple[Any, ...]], max_pending: int
+) -> None:
+    """Property: for random trades (some late), clock moves and read patterns, every client's
+    decoded view equals the server's state once it has read everything."""
+    h = Harness(SessionLimits(max_pending_trades=max_pending, snapshot_tape=200, max_resyncs=1_000))
+    for ticker in TICKERS[:4]:
+        h.hub.publish(h.agg.set_meta(MarketMeta(ticker, title=f"Title {ticker}", category="Test")), h.now)
+    clients = [h.connect(channels) for channels in CHANNEL_SETS]
+    detail_client = h.connect(frozenset({"today"}), detail=TICKERS[0])
+    clients.append(detail_client)
+    for client in clients:
+        h.read(client)
+    for op in ops:
+        if op[0] == "trade":
+            _, index, price, count, side, lateness = op
+            h.trade(TICKERS[index], price, count, side, lateness)
+        elif op[0] == "advance":
+            h.advance(op[1])
+        elif op[0] == "read":
+            h.read(clients[op[1]])
+        else:
+            index = op[1]
+            detail_client.session.set_detail(TICKERS[index] if index < len(TICKERS) else None)
+    for client in clients:
+        h.read_until_idle(client)
+        h.check(client)
+
+
+@pytest.mark.parametrize("channels", ["hot,nope", "", "trades,,hour"])
+def test_channel_lists_are_validated(channels: str) -> None:
+    """Unknown channel names are refused with the list of valid ones."""
+    names = channels.split(",")
+    if "nope" in names:
+        with pytest.raises(ProtocolError, match="expected any of"):
+            v2.parse_channels(names)
+    else:
+        assert v2.parse_channels(names) <= v2.DEFAULT_CHANNELS
+
+
+def test_minute_clock_event_rolls_the_views() -> None:
+    """At a minute boundary the client gets `c` and its hour view moves by one bucket."""
+    h = Harness()
+    client = h.connect()
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    h.read_until_idle(client)
+    h.advance(MINUTE_MS)
+    frame = h.read(client)
+    assert frame is not None and "c" in codes(frame)
+    h.check(client)
