@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -203,6 +204,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
         "git_commit": commit or None,
     }
 

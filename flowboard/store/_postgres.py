@@ -61,8 +61,9 @@ class PostgresDatabase:
         params.setdefault("application_name", "flowboard-store")
         # libpq counts whole seconds and treats values below 2 as 2.
         params.setdefault("connect_timeout", max(2, math.ceil(config.connect_timeout_s)))
+        self._conninfo = make_conninfo("", **params)
         self._pool = ConnectionPool(
-            make_conninfo("", **params),
+            self._conninfo,
             min_size=1,
             max_size=config.postgres_readers + 1,
             open=False,
@@ -77,12 +78,13 @@ class PostgresDatabase:
     def open(self) -> None:
         """Connect, or raise StoreError within ``connect_timeout_s``."""
         try:
+            # One direct attempt first: when it fails it says why (refused, bad password...),
+            # where the pool would only report a timeout.
+            psycopg.connect(self._conninfo).close()
             self._pool.open(wait=True, timeout=self._connect_timeout_s)
         except psycopg.Error as error:
             self._pool.close()
-            raise StoreError(
-                f"PostgreSQL not reachable at {self._description} within {self._connect_timeout_s} s: {error}"
-            ) from error
+            raise StoreError(f"PostgreSQL not reachable at {self._description}: {error}") from error
 
     def _configure(self, connection: psycopg.Connection[TupleRow]) -> None:
         connection.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
