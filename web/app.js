@@ -33,6 +33,7 @@ const ui = {
   detail: null, // ticker shown in the drawer
   lastFocus: null,
   firstRender: false,
+  paintedSeq: -1, // the state's seq as of the last paint
 };
 
 // ---- connection ----------------------------------------------------------------
@@ -210,6 +211,7 @@ function paint(now) {
     for (const id of ch.markets) if (state.markets.get(id)?.category) noteCategory(state.markets.get(id).category);
   }
   stepTweens(now);
+  ui.paintedSeq = state.seq;
 
   if (!ui.firstRender && state.hello && state.viewsLoaded.has(ui.view)) {
     ui.firstRender = true;
@@ -475,6 +477,11 @@ setInterval(() => {
 }, 1000);
 
 // For tests and the bench: the live state, read-only by convention.
-window.flowboard = { state, conn, ui, openDrawer, closeDrawer, setView };
+window.flowboard = {
+  state, conn, ui, openDrawer, closeDrawer, setView,
+  receive: onFrame,
+  // Whether the DOM shows the state as of `seq`: painted, no rank change waiting.
+  settled: () => !paintScheduled && !cards.pendingReorder && !chartDirty,
+};
 
 connect();

@@ -1,0 +1,422 @@
+"""The dashboard page in real Chromium against the real server on the simulator.
+
+The server runs as a subprocess (``flowboard serve --port 0``; its bound address is read from
+the ``flowboard listening on`` line); Playwright's sync API drives Debian's Chromium. These
+tests pin what a viewer sees: live data, numbers equal to the JSON API at the same ``seq``,
+the market drawer and its subscription, tape filters, reconnect + resume, keyboard and
+phone-width use, and a clean console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+LISTENING = re.compile(r"flowboard listening on (http://\S+)")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _require_chromium() -> None:
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} is absent (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "the playwright package is not installed"
+    if missing:
+        if os.environ.get("FLOWBOARD_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{missing} and FLOWBOARD_REQUIRE_SERVICES=1")
+        pytest.skip(f"{missing}; set FLOWBOARD_REQUIRE_SERVICES=1 to fail instead")
+
+
+class Server:
+    """``flowboard serve`` on the simulator, restartable on the same port and database."""
+
+    def __init__(self, db: Path, rate: float) -> None:
+        self.db = db
+        self.rate = rate
+        self.url = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, port: int = 0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flowboard", "serve", "--port", str(port), "--db", str(self.db),
+             "--rate", str(self.rate), "--seed", "11", "--sim-history", "900", "--log-level", "warning"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + 30
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"server exited ({self.proc.wait()}) before listening")
+            match = LISTENING.search(line)
+            if match:
+                self.url = match.group(1)
+                return
+        raise AssertionError("server did not print its address within 30 s")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.proc = None
+
+    def api(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    _require_chromium()
+    srv = Server(tmp_path_factory.mktemp("browser") / "flowboard.sqlite3", rate=4)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Console:
+    """Console errors, warnings and uncaught exceptions of one page."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        page.on("console", self._message)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def _message(self, msg: Any) -> None:
+        if msg.type == "error":
+            self.errors.append(msg.text)
+        elif msg.type == "warning":
+            self.warnings.append(msg.text)
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Iterator[tuple[Any, Console]]:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    pg = context.new_page()
+    console = Console(pg)
+    pg.goto(server.url + "/")
+    pg.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=15_000)
+    try:
+        yield pg, console
+    finally:
+        context.close()
+    assert console.errors == []
+
+
+def _units(text: str, decimals: int) -> int:
+    return int(Decimal(text).scaleb(decimals))
+
+
+def _wait(pg: Any, predicate: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
+    """Poll ``predicate``; Playwright delivers page events only while we call into it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        pg.wait_for_timeout(50)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+PAGE_NUMBERS = """() => {
+  const fb = window.flowboard;
+  const v = (id) => Number(document.getElementById(id).dataset.value);
+  return {
+    settled: fb.settled() && fb.ui.paintedSeq === fb.state.seq,
+    seq: fb.state.seq,
+    today: [v("today-trades"), v("today-usd")],
+    todayText: [document.getElementById("today-trades").textContent, document.getElementById("today-usd").textContent],
+    stats: [v("st-usd"), v("st-trades"), v("st-peak-usd"), v("st-peak-trades"), v("st-cur-usd")],
+    cards: [...document.querySelectorAll("#hot .card[data-ticker]")].map((c) => ({
+      ticker: c.dataset.ticker, rank: Number(c.dataset.rank), usd: Number(c.dataset.usd),
+      trades: Number(c.dataset.trades), contracts: Number(c.dataset.contracts),
+    })),
+    tape: document.querySelectorAll("#tape .trow").length,
+  };
+}"""
+
+
+def test_dashboard_shows_live_data(page: tuple[Any, Console], server: Server) -> None:
+    """Trades stream into the tape, the hot cards and the chart fill, and the header says live."""
+    pg, _ = page
+    pg.wait_for_function("document.querySelectorAll('#tape .trow').length >= 10", timeout=10_000)
+    assert pg.locator("#conn").get_attribute("data-state") == "live"
+    assert pg.locator("#hot .card[data-ticker]").count() == 12
+    assert pg.locator("#chart canvas").count() == 1
+    assert pg.locator("#top li[data-ticker]").count() >= 1
+    seq = pg.evaluate("flowboard.state.seq")
+    pg.wait_for_function(f"flowboard.state.seq > {seq}", timeout=10_000)
+    # Virtualised: the DOM holds about a screenful of rows however long the tape is.
+    rows = pg.evaluate("document.querySelectorAll('#tape .trow').length")
+    assert rows <= 40
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.wait_for_timeout(600)
+    pg.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_numbers_equal_the_api_at_the_same_seq(page: tuple[Any, Console], server: Server) -> None:
+    """Header, stat cards and hot cards show exactly what /api says when both are at one seq."""
+    pg, _ = page
+    for _attempt in range(60):
+        before = server.api("/api/stats")
+        hot = server.api("/api/markets/hot")
+        hour = server.api("/api/analytics?mode=hour")
+        shown = pg.evaluate(PAGE_NUMBERS)
+        after = server.api("/api/stats")
+        if before["seq"] == after["seq"] == shown["seq"] and shown["settled"]:
+            break
+        pg.wait_for_timeout(100)
+    else:
+        pytest.fail("the page and the API never agreed on a seq (is the stream flowing?)")
+    assert shown["today"] == [before["today"]["trades"], _units(before["today"]["usd_volume"], 6)]
+    assert shown["stats"] == [
+        _units(hour["total_usd_volume"], 6), hour["total_trades"],
+        _units(hour["peak_usd_volume"], 6), hour["peak_trades"],
+        _units(hour["current"]["usd_volume"], 6),
+    ]
+    expected_cards = [
+        {"ticker": m["ticker"], "rank": m["rank"], "usd": _units(m["window"]["usd_volume"], 6),
+         "trades": m["window"]["trades"], "contracts": _units(m["window"]["contracts"], 2)}
+        for m in hot["markets"]
+    ]
+    assert sorted(shown["cards"], key=lambda c: c["rank"]) == expected_cards
+    # The text shows the same figure once its transition is over.
+    pg.wait_for_timeout(600)
+    trades_text = pg.locator("#today-trades").text_content()
+    assert trades_text is not None and trades_text.replace(",", "").isdigit()
+
+
+def test_drawer_subscribes_to_detail_and_shows_the_market(page: tuple[Any, Console], server: Server) -> None:
+    """Clicking a card opens its market (server's recent trades, link) and sends detail on/off."""
+    pg, _ = page
+    sent: list[str] = []
+    pg.evaluate("""() => { const ws = flowboard.conn.ws; const orig = ws.send.bind(ws);
+                          window.__sent = []; ws.send = (m) => { window.__sent.push(m); orig(m); }; }""")
+    card = pg.locator("#hot .card[data-ticker]").first
+    ticker = card.get_attribute("data-ticker")
+    card.click()
+    drawer = pg.locator("#drawer")
+    drawer.wait_for(state="visible")
+    assert drawer.get_attribute("data-ticker") == ticker
+    pg.wait_for_function("document.querySelectorAll('#dr-trades li').length > 0", timeout=10_000)
+    assert pg.locator("#dr-ticker").text_content() == ticker
+    series = ticker.split("-")[0].lower()
+    assert pg.locator("#dr-link").get_attribute("href") == f"https://kalshi.com/markets/{series}"
+    api = server.api(f"/api/markets/{ticker}")
+    shown_title = pg.locator("#dr-title").text_content()
+    assert shown_title == (api["title"] or ticker)
+    assert pg.evaluate("flowboard.state.markets.get(flowboard.state.detail).ticker") == ticker
+    pg.keyboard.press("Escape")
+    drawer.wait_for(state="hidden")
+    sent = pg.evaluate("window.__sent")
+    assert [json.loads(m) for m in sent] == [{"op": "detail", "ticker": ticker}, {"op": "detail", "ticker": None}]
+    # A tape row opens the drawer too.
+    pg.locator("#tape .trow").first.click()
+    drawer.wait_for(state="visible")
+    pg.locator("#dr-close").click()
+    drawer.wait_for(state="hidden")
+
+
+def test_filters_narrow_the_tape(page: tuple[Any, Console], server: Server) -> None:
+    """Text, category and minimum-$ filters leave only matching trades in the tape."""
+    pg, _ = page
+    pg.wait_for_function("document.querySelectorAll('#tape .trow').length >= 10", timeout=10_000)
+    total = pg.evaluate("flowboard.state.tapeLength")
+    ticker = pg.locator("#hot .card[data-ticker]").first.get_attribute("data-ticker")
+    pg.fill("#f-text", ticker.lower())
+    pg.wait_for_timeout(100)
+    tickers = pg.evaluate("[...document.querySelectorAll('#tape .trow')].map((r) => r.dataset.ticker)")
+    assert tickers and set(tickers) == {ticker}
+    shown = int(pg.locator("#tape-count").text_content().split()[0].replace(",", ""))
+    assert shown < total
+    pg.fill("#f-text", "")
+    pg.fill("#f-min", "50")
+    pg.wait_for_timeout(100)
+    amounts = pg.evaluate("[...document.querySelectorAll('#tape .trow')].map((r) => Number(r.dataset.usd))")
+    assert all(a >= 50_000_000 for a in amounts)
+    pg.fill("#f-min", "")
+    category = pg.evaluate("document.querySelector('#f-cat').options[1].value")
+    pg.select_option("#f-cat", category)
+    pg.wait_for_timeout(100)
+    cats = pg.evaluate(
+        "[...document.querySelectorAll('#tape .trow')].map((r) =>"
+        " flowboard.state.markets.get(flowboard.state.byTicker.get(r.dataset.ticker)).category)"
+    )
+    assert cats and set(cats) == {category}
+
+
+def test_scrolling_away_pauses_the_tape(page: tuple[Any, Console], server: Server) -> None:
+    """Away from the top, the rows in view stay put and a pill counts the new trades."""
+    pg, _ = page
+    pg.wait_for_function("flowboard.state.tapeLength >= 60", timeout=20_000)
+    pg.evaluate("document.querySelector('#tape').scrollTop = 300")
+    pg.wait_for_timeout(100)
+    first = pg.evaluate("document.elementFromPoint(...(() => { const r = document.querySelector('#tape')"
+                        ".getBoundingClientRect(); return [r.left + 100, r.top + 40]; })()).closest('.trow').innerText")
+    pill = pg.locator("#tape-pill")
+    pill.wait_for(state="visible", timeout=10_000)
+    assert re.fullmatch(r"[\d,]+ new trades? ↑", pill.text_content() or "")
+    still = pg.evaluate("document.elementFromPoint(...(() => { const r = document.querySelector('#tape')"
+                        ".getBoundingClientRect(); return [r.left + 100, r.top + 40]; })()).closest('.trow').innerText")
+    assert still == first
+    pill.click()
+    pill.wait_for(state="hidden")
+    assert pg.evaluate("document.querySelector('#tape').scrollTop") == 0
+
+
+def test_hour_day_toggle_switches_subscription(page: tuple[Any, Console], server: Server) -> None:
+    """The day view subscribes to "day" and drops "hour"; its figures equal /api?mode=day."""
+    pg, _ = page
+    pg.click(".toggle button[data-view='d']")
+    pg.wait_for_function("flowboard.state.channels.has('day') && !flowboard.state.channels.has('hour')"
+                         " && flowboard.state.viewsLoaded.has('d')", timeout=10_000)
+    for _attempt in range(60):
+        before = server.api("/api/stats")
+        day = server.api("/api/analytics?mode=day")
+        shown = pg.evaluate(PAGE_NUMBERS)
+        after = server.api("/api/stats")
+        if before["seq"] == after["seq"] == shown["seq"] and shown["settled"]:
+            break
+        pg.wait_for_timeout(100)
+    else:
+        pytest.fail("the page and the API never agreed on a seq")
+    assert shown["stats"][:2] == [_units(day["total_usd_volume"], 6), day["total_trades"]]
+    assert pg.locator(".stat .per").first.text_content() == "hour"
+    pg.click(".toggle button[data-view='h']")
+    pg.wait_for_function("flowboard.state.channels.has('hour')", timeout=10_000)
+
+
+def test_keyboard_and_phone_width(browser: Any, server: Server) -> None:
+    """At 390 px nothing overflows sideways; Tab reaches a card and Enter opens its drawer."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    pg = context.new_page()
+    console = Console(pg)
+    try:
+        pg.goto(server.url + "/")
+        pg.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=15_000)
+        pg.wait_for_function("document.querySelectorAll('#hot .card[data-ticker]').length > 0")
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+        pg.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=False)
+        for _ in range(40):
+            pg.keyboard.press("Tab")
+            if pg.evaluate("document.activeElement.matches('#hot .card[data-ticker]')"):
+                break
+        else:
+            pytest.fail("Tab never reached a hot-market card")
+        ticker = pg.evaluate("document.activeElement.dataset.ticker")
+        pg.keyboard.press("Enter")
+        pg.locator("#drawer").wait_for(state="visible")
+        assert pg.locator("#drawer").get_attribute("data-ticker") == ticker
+        assert pg.evaluate("document.activeElement.id") == "dr-close"
+        pg.keyboard.press("Escape")
+        pg.locator("#drawer").wait_for(state="hidden")
+    finally:
+        context.close()
+    assert console.errors == []
+
+
+def test_bad_frames_warn_once_and_do_not_break_the_page(page: tuple[Any, Console], server: Server) -> None:
+    """A frame that is not JSON or an unknown event is warned about once per kind; data keeps flowing."""
+    pg, console = page
+    seq = pg.evaluate("flowboard.state.seq")
+    pg.evaluate("""(seq) => {
+      for (let i = 0; i < 3; i++) {
+        flowboard.receive("not json");
+        flowboard.receive(JSON.stringify([seq, ["Z", 1]]));
+      }
+    }""", seq)
+    pg.wait_for_function(f"flowboard.state.seq > {seq}", timeout=10_000)
+    pg.wait_for_timeout(100)
+    ours = [w for w in console.warnings if w.startswith("flowboard:")]
+    assert len(ours) == 2, ours
+    assert any("json" in w for w in ours) and any('"Z"' in w for w in ours)
+
+
+def test_reconnects_and_resumes(page: tuple[Any, Console], server: Server) -> None:
+    """A dropped socket resumes (resume=EPOCH:SEQ, hello resumed); a restarted server is rejoined."""
+    pg, console = page
+    urls: list[str] = []
+    hellos: list[Any] = []
+
+    def on_ws(ws: Any) -> None:
+        urls.append(ws.url)
+
+        def frame(payload: Any) -> None:
+            text = payload if isinstance(payload, str) else payload.decode()
+            if '["H",' in text[:40]:
+                hellos.append(json.loads(text))
+
+        ws.on("framereceived", frame)
+
+    pg.on("websocket", on_ws)
+    epoch, seq = pg.evaluate("[flowboard.state.epoch, flowboard.state.seq]")
+    pg.evaluate("flowboard.conn.ws.close()")
+    _wait(pg, lambda: bool(hellos), what="a hello after the drop")
+    assert f"resume={epoch}:" in urls[0]
+    resumed_from = int(re.search(r"resume=[^:&]+:(\d+)", urls[0]).group(1))
+    assert resumed_from >= seq
+    hello = next(e for e in hellos[0][1:] if e[0] == "H")[1]
+    assert hello["resumed"] is True and hello["epoch"] == epoch
+    pg.wait_for_function("document.querySelector('#conn').dataset.state === 'live'")
+
+    # The server goes away: the header counts down to the next attempt.
+    port = server.port
+    server.stop()
+    pg.wait_for_function("document.querySelector('#conn').dataset.state !== 'live'", timeout=10_000)
+    pg.wait_for_function("/retry in \\d+s/.test(document.querySelector('#conn-text').textContent)", timeout=10_000)
+    server.start(port)
+    pg.wait_for_function("document.querySelector('#conn').dataset.state === 'live'", timeout=30_000)
+    seq_after = pg.evaluate("flowboard.state.seq")
+    pg.wait_for_function(f"flowboard.state.seq > {seq_after}", timeout=10_000)
+    assert pg.locator("#hot .card[data-ticker]").count() == 12
+    # While the server was down Chromium itself logs each refused WebSocket; nothing else.
+    console.errors[:] = [e for e in console.errors if not re.search(r"WebSocket connection to .* failed", e)]
