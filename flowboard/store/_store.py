@@ -86,7 +86,7 @@ class BatchedStore:
         # Set by offer() once the queue holds _wake_at_queued trades; replaced each time the writer waits.
         self._writer_wakeup = trio.Event()
         self._wake_at_queued = 1
-        # True from the first dropped trade until the next commit, so a full queue logs once, not per offer.
+        # True from the first dropped trade until the queue is half empty, so a full queue logs once.
         self._dropping = False
         self._dropped_at_episode_start = 0
         self._written_total = 0
@@ -165,7 +165,8 @@ class BatchedStore:
             await self._writer_wakeup.wait()
 
     async def _commit_oldest_batch(self) -> None:
-        """Write the oldest batch, retrying with backoff until the database takes it."""
+        """Write the oldest batch, retrying with backoff until the database takes it; trades the
+        database refuses outright are logged and counted as rejected."""
         # The batch stays at the head of the queue until committed, so it is counted as queued
         # (and holds its place) while the database is down.
         batch = self._pending.oldest(self._config.batch_max_trades)
@@ -188,7 +189,9 @@ class BatchedStore:
         if self._last_attempt_failed:
             self._last_attempt_failed = False
             log.warning("store: database is back; %d trades still queued", len(self._pending))
-        if self._dropping:
+        # Half empty, not merely one batch of room, so a database that only just keeps up does
+        # not log a full/room pair per batch.
+        if self._dropping and len(self._pending) < self._pending.capacity / 2:
             self._dropping = False
             log.warning(
                 "store: queue has room again after dropping %d trades",
