@@ -151,7 +151,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
                 "now_ms": agg.now_ms,
                 "today": {"trades": trades, "usd_volume": _usd(usd)},
                 "trades_total": agg.trades_total,
-                "active_markets": agg.active_markets,
+                "active_markets": agg.active_markets(),
                 "markets": agg.markets_count(),
                 "clients": len(runtime.hub.clients),
                 "seq": runtime.hub.seq,
