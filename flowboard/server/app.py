@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units
+from flowboard.server import legacy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
 
@@ -191,5 +192,9 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @app.websocket("/ws")
     async def stream_v2() -> None:
         await ws_v2.serve_v2(runtime)
+
+    @app.websocket("/ws/stream")
+    async def stream_v1() -> None:
+        await legacy.serve_v1(runtime)
 
     return app
