@@ -46,6 +46,24 @@ class Config:
     ingest_buffer: int = 10_000  # raw feed messages waiting to be aggregated
     tick_s: float = 1.0  # how often windows expire and the clock is checked
     log_level: str = "info"
+    # --source kalshi
+    kalshi_env: str = "prod"
+    kalshi_ws_url: str | None = None
+    kalshi_rest_url: str | None = None
+    kalshi_key_id: str = ""
+    kalshi_private_key: str | None = None  # path of the PEM file; never its content
+    markets: tuple[str, ...] = ()
+    # flowboard record
+    out: str | None = None
+    gzip: bool = False
+    duration_s: float | None = None  # stop recording after this long; None = until SIGINT
+
+
+def _tickers(text: str) -> tuple[str, ...]:
+    tickers = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not tickers:
+        raise ValueError("expected a comma-separated list of market tickers")
+    return tickers
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -113,7 +131,31 @@ _SERVE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--stall-timeout", "stall_timeout_s", _positive(float), "seconds a frame may wait for a slow socket"),
     ("--ring-size", "ring_size", _positive(int), "events kept for resuming clients"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
+    ("--kalshi-env", "kalshi_env", str, "Kalshi environment: prod or demo"),
+    ("--kalshi-ws-url", "kalshi_ws_url", str, "override the environment's WebSocket URL"),
+    ("--kalshi-rest-url", "kalshi_rest_url", str, "override the environment's REST URL (.../trade-api/v2)"),
+    ("--kalshi-key-id", "kalshi_key_id", str, "Kalshi API key id (connects unsigned without one)"),
+    ("--kalshi-private-key", "kalshi_private_key", str, "path of the PEM private key of that API key id"),
+    ("--markets", "markets", _tickers, "only these market tickers, comma-separated (default: all)"),
 ]
+
+# Options of `flowboard record` besides the source ones.
+_RECORD_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
+    ("--out", "out", str, "the JSON Lines file to write (gzip when it ends in .gz)"),
+    ("--duration", "duration_s", _positive(float), "stop after this many seconds (default: until Ctrl-C)"),
+]
+_SOURCE_FIELDS = {
+    "rate",
+    "seed",
+    "sim_markets",
+    "log_level",
+    "kalshi_env",
+    "kalshi_ws_url",
+    "kalshi_rest_url",
+    "kalshi_key_id",
+    "kalshi_private_key",
+    "markets",
+}
 
 
 def _env_name(flag: str) -> str:
@@ -136,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-deflate", dest="deflate", action="store_false", default=None, help="turn permessage-deflate off"
     )
+    record = commands.add_parser("record", help="write the raw feed to a file for --source replay")
+    for flag, field, _, help_text in _SERVE_OPTIONS + _RECORD_OPTIONS:
+        if field in _SOURCE_FIELDS or field in ("out", "duration_s"):
+            record.add_argument(flag, dest=field, default=None, help=f"{help_text} [{_env_name(flag)}]")
+    record.add_argument("--source", choices=("sim", "kalshi"), default=None, help="where trades come from")
+    record.add_argument("--gzip", action="store_true", default=False, help="gzip the recording")
     return parser
 
 
@@ -152,6 +200,24 @@ def _value(
         return parse(text)
     except ValueError as exc:
         raise ConfigError(f"{origin}={text!r}: {exc}") from None
+
+
+def parse_record_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    values: dict[str, Any] = {}
+    for flag, field, parse, _ in _SERVE_OPTIONS + _RECORD_OPTIONS:
+        if hasattr(args, field):
+            value = _value(flag, field, parse, getattr(args, field), env)
+            if value is not attrs.NOTHING:
+                values[field] = value
+    values["source"] = args.source or env.get("FLOWBOARD_SOURCE", "sim")
+    if values["source"] not in ("sim", "kalshi"):
+        raise ConfigError(f"FLOWBOARD_SOURCE={values['source']!r}: record takes sim or kalshi")
+    if "out" not in values:
+        raise ConfigError("flowboard record needs --out FILE")
+    values["gzip"] = bool(args.gzip)
+    config = Config(**values)
+    _check(config)
+    return config
 
 
 def parse_serve_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
@@ -187,6 +253,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"--deflate-window-bits={config.deflate_window_bits}: must be between 9 and 15")
     if not 1 <= config.deflate_mem_level <= 9:
         raise ConfigError(f"--deflate-mem-level={config.deflate_mem_level}: must be between 1 and 9")
+    if config.kalshi_env not in ("prod", "demo"):
+        raise ConfigError(f"--kalshi-env={config.kalshi_env!r}: expected prod or demo")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level={config.log_level!r}: expected debug, info, warning or error")
     if not Path(config.web_dir).is_dir():
@@ -197,4 +265,6 @@ def parse_argv(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tup
     """``(command, config)`` for a command line, or ConfigError with one line to show."""
     environ = os.environ if env is None else env
     args = build_parser().parse_args(list(argv))
+    if args.command == "record":
+        return args.command, parse_record_args(args, environ)
     return args.command, parse_serve_args(args, environ)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 
 import httpx
 import orjson
@@ -31,8 +32,8 @@ def virtual_wall_ms() -> int:
 
 
 @pytest.fixture
-async def server(autojump_clock: trio.testing.MockClock) -> AsyncIterator[Runtime]:
-    config = Config(port=0, rate=20.0, seed=7, sim_history_s=120.0)
+async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
+    config = Config(port=0, rate=20.0, seed=7, sim_history_s=120.0, db=str(tmp_path / "flowboard.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         yield runtime
@@ -179,9 +180,19 @@ async def test_reconnecting_client_resumes_without_a_snapshot(
     await client.aclose()
 
 
-async def test_stalled_client_does_not_delay_a_fast_one(autojump_clock: trio.testing.MockClock) -> None:
+async def test_stalled_client_does_not_delay_a_fast_one(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     """A client whose socket stops taking data is resynced or closed; the fast one keeps its pace."""
-    config = Config(port=0, rate=300.0, seed=3, sim_history_s=0.0, max_pending_trades=200, max_resyncs=2)
+    config = Config(
+        port=0,
+        rate=300.0,
+        seed=3,
+        sim_history_s=0.0,
+        max_pending_trades=200,
+        max_resyncs=2,
+        db=str(tmp_path / "flowboard.db"),
+    )
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         stalled = await open_small_buffer_client(ws_url(runtime))

@@ -136,8 +136,9 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.route("/readyz")
     async def readyz() -> Response:
-        if runtime.not_ready:
-            return _json({"ready": False, "reasons": sorted(runtime.not_ready)}, 503)
+        problems = runtime.readiness_problems()
+        if problems:
+            return _json({"ready": False, "reasons": problems}, 503)
         return _json({"ready": True})
 
     @app.route("/metrics")
@@ -172,6 +173,24 @@ def create_app(runtime: Runtime) -> QuartTrio:
             return _json({"error": f"no trade seen for market {ticker[:80]!r}"}, 404)
         body = market_json(agg, market_id)
         body["trades"] = [trade_json(t) for t in agg.market_trades(market_id, _limit(50, 1000))]
+        return _json(body)
+
+    @app.route("/api/markets/<ticker>/trades")
+    async def market_history(ticker: str) -> Response:
+        """A market's stored trades, newest first; page with ?before=<ts_ms>&before_id=<trade_id>."""
+        before_text = request.args.get("before")
+        if before_text is not None and not before_text.isdigit():
+            return _json({"error": f"before must be a time in Unix ms, got {before_text[:20]!r}"}, 400)
+        assert runtime.store is not None
+        trades = await runtime.store.market_trades(
+            ticker,
+            None if before_text is None else int(before_text),
+            _limit(100, 1000),
+            before_trade_id=request.args.get("before_id"),
+        )
+        body: dict[str, Any] = {"ticker": ticker, "trades": [trade_json(t) for t in trades]}
+        if trades:
+            body["next"] = {"before": trades[-1].ts_ms, "before_id": trades[-1].trade_id}
         return _json(body)
 
     @app.route("/api/trades/recent")

@@ -64,6 +64,11 @@ class Hub:
         # Set when, after shutdown began, the last client has gone.
         self.drained = trio.Event()
 
+    def rebase(self) -> None:
+        """Start the event history here (after a rebuild or warm start that published nothing)."""
+        self._ring.clear()
+        self._hot_before_ring = self.agg.hot()
+
     def publish(self, events: Iterable[Event], now_ms: int) -> None:
         ring = self._ring
         for event in events:

@@ -8,6 +8,7 @@ reports ready (``task_status.started(runtime)``, ``/readyz``) only when every pa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import secrets
@@ -22,13 +23,17 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from flowboard.aggregate.aggregator import Aggregator
-from flowboard.aggregate.events import Event, TradeAdded
+from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
+from flowboard.aggregate.events import Event, MarketAdded, TradeAdded
 from flowboard.config import Config
 from flowboard.errors import ConfigError, MalformedMessage
+from flowboard.ingest.kalshi import KalshiConfig, serve_kalshi
 from flowboard.ingest.kalshi_format import decode_message, encode_envelope, encode_trade_msg, trade_from_msg
+from flowboard.ingest.metadata import serve_metadata
+from flowboard.ingest.recording import serve_replay
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.model import MarketMeta
 from flowboard.protocol.session import SessionLimits
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 from flowboard.server import deflate
@@ -36,6 +41,7 @@ from flowboard.server.app import create_app
 from flowboard.server.hub import Hub
 from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import Runtime
+from flowboard.store import Store, StoreConfig, open_store, serve_writer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ log = logging.getLogger(__name__)
 #: client) covers them all, which is what batches a burst.
 _DRAIN_LIMIT = 500
 
-Source = Callable[..., Awaitable[None]]
+Source = Callable[..., Awaitable[object]]
 
 
 def wall_clock_ms() -> int:
@@ -51,11 +57,21 @@ def wall_clock_ms() -> int:
 
 
 class Ingestor:
-    """Raw feed message -> aggregator events. Counts, never raises on bad input."""
+    """Raw feed message -> aggregator events (and the store). Counts, never raises on bad input."""
 
-    def __init__(self, agg: Aggregator, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        agg: Aggregator,
+        metrics: Metrics,
+        *,
+        store: Store | None = None,
+        on_new_market: Callable[[str], None] | None = None,
+    ) -> None:
         self.agg = agg
         self.metrics = metrics
+        self.store = store
+        # Called with each ticker seen for the first time (the metadata fetcher's queue).
+        self.on_new_market = on_new_market
         self._logged_malformed = 0
 
     def ingest(self, text: str, now_ms: int) -> list[Event]:
@@ -73,8 +89,16 @@ class Ingestor:
                 log.warning("skipped a malformed feed message: %s", exc)
             return []
         events = self.agg.add_trade(trade, now_ms)
-        if any(isinstance(event, TradeAdded) for event in events):
+        accepted = False
+        for event in events:
+            if isinstance(event, TradeAdded):
+                accepted = True
+            elif isinstance(event, MarketAdded) and self.on_new_market is not None:
+                self.on_new_market(event.ticker)
+        if accepted:
             self.metrics.trades_ingested.inc()
+            if self.store is not None:
+                self.store.offer((trade,))
         else:
             self.metrics.duplicates.inc()
         return events
@@ -112,16 +136,28 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     return hyper
 
 
-async def _publish_history(runtime: Runtime, ingestor: Ingestor, sim: Simulator) -> None:
-    """Warm start: the simulator's backdated trades, through the same parser, before serving."""
+def _warm_start(runtime: Runtime, ingestor: Ingestor, sim: Simulator) -> None:
+    """An empty store: the simulator's backdated trades, through the same parser, before serving."""
     now = runtime.wall_ms()
-    for meta in sim.markets:
-        runtime.hub.publish(runtime.agg.set_meta(meta), now)
     for trade in sim.history(now, runtime.config.sim_history_s):
-        text = encode_envelope(encode_trade_msg(trade), sid=1, seq=None)
-        runtime.hub.publish(ingestor.ingest(text, trade.ts_ms), trade.ts_ms)
-    runtime.hub.publish(runtime.agg.advance(now), now)
-    await trio.lowlevel.checkpoint()
+        ingestor.ingest(encode_envelope(encode_trade_msg(trade), sid=1, seq=None), trade.ts_ms)
+    runtime.agg.advance(now)
+
+
+async def _rebuild(runtime: Runtime, store: Store) -> int:
+    """Restart: windows, sparklines, analytics, top trades, today and tapes from the stored
+    trades, replayed in trade-time order. Returns how many trades were replayed."""
+    agg = runtime.agg
+    for meta in await store.load_meta():
+        agg.set_meta(meta)
+    now = runtime.wall_ms()
+    replayed = 0
+    async for chunk in store.load_trades_since(retention_start_ms(now, agg.window_ms)):
+        for trade in chunk:
+            agg.add_trade(trade, min(trade.ts_ms, now))
+        replayed += len(chunk)
+    agg.advance(now)
+    return replayed
 
 
 async def _aggregate(
@@ -202,6 +238,23 @@ def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMes
         "Largest number of trades waiting for one client",
         lambda: hub.statistics().pending_trades_max,
     )
+    store = runtime.store
+    if store is not None:
+        metrics.gauge(
+            "flowboard_store_queued", "Trades waiting to be written", lambda: store.statistics().queued
+        )
+        metrics.gauge(
+            "flowboard_store_written", "Trades written since start", lambda: store.statistics().written_total
+        )
+        metrics.gauge(
+            "flowboard_store_dropped",
+            "Trades the store queue could not hold",
+            lambda: store.statistics().dropped,
+        )
+        metrics.gauge("flowboard_store_failures", "Failed store writes", lambda: store.statistics().failures)
+        metrics.gauge(
+            "flowboard_store_healthy", "1 when the store keeps up", lambda: store.statistics().healthy
+        )
     metrics.gauge(
         "flowboard_client_pending_trades_total",
         "Trades waiting for all clients together",
@@ -217,11 +270,24 @@ async def run_server(
 ) -> None:
     """Run Flowboard until ``runtime.request_stop()`` (or cancellation)."""
     sock = bind_socket(config.host, config.port)
+    try:
+        async with open_store(config.db, config=StoreConfig(retention_days=config.retention_days)) as store:
+            await _run(config, sock, store, wall_ms, task_status)
+    finally:
+        sock.close()
+
+
+async def _run(
+    config: Config,
+    sock: socket.socket,
+    store: Store,
+    wall_ms: Callable[[], int],
+    task_status: trio.TaskStatus[Runtime],
+) -> None:
     agg = Aggregator()
     limits = SessionLimits(max_pending_trades=config.max_pending_trades, max_resyncs=config.max_resyncs)
     hub = Hub(agg, epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits)
-    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms)
-    ingestor = Ingestor(agg, runtime.metrics)
+    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
     deflate.install(
         deflate.DeflateSettings(
             enabled=config.deflate, window_bits=config.deflate_window_bits, mem_level=config.deflate_mem_level
@@ -229,16 +295,59 @@ async def run_server(
     )
     send, receive = trio.open_memory_channel[RawMessage](config.ingest_buffer)
     _register_gauges(runtime, receive)
+    meta_send, meta_receive = trio.open_memory_channel[str](10_000)
+
+    def request_meta(ticker: str) -> None:
+        # Never on the hot path: if the fetcher is behind, the ticker is asked for again later.
+        with contextlib.suppress(trio.WouldBlock):
+            meta_send.send_nowait(ticker)
+
+    kalshi = config.source == "kalshi"
+    ingestor = Ingestor(agg, runtime.metrics, store=store, on_new_market=request_meta if kalshi else None)
+
+    replayed = await _rebuild(runtime, store)
+    log.info("rebuilt the dashboard from %d stored trades", replayed)
 
     async with trio.open_nursery() as nursery:
+        await nursery.start(serve_writer, store)
         if config.source == "sim":
-            sim = Simulator(
-                seed=config.seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_ms()
-            )
-            await _publish_history(runtime, ingestor, sim)
+            # A restarted simulator must not repeat the trade ids it already stored.
+            last_stored = await store.last_trade_ms()
+            seed = config.seed if last_stored is None else hash((config.seed, last_stored)) & 0xFFFFFFFF
+            sim = Simulator(seed=seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_ms())
+            for meta in sim.markets:
+                agg.set_meta(meta)
+            if replayed == 0:
+                _warm_start(runtime, ingestor, sim)
             source: Source = partial(serve_simulator, sim, send, wall_ms=wall_ms)
+        elif kalshi:
+            kalshi_config = _kalshi_config(config)
+            last_stored = await store.last_trade_ms()
+            known = await store.known_trade_ids_since(retention_start_ms(wall_ms(), agg.window_ms))
+            for market in range(agg.markets_count()):
+                request_meta(agg.ticker(market))
+            await nursery.start(
+                partial(
+                    serve_metadata,
+                    kalshi_config,
+                    meta_receive,
+                    partial(_on_meta, runtime),
+                    wall_ms=wall_ms,
+                )
+            )
+            nursery.start_soon(_save_meta_periodically, runtime)
+            source = partial(
+                serve_kalshi,
+                kalshi_config,
+                send,
+                wall_ms=wall_ms,
+                last_stored_ts_ms=lambda: last_stored,
+                known_ids=known,
+            )
         else:
-            raise ConfigError(f"--source {config.source} is not available in this build")
+            assert config.replay_file is not None
+            source = partial(serve_replay, config.replay_file, send, speed=config.speed)
+        hub.rebase()
         await nursery.start(_aggregate, runtime, ingestor, receive)
         await nursery.start(_tick, runtime)
         await nursery.start(source)
@@ -248,3 +357,30 @@ async def run_server(
         runtime.not_ready.discard("starting")
         log.info("flowboard listening on %s", runtime.url)
         task_status.started(runtime)
+
+
+def _kalshi_config(config: Config) -> KalshiConfig:
+    return KalshiConfig(
+        env="demo" if config.kalshi_env == "demo" else "prod",
+        ws_url=config.kalshi_ws_url,
+        rest_url=config.kalshi_rest_url,
+        key_id=config.kalshi_key_id,
+        private_key_path=config.kalshi_private_key,
+        markets=config.markets,
+    )
+
+
+def _on_meta(runtime: Runtime, meta: MarketMeta) -> None:
+    now = runtime.wall_ms()
+    runtime.hub.publish(runtime.agg.set_meta(meta), now)
+    runtime.metas_to_save.append(meta)
+
+
+async def _save_meta_periodically(runtime: Runtime) -> None:
+    """Metadata reaches the store in batches, off the hot path."""
+    assert runtime.store is not None
+    while True:
+        await trio.sleep(5)
+        if runtime.metas_to_save:
+            metas, runtime.metas_to_save = runtime.metas_to_save, []
+            await runtime.store.save_meta(metas)

@@ -9,8 +9,10 @@ import trio
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.config import Config
+from flowboard.model import MarketMeta
 from flowboard.server.hub import Hub
 from flowboard.server.metrics import Metrics
+from flowboard.store import Store
 
 
 @attrs.define(eq=False)
@@ -20,12 +22,26 @@ class Runtime:
     hub: Hub
     metrics: Metrics
     wall_ms: Callable[[], int]
+    store: Store | None = None
     # Addresses hypercorn listens on, e.g. ["http://127.0.0.1:8000"].
     binds: list[str] = attrs.Factory(list)
     # Why /readyz says not ready (empty when ready).
     not_ready: set[str] = attrs.Factory(lambda: {"starting"})
     # Set to begin a graceful shutdown.
     stop_requested: trio.Event = attrs.Factory(trio.Event)
+    # Market metadata fetched but not yet saved to the store.
+    metas_to_save: list[MarketMeta] = attrs.Factory(list)
+
+    def readiness_problems(self) -> list[str]:
+        """Why /readyz says not ready; empty when ready."""
+        problems = sorted(self.not_ready)
+        if self.store is not None:
+            stats = self.store.statistics()
+            if not stats.healthy:
+                problems.append(
+                    f"store unhealthy: {stats.queued} trades queued; {stats.last_error or 'slow'}"
+                )
+        return problems
 
     @property
     def url(self) -> str:

@@ -8,6 +8,7 @@ included) to the message it completes.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 
 import attrs
@@ -103,10 +104,8 @@ class WireClient:
             await self._stream.send_all(self._ws.send(event.response()))
         elif isinstance(event, CloseConnection):
             self.closed = ConnectionClosed(event.code, event.reason)
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._stream.send_all(self._ws.send(event.response()))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
         if self._ws.state.name == "CLOSED" and self.closed is None:
             self.closed = ConnectionClosed(None, "connection lost")
 
