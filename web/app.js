@@ -12,8 +12,10 @@ const TAPE_LIMIT = 5000;
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30_000;
 const OFFLINE_AFTER_ATTEMPTS = 5; // failed attempts before the header says "offline"
-const CHART_EVERY_MS = 250; // the chart redraws at most this often
+const CHART_EVERY_MS = 1000; // the chart redraws at most this often
+const PAINT_EVERY_MS = 100; // data repaints at most this often: a tape moving faster is unreadable anyway
 const TWEEN_MS = 450;
+const TWEEN_STEP_MS = 100; // numbers roll at 10 fps, in the same frames as the data
 const USD_SCALE = 1_000_000;
 
 const $ = (id) => document.getElementById(id);
@@ -127,10 +129,15 @@ function paintConn() {
 
 // ---- frames ----------------------------------------------------------------------
 let paintScheduled = false;
-function requestPaint() {
+let lastPaint = -Infinity;
+// One paint per animation frame at most, and data paints no closer than PAINT_EVERY_MS:
+// everything that arrived in between is folded already and painted together.
+function requestPaint(gap = PAINT_EVERY_MS) {
   if (paintScheduled) return;
   paintScheduled = true;
-  requestAnimationFrame(paint);
+  const wait = lastPaint + gap - performance.now();
+  if (wait > 4) setTimeout(() => requestAnimationFrame(paint), wait);
+  else requestAnimationFrame(paint);
 }
 
 function onFrame(text) {
@@ -185,6 +192,7 @@ function stepTweens(now) {
 
 function paint(now) {
   paintScheduled = false;
+  lastPaint = now;
   const ch = state.takeChanges();
   for (const code of ch.unknown) warnOnce(`unknown-event-${code}`, `event "${code}" is not understood; ignored`);
   for (const msg of ch.errors) warnOnce(`server-error:${msg.split(":")[0]}`, "server did not understand a command:", msg);
@@ -221,7 +229,8 @@ function paint(now) {
       document.documentElement.dataset.ready = "1";
     });
   }
-  if (tweens.size || chartDirty) requestPaint();
+  if (tweens.size) requestPaint(TWEEN_STEP_MS);
+  else if (chartDirty) requestPaint();
 }
 
 // ---- header & activity ----------------------------------------------------------------
@@ -480,8 +489,8 @@ setInterval(() => {
 window.flowboard = {
   state, conn, ui, openDrawer, closeDrawer, setView,
   receive: onFrame,
-  // Whether the DOM shows the state as of `seq`: painted, no rank change waiting.
-  settled: () => !paintScheduled && !cards.pendingReorder && !chartDirty,
+  // Whether the figures in the DOM are the state's (chart and number rolls may lag a moment).
+  settled: () => ui.paintedSeq === state.seq && !cards.pendingReorder,
 };
 
 connect();

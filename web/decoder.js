@@ -72,7 +72,8 @@ export class ViewState {
     this.detailLimit = options.detailLimit ?? 50;
     this.missed = 0;
     this.resyncs = 0;
-    this.frames = 0;
+    this.frames = 0; // frames applied (for the bench)
+    this.tradesSeen = 0; // trades received in "t" events (for the bench)
     this._changes = newChanges();
     this._fresh();
   }
@@ -227,6 +228,7 @@ export class ViewState {
     const ch = this._changes;
     const hotTracked = this.channels.has("hot") ? new Set(this.hot) : null;
     const dayOfMinute = this.minuteMs - (this.minuteMs % DAY_MS);
+    this.tradesSeen += ev.length - 1;
     for (let i = 1; i < ev.length; i++) {
       const [id, price, count, side, dt] = ev[i];
       const ts = this._lastTs + dt;
