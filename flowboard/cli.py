@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
 from flowboard.config import Config, parse_argv
 from flowboard.errors import ConfigError
-from flowboard.server.pipeline import run_server
+from flowboard.ingest.kalshi import serve_kalshi
+from flowboard.ingest.recording import record
+from flowboard.ingest.simulator import Simulator
+from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.server.pipeline import kalshi_config, run_server, wall_clock_ms
 
 
 async def _serve_until_signalled(config: Config) -> None:
@@ -26,9 +32,43 @@ async def _serve_until_signalled(config: Config) -> None:
                 break
 
 
+async def _record_until_stopped(config: Config) -> None:
+    """``flowboard record``: the raw feed into a JSON Lines file, until Ctrl-C or --duration."""
+    assert config.out is not None
+    send, receive = trio.open_memory_channel[RawMessage](10_000)
+    stop = trio.Event()
+
+    async def feed(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with send, trio.open_nursery() as sources:
+            if config.source == "sim":
+                sim = Simulator(
+                    seed=config.seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_clock_ms()
+                )
+                await sources.start(partial(serve_simulator, sim, send, wall_ms=wall_clock_ms))
+            else:
+                await sources.start(partial(serve_kalshi, kalshi_config(config), send, wall_ms=wall_clock_ms))
+            task_status.started()
+            await stop.wait()
+            sources.cancel_scope.cancel()
+
+    async def stop_on_signal_or_deadline() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.move_on_after(config.duration_s if config.duration_s is not None else math.inf):
+                async for _ in signals:
+                    break
+        stop.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(feed)
+        nursery.start_soon(stop_on_signal_or_deadline)
+        stats = await record(receive, config.out, config.gzip)
+        nursery.cancel_scope.cancel()
+    print(f"recorded {stats.messages} messages to {config.out}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        _command, config = parse_argv(sys.argv[1:] if argv is None else argv)
+        command, config = parse_argv(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         print(f"flowboard: error: {exc}", file=sys.stderr)
         return 2
@@ -36,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        trio.run(_serve_until_signalled, config)
+        trio.run(_record_until_stopped if command == "record" else _serve_until_signalled, config)
     except BaseExceptionGroup as group:
         config_errors, others = group.split(ConfigError)
         if config_errors is None or others is not None:

@@ -321,7 +321,7 @@ async def _run(
                 _warm_start(runtime, ingestor, sim)
             source: Source = partial(serve_simulator, sim, send, wall_ms=wall_ms)
         elif kalshi:
-            kalshi_config = _kalshi_config(config)
+            kalshi_settings = kalshi_config(config)
             last_stored = await store.last_trade_ms()
             known = await store.known_trade_ids_since(retention_start_ms(wall_ms(), agg.window_ms))
             for market in range(agg.markets_count()):
@@ -329,7 +329,7 @@ async def _run(
             await nursery.start(
                 partial(
                     serve_metadata,
-                    kalshi_config,
+                    kalshi_settings,
                     meta_receive,
                     partial(_on_meta, runtime),
                     wall_ms=wall_ms,
@@ -338,7 +338,7 @@ async def _run(
             nursery.start_soon(_save_meta_periodically, runtime)
             source = partial(
                 serve_kalshi,
-                kalshi_config,
+                kalshi_settings,
                 send,
                 wall_ms=wall_ms,
                 last_stored_ts_ms=lambda: last_stored,
@@ -359,7 +359,7 @@ async def _run(
         task_status.started(runtime)
 
 
-def _kalshi_config(config: Config) -> KalshiConfig:
+def kalshi_config(config: Config) -> KalshiConfig:
     return KalshiConfig(
         env="demo" if config.kalshi_env == "demo" else "prod",
         ws_url=config.kalshi_ws_url,
