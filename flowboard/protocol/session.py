@@ -413,6 +413,7 @@ class ClientSession:
         parts: list[Any] = []
         if self._wanted_detail is not None and wanted is None:
             self._errors.append(f"unknown market {self._wanted_detail[:80]!r}: no trade seen for it yet")
+            self._wanted_detail = None
         previous = self._detail
         self._detail = wanted
         if previous is not None and previous != wanted and previous not in self._hot_sent:
