@@ -6,7 +6,7 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import trio
@@ -66,6 +66,15 @@ async def _record_until_stopped(config: Config) -> None:
     print(f"recorded {stats.messages} messages to {config.out}", flush=True)
 
 
+def _leaves(group: BaseExceptionGroup[ConfigError]) -> Iterator[ConfigError]:
+    """The errors themselves: nurseries nest each one in a group per level."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, config = parse_argv(sys.argv[1:] if argv is None else argv)
@@ -81,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_errors, others = group.split(ConfigError)
         if config_errors is None or others is not None:
             raise
-        for error in config_errors.exceptions:
+        for error in _leaves(config_errors):
             print(f"flowboard: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -130,6 +130,13 @@ class KalshiConfig:
                 f" ({self.lookback_s} s) or reconciled trades would be forwarded twice"
             )
 
+    def signing_key(self) -> SigningKey | None:
+        """The configured key, read now; None for an unsigned connection.
+
+        Raises ``ConfigError`` (naming the file, never quoting it) when it cannot be used.
+        """
+        return load_signing_key(self.key_id, self.private_key_path) if self.private_key_path else None
+
     @property
     def resolved_ws_url(self) -> str:
         return self.ws_url or ENVIRONMENTS[self.env][0]
@@ -271,9 +278,7 @@ class KalshiIngest:
         self, *, task_status: trio.TaskStatus[KalshiIngest] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
         config = self._config
-        signing_key = (
-            load_signing_key(config.key_id, config.private_key_path) if config.private_key_path else None
-        )
+        signing_key = config.signing_key()
         async with (
             open_rest_client(
                 config.resolved_rest_url,

@@ -24,7 +24,6 @@ import attrs
 import trio
 
 from flowboard.ingest.kalshi import KalshiConfig
-from flowboard.ingest.kalshi_auth import load_signing_key
 from flowboard.ingest.kalshi_rest import RestClient, RestUnavailable, open_rest_client
 from flowboard.model import MarketMeta, series_of
 
@@ -249,9 +248,7 @@ async def serve_metadata(
     ``nursery.start`` returns the :class:`MetadataFetcher` (for ``statistics()``).
     Returns when ``requests`` is closed.
     """
-    signing_key = (
-        load_signing_key(config.key_id, config.private_key_path) if config.private_key_path else None
-    )
+    signing_key = config.signing_key()
     async with open_rest_client(
         config.resolved_rest_url,
         signing_key=signing_key,

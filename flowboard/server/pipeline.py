@@ -269,6 +269,9 @@ async def run_server(
     task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Flowboard until ``runtime.request_stop()`` (or cancellation)."""
+    if config.source == "kalshi":
+        # A bad URL or key stops start-up here, before the port and the store are taken.
+        kalshi_config(config).signing_key()
     sock = bind_socket(config.host, config.port)
     try:
         async with open_store(config.db, config=StoreConfig(retention_days=config.retention_days)) as store:
