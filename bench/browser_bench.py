@@ -8,7 +8,9 @@ opens the page in Debian's Chromium and reports:
   hello + snapshot (so the snapshot was on screen). Measured ``--loads`` times: the first
   load with a cold cache, the rest warm.
 - **main-thread busy share**: CDP ``Performance.getMetrics`` ``TaskDuration`` (all main-
-  thread tasks: script, style, layout, paint) over wall time, after a warm-up.
+  thread tasks: script, style, layout, paint) over wall time, after a warm-up; and the
+  renderer main thread's CPU time from /proc (``main_thread_cpu_share``), which, unlike
+  task wall time, does not grow when other processes on the machine preempt it.
 - **JS heap growth**: ``JSHeapUsedSize`` after a forced GC at the end minus after a forced
   GC at the start of the measured run, with samples along the way; DOM node count too.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -39,19 +42,45 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "browser.json"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
-TARGETS = {"busy_share": {10: 0.05, 100: 0.25}, "heap_growth_bytes_per_10min": 2 * 1024 * 1024,
-           "first_render_ms": 500}
+TARGETS = {
+    "busy_share": {10: 0.05, 100: 0.25},
+    "heap_growth_bytes_per_10min": 2 * 1024 * 1024,
+    "first_render_ms": 500,
+}
 LISTENING = re.compile(r"flowboard listening on (http://\S+)")
 
 
 def start_server(rate: float, seed: int, db: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowboard", "serve", "--port", "0", "--db", str(db), "--rate", str(rate),
-         "--seed", str(seed), "--sim-history", "900", "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "flowboard",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--rate",
+            str(rate),
+            "--seed",
+            str(seed),
+            "--sim-history",
+            "900",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -74,6 +103,43 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+def _ancestors(pid: int) -> set[int]:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return seen
+
+
+def renderer_pids() -> list[int]:
+    """Our Chromium's renderer processes (descendants of this process)."""
+    me = os.getpid()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"--type=renderer" in cmdline and me in _ancestors(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def main_thread_cpu_s(pids: list[int]) -> float:
+    """CPU seconds used by the renderers' main threads (tid == pid), immune to preemption."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def metrics(cdp: Any) -> dict[str, float]:
@@ -109,6 +175,7 @@ def run_rate(browser: Any, rate: float, args: argparse.Namespace) -> dict[str, A
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("crash", lambda _page: errors.append("renderer crashed"))
             cdp = context.new_cdp_session(page)
             cdp.send("Performance.enable", {"timeDomain": "timeTicks"})
             page.goto(url + "/")
@@ -116,20 +183,28 @@ def run_rate(browser: Any, rate: float, args: argparse.Namespace) -> dict[str, A
             page.wait_for_timeout(args.warmup * 1000)
 
             heap_start = heap_after_gc(cdp)
+            renderers = renderer_pids()
+            cpu_start = main_thread_cpu_s(renderers)
             start = metrics(cdp)
             trades_start = page.evaluate("flowboard.state.tradesSeen")
             frames_start = page.evaluate("flowboard.state.frames")
             samples = []
             t_begin = time.monotonic()
             next_sample = args.sample
-            while (elapsed := time.monotonic() - t_begin) < args.duration:
+            while (elapsed := time.monotonic() - t_begin) < args.duration and not errors:
                 page.wait_for_timeout(min(1000, max(1, (args.duration - elapsed) * 1000)))
                 if time.monotonic() - t_begin >= next_sample:
                     m = metrics(cdp)
-                    samples.append({"t_s": round(time.monotonic() - t_begin, 1),
-                                    "heap_used_bytes": int(m["JSHeapUsedSize"]), "nodes": int(m["Nodes"])})
+                    samples.append(
+                        {
+                            "t_s": round(time.monotonic() - t_begin, 1),
+                            "heap_used_bytes": int(m["JSHeapUsedSize"]),
+                            "nodes": int(m["Nodes"]),
+                        }
+                    )
                     next_sample += args.sample
             end = metrics(cdp)
+            cpu_end = main_thread_cpu_s(renderers)
             trades = page.evaluate("flowboard.state.tradesSeen") - trades_start
             frames = page.evaluate("flowboard.state.frames") - frames_start
             heap_end = heap_after_gc(cdp)
@@ -149,6 +224,9 @@ def run_rate(browser: Any, rate: float, args: argparse.Namespace) -> dict[str, A
         "trades_per_s_received": round(trades / wall, 1),
         "frames_per_s_received": round(frames / wall, 1),
         "main_thread_busy_share": share("TaskDuration"),
+        "main_thread_cpu_share": round((cpu_end - cpu_start) / wall, 4),
+        "renderer_processes": len(renderers),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "script_share": share("ScriptDuration"),
         "style_layout_share": round(share("RecalcStyleDuration") + share("LayoutDuration"), 4),
         "heap_used_start_bytes": int(heap_start),
@@ -174,7 +252,9 @@ def run_rate(browser: Any, rate: float, args: argparse.Namespace) -> dict[str, A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rates", default="10,100", help="simulator trades/s, comma-separated")
     parser.add_argument("--duration", type=float, default=60, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=20, help="seconds before measuring")
@@ -192,7 +272,10 @@ def main() -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         version = browser.version
         for rate in (float(r) for r in args.rates.split(",")):
-            print(f"rate {rate:g}/s: measuring {args.duration:g} s after {args.warmup:g} s warm-up...", flush=True)
+            print(
+                f"rate {rate:g}/s: measuring {args.duration:g} s after {args.warmup:g} s warm-up...",
+                flush=True,
+            )
             run = run_rate(browser, rate, args)
             runs.append(run)
             print(json.dumps({k: v for k, v in run.items() if k != "samples"}, indent=1), flush=True)
@@ -207,7 +290,10 @@ def main() -> None:
         run["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         run["chromium"] = version
         by_rate[f"{run['rate_requested']}:{int(run['duration_s'])}"] = run
-    out = {"targets": TARGETS, "runs": sorted(by_rate.values(), key=lambda r: (r["rate_requested"], r["duration_s"]))}
+    out = {
+        "targets": TARGETS,
+        "runs": sorted(by_rate.values(), key=lambda r: (r["rate_requested"], r["duration_s"])),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")

@@ -33,7 +33,9 @@ def _node() -> str:
     if node is None:
         if os.environ.get("FLOWBOARD_REQUIRE_SERVICES") == "1":
             pytest.fail("node is not on PATH and FLOWBOARD_REQUIRE_SERVICES=1")
-        pytest.skip("node is not on PATH: cannot run web/decoder.js (set FLOWBOARD_REQUIRE_SERVICES=1 to fail)")
+        pytest.skip(
+            "node is not on PATH: cannot run web/decoder.js (set FLOWBOARD_REQUIRE_SERVICES=1 to fail)"
+        )
     return node
 
 

@@ -206,6 +206,8 @@ export class HotCards {
     setText(c.tr, fmt.count(w.trades));
     setText(c.yes, `YES ${fmt.contractsShort(w.yesFlow)}`);
     setText(c.no, `NO ${fmt.contractsShort(w.noFlow)}`);
+    c.yes.title = `YES flow: ${fmt.contracts(w.yesFlow)} contracts`;
+    c.no.title = `NO flow: ${fmt.contracts(w.noFlow)} contracts`;
     const total = w.yesFlow + w.noFlow;
     const net = w.yesFlow - w.noFlow;
     const share = total ? Math.abs(net) / total : 0;

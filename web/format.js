@@ -27,9 +27,11 @@ export function contracts(count) {
   return count % COUNT_SCALE === 0 ? int.format(count / COUNT_SCALE) : cents.format(count / COUNT_SCALE);
 }
 
+/** Contracts for tight spaces: decimals only under 100, "12.3K" from 10,000. */
 export function contractsShort(count) {
   const c = count / COUNT_SCALE;
-  return Math.abs(c) < 10_000 ? contracts(count) : compact.format(c);
+  if (Math.abs(c) < 100) return contracts(count);
+  return Math.abs(c) < 10_000 ? int.format(Math.round(c)) : compact.format(c);
 }
 
 export function count(n) {

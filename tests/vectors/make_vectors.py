@@ -30,12 +30,23 @@ ALL = ["day", "hot", "hour", "today", "top", "trades"]
 UNITS = {"price": 4, "count": 2, "usd": 6}
 
 
-def hello(epoch: str, t0: int, ch: list[str], *, resumed: bool = False, detail: str | None = None) -> list[Any]:
+def hello(
+    epoch: str, t0: int, ch: list[str], *, resumed: bool = False, detail: str | None = None
+) -> list[Any]:
     return [
         "H",
         {
-            "v": 2, "epoch": epoch, "t0": t0, "units": UNITS, "window_ms": 600_000, "spark": 20,
-            "hot": 12, "top": 10, "ch": sorted(ch), "detail": detail, "resumed": resumed,
+            "v": 2,
+            "epoch": epoch,
+            "t0": t0,
+            "units": UNITS,
+            "window_ms": 600_000,
+            "spark": 20,
+            "hot": 12,
+            "top": 10,
+            "ch": sorted(ch),
+            "detail": detail,
+            "resumed": resumed,
         },
     ]
 
@@ -66,18 +77,23 @@ MARKETS = [
 
 def basics() -> list[list[Any]]:
     return [
-        [100, hello("e1", T0, ALL), *MARKETS,
-         ["k", 1, 2],
-         ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
-         ["w", 1, 25_000, 90_000_000, 3, 15_000, 10_000],
-         ["s", 1, 0, [3600, 10_000, 1, -50_000], [3650, 5_000, 0, -20_000], [3700, 10_000, 1, -10_000]],
-         ["i", 2, "Lakers vs Celtics: Lakers win?", None],
-         ["w", 2, 5_000, 27_500_000, 1, 5_000, 0],
-         ["s", 2, 0, [5500, 5_000, 1, -5_000]],
-         ["x", [1, 3700, 10_000, 1, -10_000], [2, 5500, 5_000, 1, -5_000]],
-         hour_view(T0), day_view(T0),
-         ["d", 120, 456_000_000],
-         ["T", [2, 5500, 5_000, 1, -5_000], [1, 3700, 10_000, 1, -10_000], [3, 4100, 347, 0, -15_000]]],
+        [
+            100,
+            hello("e1", T0, ALL),
+            *MARKETS,
+            ["k", 1, 2],
+            ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
+            ["w", 1, 25_000, 90_000_000, 3, 15_000, 10_000],
+            ["s", 1, 0, [3600, 10_000, 1, -50_000], [3650, 5_000, 0, -20_000], [3700, 10_000, 1, -10_000]],
+            ["i", 2, "Lakers vs Celtics: Lakers win?", None],
+            ["w", 2, 5_000, 27_500_000, 1, 5_000, 0],
+            ["s", 2, 0, [5500, 5_000, 1, -5_000]],
+            ["x", [1, 3700, 10_000, 1, -10_000], [2, 5500, 5_000, 1, -5_000]],
+            hour_view(T0),
+            day_view(T0),
+            ["d", 120, 456_000_000],
+            ["T", [2, 5500, 5_000, 1, -5_000], [1, 3700, 10_000, 1, -10_000], [3, 4100, 347, 0, -15_000]],
+        ],
         # A trade of a hot market: tape, top, views, today, its window and sparkline.
         [101, ["t", [1, 3750, 2_000, 1, 1_000]]],
         # A batch: a big NO trade of an untracked market tops the top trades.
@@ -85,9 +101,12 @@ def basics() -> list[list[Any]]:
         # A late trade (negative dt): below newer trades in the tape; ties an existing top trade.
         [104, ["t", [1, 3700, 10_000, 1, -3_000]]],
         # Authoritative state after trades; a sparkline insert; one analytics bucket.
-        [106, ["w", 1, 29_000, 104_900_000, 5, 27_000, 2_000],
-         ["s", 1, 1, [3800, 100, 1, 1_700]],
-         ["p", "h", minute_of(T0) - T0, 123_000_000, 4]],
+        [
+            106,
+            ["w", 1, 29_000, 104_900_000, 5, 27_000, 2_000],
+            ["s", 1, 1, [3800, 100, 1, 1_700]],
+            ["p", "h", minute_of(T0) - T0, 123_000_000, 4],
+        ],
         # Midnight UTC: views roll, "today" starts again; a trade of the new day.
         [110, ["c", 30_000], ["t", [2, 5000, 10_000, 0, 31_800]]],
         [110, ["d", 1, 50_000_000]],
@@ -95,15 +114,22 @@ def basics() -> list[list[Any]]:
         # The client unsubscribed "day".
         [112, ["t", [1, 3900, 500, 1, 2_000]], ["C", "hot", "hour", "today", "top", "trades"]],
         # A new market enters the hot set and another leaves it.
-        [113, ["m", 4, "PRES-2028-DJT", "Politics"], ["k", 1, 4],
-         ["i", 4, "Who will win the 2028 presidential election?", 90 * 24 * HOUR],
-         ["w", 4, 100_000, 330_000_000, 12, 60_000, 40_000],
-         ["s", 4, 0, [3300, 100_000, 1, 20_000]]],
+        [
+            113,
+            ["m", 4, "PRES-2028-DJT", "Politics"],
+            ["k", 1, 4],
+            ["i", 4, "Who will win the 2028 presidential election?", 90 * 24 * HOUR],
+            ["w", 4, 100_000, 330_000_000, 12, 60_000, 40_000],
+            ["s", 4, 0, [3300, 100_000, 1, 20_000]],
+        ],
         # Detail of a market that is not hot.
-        [114, ["i", 3, "Fed decision in January: hold?", 30 * 24 * HOUR],
-         ["w", 3, 30_347, 174_142_270, 2, 0, 30_347],
-         ["s", 3, 0, [4100, 347, 0, -15_000], [4200, 30_000, 0, 500]],
-         ["D", 3, [3, 4200, 30_000, 0, 500], [3, 4100, 347, 0, -15_000]]],
+        [
+            114,
+            ["i", 3, "Fed decision in January: hold?", 30 * 24 * HOUR],
+            ["w", 3, 30_347, 174_142_270, 2, 0, 30_347],
+            ["s", 3, 0, [4100, 347, 0, -15_000], [4200, 30_000, 0, 500]],
+            ["D", 3, [3, 4200, 30_000, 0, 500], [3, 4100, 347, 0, -15_000]],
+        ],
         [115, ["t", [3, 4300, 1_000, 1, 100], [2, 5100, 700, 1, 50]]],
         # Detail closed: the market's window and sparkline are dropped.
         [116, ["D", None]],
@@ -114,28 +140,39 @@ def basics() -> list[list[Any]]:
 def resume() -> list[list[Any]]:
     t1 = T0 + 5 * MINUTE
     return [
-        [10, hello("e1", T0, ["hot", "trades"]), *MARKETS[:2],
-         ["k", 2, 1],
-         ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
-         ["w", 1, 10_000, 37_000_000, 1, 10_000, 0],
-         ["s", 1, 0, [3700, 10_000, 1, -10_000]],
-         ["i", 2, "Lakers vs Celtics: Lakers win?", None],
-         ["w", 2, 0, 0, 0, 0, 0],
-         ["s", 2, 0],
-         ["T", [1, 3700, 10_000, 1, -10_000]]],
+        [
+            10,
+            hello("e1", T0, ["hot", "trades"]),
+            *MARKETS[:2],
+            ["k", 2, 1],
+            ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
+            ["w", 1, 10_000, 37_000_000, 1, 10_000, 0],
+            ["s", 1, 0, [3700, 10_000, 1, -10_000]],
+            ["i", 2, "Lakers vs Celtics: Lakers win?", None],
+            ["w", 2, 0, 0, 0, 0, 0],
+            ["s", 2, 0],
+            ["T", [1, 3700, 10_000, 1, -10_000]],
+        ],
         [11, ["t", [2, 5500, 5_000, 1, 2_000], [2, 5400, 5_000, 0, 0]]],
         # Resumed on a new connection: same epoch, a new t0; trade deltas restart from it.
-        [20, hello("e1", t1, ["hot", "trades"], resumed=True),
-         ["t", [1, 3800, 2_500, 1, -1_000], [2, 5300, 100, 1, 10]],
-         ["w", 2, 10_100, 50_853_000, 3, 5_100, 5_000]],
+        [
+            20,
+            hello("e1", t1, ["hot", "trades"], resumed=True),
+            ["t", [1, 3800, 2_500, 1, -1_000], [2, 5300, 100, 1, 10]],
+            ["w", 2, 10_100, 50_853_000, 3, 5_100, 5_000],
+        ],
         # Too far behind: resync, a new epoch in which market ids mean other markets.
-        [25, ["r", 1_500], hello("e2", t1 + MINUTE, ["hot", "trades"]),
-         ["m", 1, "KXFEDDECISION-26JAN-H0", "Economics"],
-         ["k", 1],
-         ["i", 1, "Fed decision in January: hold?", None],
-         ["w", 1, 1_000, 4_300_000, 1, 1_000, 0],
-         ["s", 1, 0, [4300, 1_000, 1, -500]],
-         ["T", [1, 4300, 1_000, 1, -500]]],
+        [
+            25,
+            ["r", 1_500],
+            hello("e2", t1 + MINUTE, ["hot", "trades"]),
+            ["m", 1, "KXFEDDECISION-26JAN-H0", "Economics"],
+            ["k", 1],
+            ["i", 1, "Fed decision in January: hold?", None],
+            ["w", 1, 1_000, 4_300_000, 1, 1_000, 0],
+            ["s", 1, 0, [4300, 1_000, 1, -500]],
+            ["T", [1, 4300, 1_000, 1, -500]],
+        ],
         [26, ["t", [1, 4350, 200, 0, 100]]],
     ]
 
@@ -143,31 +180,46 @@ def resume() -> list[list[Any]]:
 def no_fold() -> list[list[Any]]:
     """A client without the trades channel: it gets trades only for its detail market."""
     return [
-        [50, hello("e1", T0, ["hot", "hour", "today"], detail="KXBTCD-25DEC31-T100000"), *MARKETS[:2],
-         ["k", 2],
-         ["i", 2, "Lakers vs Celtics: Lakers win?", None],
-         ["w", 2, 5_000, 27_500_000, 1, 5_000, 0],
-         ["s", 2, 0, [5500, 5_000, 1, -5_000]],
-         hour_view(T0),
-         ["d", 120, 456_000_000],
-         ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
-         ["w", 1, 10_000, 37_000_000, 1, 10_000, 0],
-         ["s", 1, 0, [3700, 10_000, 1, -10_000]],
-         ["D", 1, [1, 3700, 10_000, 1, -10_000]]],
+        [
+            50,
+            hello("e1", T0, ["hot", "hour", "today"], detail="KXBTCD-25DEC31-T100000"),
+            *MARKETS[:2],
+            ["k", 2],
+            ["i", 2, "Lakers vs Celtics: Lakers win?", None],
+            ["w", 2, 5_000, 27_500_000, 1, 5_000, 0],
+            ["s", 2, 0, [5500, 5_000, 1, -5_000]],
+            hour_view(T0),
+            ["d", 120, 456_000_000],
+            ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
+            ["w", 1, 10_000, 37_000_000, 1, 10_000, 0],
+            ["s", 1, 0, [3700, 10_000, 1, -10_000]],
+            ["D", 1, [1, 3700, 10_000, 1, -10_000]],
+        ],
         # The detail market's trade: its window, sparkline and detail trades; no views, no today.
         [52, ["t", [1, 3600, 1_000, 0, 4_000]]],
-        [53, ["w", 2, 6_000, 33_000_000, 2, 6_000, 0], ["s", 2, 1, [5500, 1_000, 1, 4_500]],
-         ["p", "h", minute_of(T0) - T0, 99_000_000, 9], ["d", 130, 500_000_000]],
+        [
+            53,
+            ["w", 2, 6_000, 33_000_000, 2, 6_000, 0],
+            ["s", 2, 1, [5500, 1_000, 1, 4_500]],
+            ["p", "h", minute_of(T0) - T0, 99_000_000, 9],
+            ["d", 130, 500_000_000],
+        ],
         # A new minute (and day): whole views come again for clients that do not fold trades.
-        [60, ["c", 30_000], ["a", "h", minute_of(T0) + MINUTE - 59 * MINUTE - T0,
-                             *([[0, 0]] * 59), [6_400_000, 1]], ["d", 1, 6_400_000]],
+        [
+            60,
+            ["c", 30_000],
+            ["a", "h", minute_of(T0) + MINUTE - 59 * MINUTE - T0, *([[0, 0]] * 59), [6_400_000, 1]],
+            ["d", 1, 6_400_000],
+        ],
         [61, ["k", 1, 2]],
     ]
 
 
 VECTORS = {
-    "basics": ("Snapshot, trades (batched, late, tied), keyed state, midnight clock, channels, detail",
-               basics),
+    "basics": (
+        "Snapshot, trades (batched, late, tied), keyed state, midnight clock, channels, detail",
+        basics,
+    ),
     "resume": ("Resume with a new t0, then resync into a new epoch with reused market ids", resume),
     "no_fold": ("A client that does not fold trades: detail-only trades, p/a/d updates", no_fold),
 }
@@ -177,7 +229,9 @@ def frame_text(frame: list[Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
-def write(name: str, description: str, frames: list[str], *, tape_limit: int = 200, detail_limit: int = 50) -> None:
+def write(
+    name: str, description: str, frames: list[str], *, tape_limit: int = 200, detail_limit: int = 50
+) -> None:
     state = ViewState(tape_limit=tape_limit, detail_limit=detail_limit)
     for frame in frames:
         state.apply_frame(frame)

@@ -15,11 +15,10 @@ import sys
 
 import orjson
 import trio
+from make_vectors import write  # type: ignore[import-not-found]
 from trio_websocket import open_websocket_url
 
 from flowboard.protocol.decoder import ViewState
-
-from make_vectors import write  # type: ignore[import-not-found]
 
 
 async def _collect(ws, frames: list[str], state: ViewState, seconds: float) -> None:  # type: ignore[no-untyped-def]
