@@ -19,6 +19,7 @@ on the tape and per market; a market quiet for a day keeps only its id and metad
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import attrs
@@ -97,6 +98,17 @@ class AggregatorStatistics:
     remembered_trade_ids: int
     minute_buckets: int
     hour_buckets: int
+
+
+@attrs.frozen(slots=True)
+class MinuteSummary:
+    """One minute of stored trades, as much as a restart needs of trades it does not reload."""
+
+    start_ms: int  # a multiple of MINUTE_MS
+    usd: int  # sum of the trades' usd
+    trades: int
+    trade_ids: Sequence[str]
+    tickers: Sequence[str]  # the markets traded in the minute, in the order of their first trade in it
 
 
 @attrs.frozen(slots=True)
@@ -284,6 +296,51 @@ class Aggregator:
         """
         return self._move_clock(now_ms)
 
+    def restore(self, now_ms: int, minutes: Iterable[MinuteSummary], recent: Sequence[Trade]) -> None:
+        """Take over the stored trades in bulk, ending in the state of adding them one by one in
+        (ts_ms, trade_id) order and then advancing to ``now_ms``, at a fraction of the cost.
+
+        ``minutes`` summarise every stored trade, oldest minute first; ``recent`` are whole trades
+        in (ts_ms, trade_id) order, at least: every trade in the window at ``now_ms``, the latest
+        ``tape_size``, and each market's latest ``history_len``. Trades older than the retention
+        horizon are left out, as ``add_trade`` refuses them. Only for an aggregator that holds
+        no trades yet (metadata may be set): it does not announce what it restores.
+        """
+        if self._trades_total:
+            raise RuntimeError(f"restore needs an aggregator without trades; it has {self._trades_total}")
+        unannounced: list[Event] = []
+        self._move_clock(now_ms)
+        retained_from = retention_start_ms(now_ms, self._window_ms)
+        hour_view_start = view_start_ms("hour", now_ms)
+        day_view_start = view_start_ms("day", now_ms)
+        minute_totals, hour_totals = self._buckets["hour"], self._buckets["day"]
+        for minute in minutes:
+            if minute.start_ms < retained_from:
+                continue
+            markets = {self._market_for(ticker, unannounced) for ticker in minute.tickers}
+            self._retained[minute.start_ms] = _RetainedMinute(list(minute.trade_ids), markets)
+            self._seen_ids.update(minute.trade_ids)
+            self._trades_total += minute.trades
+            if minute.start_ms >= hour_view_start:
+                minute_totals[minute.start_ms] = _Totals(minute.usd, minute.trades)
+            if minute.start_ms >= day_view_start:
+                hour = hour_totals.setdefault(floor_to(minute.start_ms, HOUR_MS), _Totals())
+                hour.usd += minute.usd
+                hour.trades += minute.trades
+        kept = [trade for trade in recent if trade.ts_ms >= retained_from]
+        # The order of adding one by one, but not its numbers: only the order of arrivals is
+        # ever compared, and the next trade is still number trades_total.
+        first_arrival = self._trades_total - len(kept)
+        window_start = now_ms - self._window_ms
+        for arrival, trade in enumerate(kept, first_arrival):
+            held = _Held(trade, self._market_for(trade.ticker, unannounced), arrival)
+            self._tape.add(held)
+            self._markets[held.market].history.add(held)
+            if trade.ts_ms > window_start:
+                self._window_by_time.add(held)
+                self._window_by_size.add(held)
+                self._shift_window(held, 1)
+
     def set_meta(self, meta: MarketMeta) -> list[Event]:
         """Store a market's metadata; ``MetaChanged`` only when it differs from what is stored."""
         events: list[Event] = []
@@ -319,6 +376,11 @@ class Aggregator:
     @property
     def market_tape_size(self) -> int:
         return self._market_tape_size
+
+    @property
+    def history_len(self) -> int:
+        """Latest trades kept per market: its sparkline and its tape are both taken from them."""
+        return self._history_len
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -1,8 +1,7 @@
 """The trade store: every trade kept in SQLite (default) or PostgreSQL, for restarts.
 
     async with open_store(args.db, config=StoreConfig()) as store:
-        async for chunk in store.load_trades_since(since_ms):   # rebuild, in trade-time order
-            ...
+        summary = await store.load_summary_since(since_ms, ...)  # what a restart rebuilds from
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_writer, store)
             store.offer(trades)                                  # never blocks; bounded, counted
@@ -26,6 +25,7 @@ from ._postgres import PostgresDatabase, PostgresStore
 from ._schema import MIGRATIONS, Migration
 from ._sqlite import SqliteDatabase, SqliteStore
 from ._store import BatchedStore, Store
+from ._summary import StoredSummary
 
 __all__ = [
     "DEFAULT_DB_PATH",
@@ -36,6 +36,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreStatistics",
+    "StoredSummary",
     "open_store",
     "serve_writer",
 ]

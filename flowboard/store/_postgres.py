@@ -15,12 +15,13 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from flowboard.errors import StoreError
-from flowboard.model import MarketMeta, Trade
+from flowboard.model import MINUTE_MS, MarketMeta, Trade
 
 from ._config import PostgresTarget, StoreConfig
 from ._pending import Cursor
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
+from ._summary import USD_SQL, StoredSummary, merge_recent, summarize_minutes
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
 _META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
@@ -41,6 +42,18 @@ _MARKET_PAGE = (
 _TRADES_AFTER = (
     f"SELECT {_TRADE_COLUMNS} FROM trades WHERE (ts_ms, trade_id) > (%s, %s) "
     "ORDER BY ts_ms, trade_id LIMIT %s"
+)
+_SUMMARY_ROWS = (
+    f"SELECT ts_ms, trade_id, ticker, {USD_SQL} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms, trade_id"
+)
+_TRADES_SINCE = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms, trade_id"
+_MINUTE_TRADES = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= %s AND ts_ms < %s"
+_LATEST = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms DESC, trade_id DESC LIMIT %s"
+# Each market's latest trades in one round trip, each an index range read.
+_MARKETS_LATEST = (
+    f"SELECT latest.* FROM unnest(%s::text[]) AS market(ticker) CROSS JOIN LATERAL ("
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE trades.ticker = market.ticker AND ts_ms >= %s "
+    "ORDER BY ts_ms DESC, trade_id DESC LIMIT %s) AS latest"
 )
 _UPSERT_META = (
     f"INSERT INTO markets ({_META_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
@@ -140,6 +153,26 @@ class PostgresDatabase:
         with self._transaction("loading trades") as connection:
             rows = connection.execute(_TRADES_AFTER, (*after, limit)).fetchall()
         return list(starmap(Trade, rows))
+
+    def summary_since(
+        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+    ) -> StoredSummary:
+        with self._transaction("summarising the stored trades") as connection:
+            # One snapshot for every query.
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+            def minute_usd(minute_ms: int) -> int:
+                rows = connection.execute(_MINUTE_TRADES, (minute_ms, minute_ms + MINUTE_MS)).fetchall()
+                return sum(trade.usd for trade in starmap(Trade, rows))
+
+            rows = connection.execute(_SUMMARY_ROWS, (since_ms,), binary=True).fetchall()
+            minutes = summarize_minutes(rows, minute_usd)
+            window = connection.execute(_TRADES_SINCE, (max(since_ms, recent_since_ms),)).fetchall()
+            tape = connection.execute(_LATEST, (since_ms, tape_size)).fetchall()
+            tickers = list(dict.fromkeys(ticker for minute in minutes for ticker in minute.tickers))
+            markets = connection.execute(_MARKETS_LATEST, (tickers, since_ms, per_market)).fetchall()
+        recent = merge_recent(starmap(Trade, window), starmap(Trade, tape), starmap(Trade, markets))
+        return StoredSummary(minutes, recent)
 
     def last_trade_ms(self) -> int | None:
         with self._transaction("reading the last trade time") as connection:

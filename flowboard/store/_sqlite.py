@@ -15,12 +15,13 @@ from pathlib import Path
 import trio
 
 from flowboard.errors import ConfigError, StoreError
-from flowboard.model import MarketMeta, Trade
+from flowboard.model import MINUTE_MS, MarketMeta, Trade
 
 from ._config import StoreConfig
 from ._pending import Cursor
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
+from ._summary import USD_SQL, StoredSummary, merge_recent, summarize_minutes
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
 _META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
@@ -35,6 +36,16 @@ _MARKET_PAGE = (
 )
 _TRADES_AFTER = (
     f"SELECT {_TRADE_COLUMNS} FROM trades WHERE (ts_ms, trade_id) > (?, ?) ORDER BY ts_ms, trade_id LIMIT ?"
+)
+_SUMMARY_ROWS = (
+    f"SELECT ts_ms, trade_id, ticker, {USD_SQL} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms, trade_id"
+)
+_TRADES_SINCE = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms, trade_id"
+_MINUTE_TRADES = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= ? AND ts_ms < ?"
+_LATEST = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms DESC, trade_id DESC LIMIT ?"
+_MARKET_LATEST = (
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = ? AND ts_ms >= ? "
+    "ORDER BY ts_ms DESC, trade_id DESC LIMIT ?"
 )
 _UPSERT_META = (
     f"INSERT INTO markets ({_META_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ticker) DO UPDATE SET "
@@ -119,6 +130,33 @@ class SqliteDatabase:
         with _as_store_error("loading trades", self._path):
             rows = self._reader.execute(_TRADES_AFTER, (*after, limit)).fetchall()
         return list(starmap(Trade, rows))
+
+    def summary_since(
+        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+    ) -> StoredSummary:
+        reader = self._reader
+        with _as_store_error("summarising the stored trades", self._path):
+            # One read transaction: every query sees the same snapshot.
+            reader.execute("BEGIN")
+            try:
+                rows = reader.execute(_SUMMARY_ROWS, (since_ms,)).fetchall()
+                minutes = summarize_minutes(rows, self._minute_usd)
+                window = reader.execute(_TRADES_SINCE, (max(since_ms, recent_since_ms),)).fetchall()
+                tape = reader.execute(_LATEST, (since_ms, tape_size)).fetchall()
+                tickers = dict.fromkeys(ticker for minute in minutes for ticker in minute.tickers)
+                markets = [
+                    row
+                    for ticker in tickers
+                    for row in reader.execute(_MARKET_LATEST, (ticker, since_ms, per_market)).fetchall()
+                ]
+            finally:
+                reader.execute("COMMIT")
+        recent = merge_recent(starmap(Trade, window), starmap(Trade, tape), starmap(Trade, markets))
+        return StoredSummary(minutes, recent)
+
+    def _minute_usd(self, minute_ms: int) -> int:
+        rows = self._reader.execute(_MINUTE_TRADES, (minute_ms, minute_ms + MINUTE_MS)).fetchall()
+        return sum(trade.usd for trade in starmap(Trade, rows))
 
     def last_trade_ms(self) -> int | None:
         with _as_store_error("reading the last trade time", self._path):

@@ -15,6 +15,7 @@ from flowboard.model import DAY_MS, MarketMeta, Trade
 
 from ._config import StoreConfig
 from ._pending import Cursor, PendingTrades, StoreStatistics, cursor_after, page_cursor, retry_delay_s
+from ._summary import StoredSummary
 
 log = logging.getLogger("flowboard.store")
 
@@ -40,6 +41,9 @@ class Database(Protocol):
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int: ...
     def market_trades_before(self, ticker: str, before: Cursor, limit: int) -> list[Trade]: ...
     def trades_after(self, after: Cursor, limit: int) -> list[Trade]: ...
+    def summary_since(
+        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+    ) -> StoredSummary: ...
     def last_trade_ms(self) -> int | None: ...
     def trade_ids_since(self, since_ms: int) -> set[str]: ...
     def save_meta(self, metas: Sequence[MarketMeta]) -> None: ...
@@ -60,6 +64,9 @@ class Store(Protocol):
         self, ticker: str, before_ms: int | None, limit: int, *, before_trade_id: str | None = None
     ) -> list[Trade]: ...
     def load_trades_since(self, since_ms: int) -> AsyncIterator[list[Trade]]: ...
+    async def load_summary_since(
+        self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
+    ) -> StoredSummary: ...
     async def last_trade_ms(self) -> int | None: ...
     async def known_trade_ids_since(self, since_ms: int) -> set[str]: ...
     async def save_meta(self, metas: Sequence[MarketMeta]) -> None: ...
@@ -290,6 +297,16 @@ class BatchedStore:
             if len(chunk) < chunk_size:
                 return
             cursor = cursor_after(chunk[-1])
+
+    async def load_summary_since(
+        self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
+    ) -> StoredSummary:
+        """The trades at or after ``since_ms`` as a restart needs them, from one snapshot: each
+        minute's totals, ids and markets, and whole trades for every one at or after
+        ``recent_since_ms``, the latest ``tape_size`` and each market's latest ``per_market``."""
+        return await self._run_read(
+            self._database.summary_since, since_ms, recent_since_ms, tape_size, per_market
+        )
 
     async def last_trade_ms(self) -> int | None:
         return await self._run_read(self._database.last_trade_ms)

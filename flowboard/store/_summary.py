@@ -1,0 +1,72 @@
+"""What a restart reads from the store, and the pure parts of reading it: the day's trades
+summarised per minute, and the recent trades whole (``Aggregator.restore`` takes both).
+
+Loading a busy day's million trades as ``Trade`` records and replaying them costs tens of
+seconds; a minute's totals, ids and markets are all the aggregator keeps of older trades.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+
+from flowboard.aggregate.aggregator import MinuteSummary
+from flowboard.model import MINUTE_MS, ONE_DOLLAR, Trade
+
+#: Largest count whose $ volume fits a signed 64-bit integer at any taker price, so that SQL
+#: can multiply; beyond it (or with a price outside 0..$1) the SQL gives NULL and the minute is
+#: summed again in Python, exactly.
+_MAX_SQL_COUNT = (2**63 - 1) // ONE_DOLLAR
+
+#: A trade's $ volume (``Trade.usd``) in SQL common to SQLite and PostgreSQL, or NULL where the
+#: product might overflow.
+USD_SQL = (
+    f"CASE WHEN count BETWEEN 0 AND {_MAX_SQL_COUNT} AND yes_price BETWEEN 0 AND {ONE_DOLLAR} "
+    f"THEN count * CASE taker_side WHEN 'yes' THEN yes_price ELSE {ONE_DOLLAR} - yes_price END END"
+)
+
+#: (ts_ms, trade_id, ticker, usd or None), in (ts_ms, trade_id) order.
+SummaryRow = tuple[int, str, str, int | None]
+
+
+@attrs.frozen
+class StoredSummary:
+    """The stored trades since a time, as a restart needs them."""
+
+    minutes: list[MinuteSummary]  # every trade, oldest minute first
+    recent: list[Trade]  # whole, in (ts_ms, trade_id) order: the window, the tape, each market's latest
+
+
+def summarize_minutes(rows: Sequence[SummaryRow], exact_usd: Callable[[int], int]) -> list[MinuteSummary]:
+    """Group ``rows`` by minute. ``exact_usd(minute_start_ms)`` sums a minute in Python; it is
+    only called for a minute with a NULL usd (see ``USD_SQL``)."""
+    if not rows:
+        return []
+    # Columns, then slices per minute: the work per trade stays in C.
+    ts_column, ids, tickers, usds = zip(*rows, strict=True)
+    minutes = []
+    start = 0
+    while start < len(ts_column):
+        minute_ms = ts_column[start] - ts_column[start] % MINUTE_MS
+        end = bisect_left(ts_column, minute_ms + MINUTE_MS, start)
+        minute_usds = usds[start:end]
+        usd = exact_usd(minute_ms) if None in minute_usds else sum(minute_usds)
+        minutes.append(
+            MinuteSummary(
+                start_ms=minute_ms,
+                usd=usd,
+                trades=end - start,
+                trade_ids=ids[start:end],
+                tickers=tuple(dict.fromkeys(tickers[start:end])),
+            )
+        )
+        start = end
+    return minutes
+
+
+def merge_recent(*runs: Iterable[Trade]) -> list[Trade]:
+    """The trades of every run, once each, in (ts_ms, trade_id) order."""
+    by_id = {trade.trade_id: trade for run in runs for trade in run}
+    return sorted(by_id.values(), key=lambda trade: (trade.ts_ms, trade.trade_id))
