@@ -37,13 +37,17 @@ async def _record_until_stopped(config: Config) -> None:
     assert config.out is not None
     send, receive = trio.open_memory_channel[RawMessage](10_000)
     stop = trio.Event()
+    sim = None
+    if config.source == "sim":
+        sim = Simulator(
+            seed=config.seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_clock_ms()
+        )
+    # The simulator's markets go first, so a replay shows their titles (Kalshi's come from REST).
+    metas = sim.markets if sim is not None else ()
 
     async def feed(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with send, trio.open_nursery() as sources:
-            if config.source == "sim":
-                sim = Simulator(
-                    seed=config.seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_clock_ms()
-                )
+            if sim is not None:
                 await sources.start(partial(serve_simulator, sim, send, wall_ms=wall_clock_ms))
             else:
                 await sources.start(partial(serve_kalshi, kalshi_config(config), send, wall_ms=wall_clock_ms))
@@ -61,7 +65,7 @@ async def _record_until_stopped(config: Config) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(feed)
         nursery.start_soon(stop_on_signal_or_deadline)
-        stats = await record(receive, config.out, config.gzip)
+        stats = await record(receive, config.out, config.gzip, metas=metas)
         nursery.cancel_scope.cancel()
     print(f"recorded {stats.messages} messages to {config.out}", flush=True)
 

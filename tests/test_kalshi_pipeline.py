@@ -6,8 +6,11 @@ feed, faults, reconnects and REST backfills pass in milliseconds and every run i
 
 from __future__ import annotations
 
+import gzip
 import logging
 import random
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -20,12 +23,18 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_kalshi import FakeKalshi, eventually, session_private_key, write_test_key
 
+from flowboard.aggregate.aggregator import Aggregator
 from flowboard.config import Config
+from flowboard.ingest.kalshi_format import decode_message, trade_from_msg
+from flowboard.ingest.recording import decode_line, decode_meta_line
+from flowboard.ingest.sources import RawMessage
+from flowboard.model import MarketMeta
 from flowboard.protocol.decoder import ViewState
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 from flowboard.testing.wsclient import WireClient, open_wire_client
 
+REPO = Path(__file__).resolve().parent.parent
 BASE_MS = 1_795_800_000_000
 KEY_ID = "test-key"
 
@@ -238,3 +247,87 @@ async def test_auth_refusal_is_reported_plainly_and_retried_with_backoff(
     hint = "check the key id and private key" if signed else "needs --kalshi-key-id and --kalshi-private-key"
     assert all("Kalshi refused the connection (HTTP 401" in line and hint in line for line in refusals)
     assert not any(line in caplog.text for line in pem_lines)
+
+
+@pytest.fixture(scope="module")
+def sim_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seconds of the simulator at 50 trades/s, recorded by the real command."""
+    path = tmp_path_factory.mktemp("recording") / "sim.jsonl.gz"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "flowboard", "record", "--source", "sim", "--out", str(path)),
+            *("--duration", "2", "--rate", "50", "--seed", "4"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("recorded ") and path.stat().st_size > 0
+    return path
+
+
+def recorded(path: Path) -> tuple[list[MarketMeta], list[RawMessage]]:
+    metas: list[MarketMeta] = []
+    messages: list[RawMessage] = []
+    for line in gzip.decompress(path.read_bytes()).splitlines():
+        message = decode_line(line)
+        if message is not None:
+            messages.append(message)
+        else:
+            meta = decode_meta_line(line)
+            assert meta is not None, line
+            metas.append(meta)
+    return metas, messages
+
+
+def dashboard_state(agg: Aggregator) -> dict[str, Any]:
+    """Everything the dashboard shows, by ticker (market ids depend on arrival order)."""
+    markets = range(agg.markets_count())
+    return {
+        "now_ms": agg.now_ms,
+        "trades_total": agg.trades_total,
+        "hot": [agg.ticker(m) for m in agg.hot()],
+        "windows": {agg.ticker(m): agg.window(m) for m in markets},
+        "sparklines": {agg.ticker(m): agg.sparkline(m) for m in markets},
+        "meta": {agg.ticker(m): agg.meta(m) for m in markets},
+        "top": agg.top_trades(),
+        "tape": agg.recent_trades(agg.tape_size),
+        "hour": agg.analytics("hour"),
+        "day": agg.analytics("day"),
+        "today": agg.today(),
+    }
+
+
+async def test_sim_recording_replays_to_the_same_aggregated_state(
+    sim_recording: Path, tmp_path: Path, autojump_clock: Any
+) -> None:
+    """``flowboard record --source sim`` then ``serve --source replay --speed 0``: the server ends
+    in the state of an Aggregator fed the recorded messages through the parser, with the
+    simulator's titles and categories. The replay runs on the recording's clock, so a
+    recording a year old still fills the windows and the hour view."""
+    metas, messages = recorded(sim_recording)
+    assert len(messages) > 50 and len(metas) == Config().sim_markets
+    a_year_later = messages[-1].received_ms + 365 * 24 * 3600 * 1000
+    config = Config(
+        source="replay", replay_file=str(sim_recording), speed=0, port=0, db=str(tmp_path / "replay.db")
+    )
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(
+            partial(run_server, config, wall_ms=lambda: a_year_later + round(trio.current_time() * 1000))
+        )
+        await eventually(lambda: runtime.agg.trades_total == len(messages), poll_s=0.01)
+        replayed = dashboard_state(runtime.agg)
+        nursery.cancel_scope.cancel()
+
+    pure = Aggregator()
+    for meta in metas:
+        pure.set_meta(meta)
+    for message in messages:
+        pure.add_trade(trade_from_msg(decode_message(message.text).msg), message.received_ms)
+    pure.advance(replayed["now_ms"])
+    assert replayed == dashboard_state(pure)
+    assert messages[-1].received_ms <= replayed["now_ms"] < messages[-1].received_ms + 60_000
+    assert replayed["hot"] and all(replayed["meta"][t].title for t in replayed["hot"])
+    assert sum(bucket[1] for bucket in replayed["hour"].buckets) == len(messages)

@@ -5,6 +5,14 @@ gzip-compressed when the path ends with ``.gz`` (or when asked). Replaying feeds
 same :class:`~flowboard.ingest.sources.RawMessage` path as a live source, so a recording
 exercises exactly the parsing and aggregation the live feed does.
 
+A recording may also hold market metadata, one market per line as ``{"meta": {"ticker": ...,
+"title": ..., "category": ..., "close_ts_ms": ..., "event_ticker": ..., "series_ticker": ...}}``
+(the simulator's markets are written first), so a replay shows titles and categories. Kalshi
+recordings hold the feed only: Kalshi's metadata comes from REST, not the feed.
+
+A replay runs on the recording's own clock (:class:`ReplayClock`): the dashboard shows the
+recorded time, so a recording of any age fills the windows and charts as it did live.
+
 File I/O runs in worker threads, a batch of lines at a time, so the event loop never
 waits on the disk.
 """
@@ -13,8 +21,9 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import attrs
 import orjson
@@ -22,6 +31,7 @@ import trio
 
 from flowboard.errors import ConfigError
 from flowboard.ingest.sources import RawMessage
+from flowboard.model import MarketMeta
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,86 @@ def decode_line(line: bytes) -> RawMessage | None:
     return RawMessage(received_ms=received_ms, text=text)
 
 
+def encode_meta_line(meta: MarketMeta) -> bytes:
+    """One metadata line (with its newline)."""
+    return orjson.dumps({"meta": attrs.asdict(meta)}) + b"\n"
+
+
+def decode_meta_line(line: bytes) -> MarketMeta | None:
+    """The market metadata on one recording line, or None when the line is not metadata."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    meta: Any = obj.get("meta") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("ticker"), str) or not meta["ticker"]:
+        return None
+    texts = {name: meta.get(name, "") for name in ("title", "category", "event_ticker", "series_ticker")}
+    close = meta.get("close_ts_ms")
+    if not all(isinstance(value, str) for value in texts.values()):
+        return None
+    if close is not None and (not isinstance(close, int) or isinstance(close, bool)):
+        return None
+    return MarketMeta(ticker=meta["ticker"], close_ts_ms=close, **texts)
+
+
+class ReplayClock:
+    """The time in a replay, Unix ms: the recording's clock at ``speed`` x trio's.
+
+    It starts at the first recorded message. At speed 0 it stands still between messages
+    and jumps to each one as it is played. After the last message it runs on at the replay
+    speed (real speed after a speed-0 replay), like a live feed gone quiet.
+    """
+
+    def __init__(self, start_ms: int, speed: float) -> None:
+        self._speed = speed
+        self._rate = speed  # recorded ms per trio ms
+        self._anchor_ms = start_ms  # the replay time at _anchor_t
+        self._anchor_t = trio.current_time()
+
+    def now_ms(self) -> int:
+        return self._anchor_ms + int((trio.current_time() - self._anchor_t) * 1000 * self._rate)
+
+    def time_of(self, received_ms: int) -> float:
+        """The trio time this clock reaches ``received_ms`` (speed > 0)."""
+        return self._anchor_t + (received_ms - self._anchor_ms) / 1000 / self._rate
+
+    def played(self, received_ms: int) -> None:
+        """A message recorded at ``received_ms`` is being played: the clock is at least there."""
+        if received_ms > self.now_ms():
+            self._reanchor(received_ms, self._rate)
+
+    def ended(self) -> None:
+        self._reanchor(self.now_ms(), self._speed or 1.0)
+
+    def _reanchor(self, at_ms: int, rate: float) -> None:
+        self._anchor_ms = at_ms
+        self._anchor_t = trio.current_time()
+        self._rate = rate
+
+
+async def open_replay_clock(path: str | Path, speed: float, *, default_ms: int) -> ReplayClock:
+    """A clock for replaying ``path``, set to its first message (``default_ms`` when it has none)."""
+    where = Path(path)
+    try:
+        first_ms = await trio.to_thread.run_sync(_first_received_ms, where)
+    except OSError as exc:
+        raise ConfigError(f"cannot read recording {where}: {exc.strerror or exc}") from None
+    return ReplayClock(default_ms if first_ms is None else first_ms, speed)
+
+
+def _first_received_ms(path: Path) -> int | None:
+    with _open_for_reading(path, _is_gzip(path, False)) as handle:
+        try:
+            for line in handle:
+                message = decode_line(line)
+                if message is not None:
+                    return message.received_ms
+        except EOFError:  # a truncated gzip stream
+            pass
+    return None
+
+
 @attrs.frozen
 class RecordStatistics:
     messages: int
@@ -62,8 +152,11 @@ async def record(
     source_messages: trio.MemoryReceiveChannel[RawMessage],
     out_path: str | Path,
     gzip: bool = False,
+    *,
+    metas: Iterable[MarketMeta] = (),
 ) -> RecordStatistics:
-    """Write every message from ``source_messages`` to ``out_path`` until the channel closes."""
+    """Write ``metas``, then every message from ``source_messages`` to ``out_path`` until the
+    channel closes. ``messages`` counts the feed messages only."""
     path = Path(out_path)
     try:
         handle: IO[bytes] = await trio.to_thread.run_sync(_open_for_writing, path, _is_gzip(path, gzip))
@@ -71,6 +164,9 @@ async def record(
         raise ConfigError(f"cannot write recording {path}: {exc.strerror or exc}") from None
     written = 0
     try:
+        header = b"".join(encode_meta_line(meta) for meta in metas)
+        if header:
+            await trio.to_thread.run_sync(handle.write, header)
         async for first in source_messages:
             batch = [encode_line(first)]
             while len(batch) < BATCH_LINES:
@@ -96,6 +192,7 @@ def _open_for_writing(path: Path, gzip: bool) -> IO[bytes]:
 class ReplayStatistics:
     messages: int
     malformed: int  # lines that are not a recording line (skipped)
+    metas: int = 0  # metadata lines
 
 
 async def serve_replay(
@@ -104,14 +201,18 @@ async def serve_replay(
     *,
     speed: float = 1.0,
     gzip: bool = False,
+    clock: ReplayClock | None = None,
+    on_meta: Callable[[MarketMeta], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> ReplayStatistics:
     """Feed the recording at ``path`` to ``send`` at ``speed`` x the recorded pace.
 
     ``speed`` 0 replays as fast as ``send`` accepts. The recorded gaps are waited out
     with ``trio.sleep`` (so tests can use the autojump clock). Each message keeps its
-    recorded ``received_ms``. Returns at the end of the file; ``send`` stays open.
-    Raises ``ConfigError`` (before reporting started) when the file cannot be opened.
+    recorded ``received_ms``; ``clock`` (made here when not given) follows the replay.
+    Metadata lines go to ``on_meta`` (sync) when they are reached. Returns at the end of
+    the file; ``send`` stays open. Raises ``ConfigError`` (before reporting started) when
+    the file cannot be opened.
     """
     if speed < 0:
         raise ConfigError(f"--speed: expected a number >= 0, got {speed}")
@@ -121,9 +222,7 @@ async def serve_replay(
     except OSError as exc:
         raise ConfigError(f"cannot read recording {where}: {exc.strerror or exc}") from None
     task_status.started()
-    messages = malformed = 0
-    first_ms: int | None = None
-    start = trio.current_time()
+    messages = malformed = metas = 0
     try:
         while True:
             try:
@@ -138,20 +237,29 @@ async def serve_replay(
                     continue
                 message = decode_line(line)
                 if message is None:
-                    malformed += 1
+                    meta = decode_meta_line(line)
+                    if meta is None:
+                        malformed += 1
+                    elif on_meta is not None:
+                        on_meta(meta)
+                    metas += meta is not None
                     continue
-                if first_ms is None:
-                    first_ms = message.received_ms
+                if clock is None:
+                    clock = ReplayClock(message.received_ms, speed)
                 if speed > 0:
-                    await trio.sleep_until(start + max(0, message.received_ms - first_ms) / 1000 / speed)
+                    await trio.sleep_until(clock.time_of(message.received_ms))
+                else:
+                    clock.played(message.received_ms)
                 await send.send(message)
                 messages += 1
             await trio.lowlevel.checkpoint()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(handle.close)
+    if clock is not None:
+        clock.ended()
     log.info("replay of %s done: %d messages, %d malformed lines skipped", where, messages, malformed)
-    return ReplayStatistics(messages=messages, malformed=malformed)
+    return ReplayStatistics(messages=messages, malformed=malformed, metas=metas)
 
 
 def _open_for_reading(path: Path, gzip: bool) -> IO[bytes]:

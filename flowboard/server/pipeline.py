@@ -30,7 +30,7 @@ from flowboard.errors import ConfigError, MalformedMessage
 from flowboard.ingest.kalshi import KalshiConfig, serve_kalshi
 from flowboard.ingest.kalshi_format import decode_message, encode_envelope, encode_trade_msg, trade_from_msg
 from flowboard.ingest.metadata import serve_metadata
-from flowboard.ingest.recording import serve_replay
+from flowboard.ingest.recording import open_replay_clock, serve_replay
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import RawMessage, serve_simulator
 from flowboard.model import MarketMeta
@@ -146,19 +146,18 @@ def _warm_start(runtime: Runtime, ingestor: Ingestor, sim: Simulator) -> None:
 
 async def _rebuild(runtime: Runtime, store: Store) -> int:
     """Restart: windows, sparklines, analytics, top trades, today and tapes from the stored
-    trades, as if replayed in trade-time order (``Aggregator.restore``). Returns how many."""
+    trades, replayed in trade-time order. Returns how many trades were replayed."""
     agg = runtime.agg
     for meta in await store.load_meta():
         agg.set_meta(meta)
     now = runtime.wall_ms()
-    summary = await store.load_summary_since(
-        retention_start_ms(now, agg.window_ms),
-        recent_since_ms=now - agg.window_ms + 1,
-        tape_size=agg.tape_size,
-        per_market=agg.history_len,
-    )
-    agg.restore(now, summary.minutes, summary.recent)
-    return agg.trades_total
+    replayed = 0
+    async for chunk in store.load_trades_since(retention_start_ms(now, agg.window_ms)):
+        for trade in chunk:
+            agg.add_trade(trade, min(trade.ts_ms, now))
+        replayed += len(chunk)
+    agg.advance(now)
+    return replayed
 
 
 async def _aggregate(
@@ -288,6 +287,12 @@ async def _run(
     wall_ms: Callable[[], int],
     task_status: trio.TaskStatus[Runtime],
 ) -> None:
+    replay_clock = None
+    if config.source == "replay":
+        assert config.replay_file is not None
+        # The dashboard runs on the recording's time: a replay of any age fills the windows.
+        replay_clock = await open_replay_clock(config.replay_file, config.speed, default_ms=wall_ms())
+        wall_ms = replay_clock.now_ms
     agg = Aggregator()
     limits = SessionLimits(max_pending_trades=config.max_pending_trades, max_resyncs=config.max_resyncs)
     hub = Hub(agg, epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits)
@@ -350,7 +355,15 @@ async def _run(
             )
         else:
             assert config.replay_file is not None
-            source = partial(serve_replay, config.replay_file, send, speed=config.speed)
+            nursery.start_soon(_save_meta_periodically, runtime)
+            source = partial(
+                serve_replay,
+                config.replay_file,
+                send,
+                speed=config.speed,
+                clock=replay_clock,
+                on_meta=partial(_on_meta, runtime),
+            )
         hub.rebase()
         await nursery.start(_aggregate, runtime, ingestor, receive)
         await nursery.start(_tick, runtime)
