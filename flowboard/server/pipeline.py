@@ -146,18 +146,19 @@ def _warm_start(runtime: Runtime, ingestor: Ingestor, sim: Simulator) -> None:
 
 async def _rebuild(runtime: Runtime, store: Store) -> int:
     """Restart: windows, sparklines, analytics, top trades, today and tapes from the stored
-    trades, replayed in trade-time order. Returns how many trades were replayed."""
+    trades, as if replayed in trade-time order (``Aggregator.restore``). Returns how many."""
     agg = runtime.agg
     for meta in await store.load_meta():
         agg.set_meta(meta)
     now = runtime.wall_ms()
-    replayed = 0
-    async for chunk in store.load_trades_since(retention_start_ms(now, agg.window_ms)):
-        for trade in chunk:
-            agg.add_trade(trade, min(trade.ts_ms, now))
-        replayed += len(chunk)
-    agg.advance(now)
-    return replayed
+    summary = await store.load_summary_since(
+        retention_start_ms(now, agg.window_ms),
+        recent_since_ms=now - agg.window_ms + 1,
+        tape_size=agg.tape_size,
+        per_market=agg.history_len,
+    )
+    agg.restore(now, summary.minutes, summary.recent)
+    return agg.trades_total
 
 
 async def _aggregate(
