@@ -331,3 +331,27 @@ async def test_sim_recording_replays_to_the_same_aggregated_state(
     assert messages[-1].received_ms <= replayed["now_ms"] < messages[-1].received_ms + 60_000
     assert replayed["hot"] and all(replayed["meta"][t].title for t in replayed["hot"])
     assert sum(bucket[1] for bucket in replayed["hour"].buckets) == len(messages)
+
+
+async def test_replay_at_speed_keeps_the_recorded_pace_on_the_dashboard_clock(
+    sim_recording: Path, tmp_path: Path, autojump_clock: Any
+) -> None:
+    """At --speed 4 the dashboard's clock is the recording's, moving four times as fast, and
+    the trades in are those recorded up to that clock; at the end it reads the last one's time."""
+    _, messages = recorded(sim_recording)
+    first, last = messages[0].received_ms, messages[-1].received_ms
+    config = Config(
+        source="replay", replay_file=str(sim_recording), speed=4, port=0, db=str(tmp_path / "r.db")
+    )
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run_server, config))
+        before = runtime.wall_ms()
+        assert first <= before < last
+        await trio.sleep(0.1)
+        now = runtime.wall_ms()
+        assert now - before == pytest.approx(400, abs=2)
+        await trio.lowlevel.checkpoint()
+        assert abs(runtime.agg.trades_total - sum(1 for m in messages if m.received_ms <= now)) <= 2
+        await eventually(lambda: runtime.agg.trades_total == len(messages), poll_s=0.001)
+        assert runtime.wall_ms() - last < 50
+        nursery.cancel_scope.cancel()

@@ -89,16 +89,20 @@ def decode_meta_line(line: bytes) -> MarketMeta | None:
 class ReplayClock:
     """The time in a replay, Unix ms: the recording's clock at ``speed`` x trio's.
 
-    It starts at the first recorded message. At speed 0 it stands still between messages
-    and jumps to each one as it is played. After the last message it runs on at the replay
-    speed (real speed after a speed-0 replay), like a live feed gone quiet.
+    It stands at the first recorded message until :meth:`begin` (the replay starts). At
+    speed 0 it stands still between messages and jumps to each one as it is played. After
+    the last message it runs on at the replay speed (real speed after a speed-0 replay),
+    like a live feed gone quiet.
     """
 
     def __init__(self, start_ms: int, speed: float) -> None:
         self._speed = speed
-        self._rate = speed  # recorded ms per trio ms
+        self._rate = 0.0  # recorded ms per trio ms
         self._anchor_ms = start_ms  # the replay time at _anchor_t
         self._anchor_t = trio.current_time()
+
+    def begin(self) -> None:
+        self._reanchor(self.now_ms(), self._speed)
 
     def now_ms(self) -> int:
         return self._anchor_ms + int((trio.current_time() - self._anchor_t) * 1000 * self._rate)
@@ -222,6 +226,8 @@ async def serve_replay(
     except OSError as exc:
         raise ConfigError(f"cannot read recording {where}: {exc.strerror or exc}") from None
     task_status.started()
+    if clock is not None:
+        clock.begin()
     messages = malformed = metas = 0
     try:
         while True:
@@ -246,6 +252,7 @@ async def serve_replay(
                     continue
                 if clock is None:
                     clock = ReplayClock(message.received_ms, speed)
+                    clock.begin()
                 if speed > 0:
                     await trio.sleep_until(clock.time_of(message.received_ms))
                 else:
