@@ -429,3 +429,31 @@ def test_minute_clock_event_rolls_the_views() -> None:
     frame = h.read(client)
     assert frame is not None and "c" in codes(frame)
     h.check(client)
+
+
+def test_decoder_skips_unknown_events_and_counts_them() -> None:
+    """A newer server's event codes are skipped (and counted), the rest of the frame applies."""
+    h = Harness()
+    client = h.connect()
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    h.read_until_idle(client)
+    view = h.views[client]
+    view.apply_frame(orjson.dumps([h.hub.seq, ["Z", 1, 2], ["d", 7, 9]]))
+    assert view.unknown_events == {"Z": 1}
+    assert view.summary()["today"] == [7, 9]
+
+
+def test_decoder_accepts_a_restarted_servers_lower_seq_only_with_a_fresh_hello() -> None:
+    """seq may start again only in a snapshot (hello not resumed), never in an update."""
+    first = Harness()
+    client = first.connect()
+    for i in range(5):
+        first.trade(TICKERS[i % 2], 5000, 100, "yes")
+    first.read_until_idle(client)
+    view = first.views[client]
+    restarted = Harness()
+    again = restarted.connect(view=view)
+    restarted.read(again)
+    restarted.check(again)
+    with pytest.raises(ValueError, match="backwards"):
+        view.apply_frame(orjson.dumps([0, ["d", 1, 1]]))

@@ -65,6 +65,7 @@ class ViewState:
     missed: int = 0
     resyncs: int = 0
     errors: list[str] = attrs.Factory(list)
+    unknown_events: dict[str, int] = attrs.Factory(dict)
     _last_ts: int = 0
     _arrival: int = 0
 
@@ -77,14 +78,16 @@ class ViewState:
             raise DecodeError(f"frame is not JSON: {exc}") from None
         if not isinstance(frame, list) or not frame or not isinstance(frame[0], int):
             raise DecodeError(f"frame must be [seq, event...], got {str(frame)[:80]}")
-        if frame[0] < self.seq:
+        if frame[0] < self.seq and not _starts_fresh(frame):
             raise DecodeError(f"seq went backwards: {frame[0]} after {self.seq}")
         for event in frame[1:]:
             if not isinstance(event, list) or not event or not isinstance(event[0], str):
                 raise DecodeError(f"event must be [code, ...], got {str(event)[:80]}")
             handler = _HANDLERS.get(event[0])
             if handler is None:
-                raise DecodeError(f"unknown event code {event[0]!r}")
+                # A newer server may send events this client does not know: skip, as the page does.
+                self.unknown_events[event[0]] = self.unknown_events.get(event[0], 0) + 1
+                continue
             handler(self, event)
         self.seq = frame[0]
 
@@ -323,6 +326,14 @@ class ViewState:
     def _row_summary(self, row: Row) -> list[Any]:
         market, price, count, side, ts = row
         return [self.markets[market].ticker, price, count, side, ts]
+
+
+def _starts_fresh(frame: list[Any]) -> bool:
+    """A frame with a hello that is not a resume (a restarted server's snapshot may restart seq)."""
+    for event in frame[1:3]:
+        if isinstance(event, list) and event and event[0] == "H":
+            return not event[1].get("resumed", False)
+    return False
 
 
 def _insert_newest_first(rows: list[tuple[int, int, Row]], entry: tuple[int, int, Row]) -> None:
