@@ -17,6 +17,7 @@ from flowboard.ingest.kalshi import serve_kalshi
 from flowboard.ingest.recording import record
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.scaleout.workers import serve_workers
 from flowboard.server.pipeline import kalshi_config, run_server, wall_clock_ms
 
 
@@ -29,6 +30,20 @@ async def _serve_until_signalled(config: Config) -> None:
             async for signum in signals:
                 logging.getLogger("flowboard").info("received %s", signal.Signals(signum).name)
                 runtime.request_stop()
+                break
+
+
+async def _supervise_until_signalled(config: Config, argv: Sequence[str]) -> None:
+    """``--workers N``: one ingest and N edges as child processes; a signal stops them all."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_workers, config, argv)
+            print(f"flowboard listening on {url}", flush=True)
+            async for signum in signals:
+                logging.getLogger("flowboard").info(
+                    "received %s: stopping the workers", signal.Signals(signum).name
+                )
+                nursery.cancel_scope.cancel()
                 break
 
 
@@ -80,8 +95,9 @@ def _leaves(group: BaseExceptionGroup[ConfigError]) -> Iterator[ConfigError]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        command, config = parse_argv(sys.argv[1:] if argv is None else argv)
+        command, config = parse_argv(args)
     except ConfigError as exc:
         print(f"flowboard: error: {exc}", file=sys.stderr)
         return 2
@@ -89,7 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        trio.run(_record_until_stopped if command == "record" else _serve_until_signalled, config)
+        if command == "record":
+            trio.run(_record_until_stopped, config)
+        elif config.workers:
+            trio.run(_supervise_until_signalled, config, args)
+        else:
+            trio.run(_serve_until_signalled, config)
     except BaseExceptionGroup as group:
         config_errors, others = group.split(ConfigError)
         if config_errors is None or others is not None:

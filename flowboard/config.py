@@ -53,6 +53,15 @@ class Config:
     kalshi_key_id: str = ""
     kalshi_private_key: str | None = None  # path of the PEM file; never its content
     markets: tuple[str, ...] = ()
+    # Scale-out (flowboard.scaleout): all | ingest | edge
+    role: str = "all"
+    redis: str | None = None  # redis://HOST:PORT/N, for --role ingest/edge and --workers
+    workers: int = 0  # edge processes of one machine, with one ingest; 0 = one process
+    reuse_port: bool = False  # SO_REUSEPORT: share --port with other processes
+    stream_maxlen: int = 100_000  # Redis stream entries kept (approximately)
+    snapshot_s: float = 5.0  # seconds between the ingest's snapshots in Redis, at least
+    redis_backlog: int = 10_000  # batches an ingest holds for Redis while it is away
+    redis_prefix: str = "flowboard"  # of the keys in Redis
     # flowboard record
     out: str | None = None
     gzip: bool = False
@@ -82,6 +91,19 @@ def _non_negative_float(text: str) -> float:
     if value < 0:
         raise ValueError("must be 0 or more")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected redis://HOST:PORT/N (or rediss://, unix://)")
+    return text
 
 
 def _port(text: str) -> int:
@@ -137,6 +159,12 @@ _SERVE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--kalshi-key-id", "kalshi_key_id", str, "Kalshi API key id (connects unsigned without one)"),
     ("--kalshi-private-key", "kalshi_private_key", str, "path of the PEM private key of that API key id"),
     ("--markets", "markets", _tickers, "only these market tickers, comma-separated (default: all)"),
+    ("--redis", "redis", _redis_url, "Redis for --role ingest/edge and --workers: redis://HOST:PORT/N"),
+    ("--workers", "workers", _non_negative_int, "one ingest and this many edge processes sharing --port"),
+    ("--stream-maxlen", "stream_maxlen", _positive(int), "Redis stream entries kept (about)"),
+    ("--snapshot-interval", "snapshot_s", _positive(float), "seconds between snapshots in Redis"),
+    ("--redis-backlog", "redis_backlog", _positive(int), "batches an ingest holds while Redis is away"),
+    ("--redis-prefix", "redis_prefix", str, "prefix of the keys in Redis (dashboards sharing a database)"),
 ]
 
 # Options of `flowboard record` besides the source ones.
@@ -175,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="where trades come from [FLOWBOARD_SOURCE]",
     )
     serve.add_argument("replay_file", nargs="?", default=None, help="the recording for --source replay")
+    serve.add_argument(
+        "--role",
+        choices=("all", "ingest", "edge"),
+        default=None,
+        help="all: one process; ingest: source, aggregation, store, publishing to --redis; "
+        "edge: serves browsers from --redis [FLOWBOARD_ROLE]",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        dest="reuse_port",
+        action="store_true",
+        default=None,
+        help="share --port with other processes (SO_REUSEPORT) [FLOWBOARD_REUSE_PORT]",
+    )
     serve.add_argument(
         "--no-deflate", dest="deflate", action="store_false", default=None, help="turn permessage-deflate off"
     )
@@ -230,6 +272,14 @@ def parse_serve_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     if source not in ("sim", "kalshi", "replay"):
         raise ConfigError(f"FLOWBOARD_SOURCE={source!r}: expected sim, kalshi or replay")
     values["source"] = source
+    role = args.role or env.get("FLOWBOARD_ROLE", "all")
+    if role not in ("all", "ingest", "edge"):
+        raise ConfigError(f"FLOWBOARD_ROLE={role!r}: expected all, ingest or edge")
+    values["role"] = role
+    if args.reuse_port:
+        values["reuse_port"] = True
+    elif "FLOWBOARD_REUSE_PORT" in env:
+        values["reuse_port"] = _value("--reuse-port", "reuse_port", _bool, None, env)
     if args.deflate is False:
         values["deflate"] = False
     elif "FLOWBOARD_DEFLATE" in env:
@@ -245,7 +295,26 @@ def parse_serve_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         raise ConfigError(f"unexpected argument {replay_file!r} (a FILE is only taken with --source replay)")
     config = Config(**values)
     _check(config)
+    _check_roles(config)
     return config
+
+
+def _check_roles(config: Config) -> None:
+    if config.role in ("ingest", "edge") and config.redis is None:
+        raise ConfigError(
+            f"--role {config.role} needs --redis redis://HOST:PORT/N (the ingest and edges meet there)"
+        )
+    if config.workers:
+        if config.redis is None:
+            raise ConfigError(
+                "--workers needs --redis redis://HOST:PORT/N: its ingest and edges share the stream there"
+            )
+        if config.role != "all":
+            raise ConfigError(f"--workers starts its own ingest and edges: leave out --role {config.role}")
+        if config.port == 0:
+            raise ConfigError("--workers needs a fixed --port for its edges to share")
+    elif config.redis is not None and config.role == "all":
+        raise ConfigError("--redis is only used with --role ingest, --role edge or --workers N")
 
 
 def _check(config: Config) -> None:

@@ -202,6 +202,16 @@ class ClientSession:
             )
         self._clear_pending()
 
+    def restart(self, *, epoch: str, seq: int) -> None:
+        """The publisher replaced its history (an edge reloaded the ingest's snapshot): the next
+        frame is a hello (not resumed) with a fresh snapshot, and ``seq`` goes on from ``seq``.
+        Not counted as a resync: the client did nothing wrong."""
+        self.epoch = epoch
+        self.seq = seq
+        self._needs_snapshot = True
+        self._resumed = False
+        self._clear_pending()
+
     def _clear_pending(self) -> None:
         self._pending_trades = []
         self._dirty_windows.clear()

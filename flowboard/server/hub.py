@@ -69,6 +69,17 @@ class Hub:
         self._ring.clear()
         self._hot_before_ring = self.agg.hot()
 
+    def restart(self, *, epoch: str, seq: int, now_ms: int) -> None:
+        """Go on from another history (an edge that loaded the ingest's snapshot into the
+        aggregator): the ring starts here, and every v2 client gets a fresh snapshot."""
+        self.epoch = epoch
+        self.seq = seq
+        self.rebase()
+        for client in self.clients:
+            if isinstance(client.session, ClientSession):
+                client.session.restart(epoch=epoch, seq=seq)
+            client.wake()
+
     def publish(self, events: Iterable[Event], now_ms: int) -> None:
         ring = self._ring
         for event in events:

@@ -36,6 +36,9 @@ from flowboard.ingest.sources import RawMessage, serve_simulator
 from flowboard.model import MarketMeta
 from flowboard.protocol.session import SessionLimits
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
+from flowboard.scaleout import redis_io
+from flowboard.scaleout.redis_io import Follower, JournalingHub, Outbox, PublisherStats, RedisSettings
+from flowboard.scaleout.stream import JournalingAggregator
 from flowboard.server import deflate
 from flowboard.server.app import create_app
 from flowboard.server.hub import Hub
@@ -104,8 +107,11 @@ class Ingestor:
         return events
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket, or ConfigError with one line saying what to change."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The listening socket, or ConfigError with one line saying what to change.
+
+    ``reuse_port``: SO_REUSEPORT, so that several processes (``--workers``) listen on one port
+    and the kernel spreads the connections over them."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -114,6 +120,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(1024)
     except OSError as exc:
@@ -224,16 +232,17 @@ async def _shutdown_when_asked(runtime: Runtime, stop_http: trio.Event) -> None:
     stop_http.set()
 
 
-def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMessage]) -> None:
+def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMessage] | None) -> None:
     hub = runtime.hub
     metrics = runtime.metrics
     metrics.gauge("flowboard_clients", "Connected v2 clients", lambda: len(hub.clients))
     metrics.gauge("flowboard_seq", "Sequence number of the latest event", lambda: hub.seq)
-    metrics.gauge(
-        "flowboard_ingest_queue_depth",
-        "Raw feed messages waiting to be aggregated",
-        lambda: receive.statistics().current_buffer_used,
-    )
+    if receive is not None:
+        metrics.gauge(
+            "flowboard_ingest_queue_depth",
+            "Raw feed messages waiting to be aggregated",
+            lambda: receive.statistics().current_buffer_used,
+        )
     metrics.gauge(
         "flowboard_client_pending_trades_max",
         "Largest number of trades waiting for one client",
@@ -267,16 +276,26 @@ async def run_server(
     config: Config,
     *,
     wall_ms: Callable[[], int] = wall_clock_ms,
+    redis: RedisSettings | None = None,
     task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run Flowboard until ``runtime.request_stop()`` (or cancellation)."""
+    """Run Flowboard until ``runtime.request_stop()`` (or cancellation), in ``config.role``:
+    all, ingest (also publishing to Redis) or edge (serving from Redis; no source, no writer).
+    ``redis`` overrides the settings taken from ``config``."""
+    if redis is None and config.redis is not None:
+        redis = redis_settings(config)
     if config.source == "kalshi":
         # A bad URL or key stops start-up here, before the port and the store are taken.
         kalshi_config(config).signing_key()
-    sock = bind_socket(config.host, config.port)
+    sock = bind_socket(config.host, config.port, reuse_port=config.reuse_port)
     try:
         async with open_store(config.db, config=StoreConfig(retention_days=config.retention_days)) as store:
-            await _run(config, sock, store, wall_ms, task_status)
+            if config.role == "edge":
+                assert redis is not None, "--role edge without --redis"
+                await _run_edge(config, sock, store, wall_ms, redis, task_status)
+            else:
+                ingest_redis = redis if config.role == "ingest" else None
+                await _run(config, sock, store, wall_ms, ingest_redis, task_status)
     finally:
         sock.close()
 
@@ -286,23 +305,29 @@ async def _run(
     sock: socket.socket,
     store: Store,
     wall_ms: Callable[[], int],
+    redis: RedisSettings | None,
     task_status: trio.TaskStatus[Runtime],
 ) -> None:
+    """Role all, or ingest when ``redis`` is given."""
     replay_clock = None
     if config.source == "replay":
         assert config.replay_file is not None
         # The dashboard runs on the recording's time: a replay of any age fills the windows.
         replay_clock = await open_replay_clock(config.replay_file, config.speed, default_ms=wall_ms())
         wall_ms = replay_clock.now_ms
-    agg = Aggregator()
-    limits = SessionLimits(max_pending_trades=config.max_pending_trades, max_resyncs=config.max_resyncs)
-    hub = Hub(agg, epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits)
-    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
-    deflate.install(
-        deflate.DeflateSettings(
-            enabled=config.deflate, window_bits=config.deflate_window_bits, mem_level=config.deflate_mem_level
+    limits = _session_limits(config)
+    agg: Aggregator
+    if redis is None:
+        agg = Aggregator()
+        hub = Hub(agg, epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits)
+    else:
+        # Every input of the aggregator is journaled and each publish is one stream entry.
+        agg = JournalingAggregator()
+        hub = JournalingHub(
+            agg, Outbox(redis.backlog), epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits
         )
-    )
+    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
+    _install_deflate(config)
     send, receive = trio.open_memory_channel[RawMessage](config.ingest_buffer)
     _register_gauges(runtime, receive)
     meta_send, meta_receive = trio.open_memory_channel[str](10_000)
@@ -366,6 +391,10 @@ async def _run(
                 on_meta=partial(_on_meta, runtime),
             )
         hub.rebase()
+        if redis is not None:
+            publisher = PublisherStats()
+            _register_publisher_gauges(runtime, publisher)
+            await nursery.start(redis_io.serve_publisher, redis, runtime, publisher)
         await nursery.start(_aggregate, runtime, ingestor, receive)
         await nursery.start(_tick, runtime)
         await nursery.start(source)
@@ -375,6 +404,88 @@ async def _run(
         runtime.not_ready.discard("starting")
         log.info("flowboard listening on %s", runtime.url)
         task_status.started(runtime)
+
+
+def _session_limits(config: Config) -> SessionLimits:
+    return SessionLimits(max_pending_trades=config.max_pending_trades, max_resyncs=config.max_resyncs)
+
+
+def _install_deflate(config: Config) -> None:
+    deflate.install(
+        deflate.DeflateSettings(
+            enabled=config.deflate, window_bits=config.deflate_window_bits, mem_level=config.deflate_mem_level
+        )
+    )
+
+
+def redis_settings(config: Config) -> RedisSettings:
+    assert config.redis is not None
+    return RedisSettings(
+        url=config.redis,
+        stream_maxlen=config.stream_maxlen,
+        snapshot_s=config.snapshot_s,
+        backlog=config.redis_backlog,
+        prefix=config.redis_prefix,
+    )
+
+
+async def _run_edge(
+    config: Config,
+    sock: socket.socket,
+    store: Store,
+    wall_ms: Callable[[], int],
+    redis: RedisSettings,
+    task_status: trio.TaskStatus[Runtime],
+) -> None:
+    """Role edge: a replica of the ingest's aggregator and hub, fed from Redis, serving clients.
+    The store is only read (market history); the ingest writes it."""
+    agg = Aggregator()
+    # The epoch and seq are the ingest's, from its snapshot (Follower -> Hub.restart).
+    hub = Hub(agg, epoch="", ring_size=config.ring_size, limits=_session_limits(config))
+    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
+    _install_deflate(config)
+    _register_gauges(runtime, None)
+    follower = Follower(redis, runtime)
+    _register_follower_gauges(runtime, follower)
+    async with trio.open_nursery() as nursery:
+        log.info("edge: loading the ingest's snapshot from Redis")
+        await nursery.start(follower.serve)
+        stop_http = trio.Event()
+        runtime.binds = await nursery.start(_serve_http, runtime, sock, stop_http, nursery.cancel_scope)
+        nursery.start_soon(_shutdown_when_asked, runtime, stop_http)
+        runtime.not_ready.discard("starting")
+        log.info("flowboard edge listening on %s", runtime.url)
+        task_status.started(runtime)
+
+
+def _register_publisher_gauges(runtime: Runtime, stats: PublisherStats) -> None:
+    hub = runtime.hub
+    assert isinstance(hub, JournalingHub)
+    outbox = hub.outbox
+    metrics = runtime.metrics
+    metrics.gauge("flowboard_redis_connected", "1 while Redis is reachable", lambda: stats.connected)
+    metrics.gauge("flowboard_stream_batches", "Batches cut for the stream since start", lambda: outbox.last)
+    metrics.gauge("flowboard_stream_waiting", "Batches Redis does not have yet", lambda: outbox.waiting)
+    metrics.gauge(
+        "flowboard_stream_dropped",
+        "Batches dropped before Redis had them (edges resync)",
+        lambda: outbox.dropped,
+    )
+    metrics.gauge("flowboard_snapshots_written", "Snapshots written to Redis", lambda: stats.snapshots)
+    metrics.gauge("flowboard_snapshot_bytes", "Size of the latest snapshot", lambda: stats.snapshot_bytes)
+    metrics.gauge("flowboard_snapshot_seconds", "Time to take the latest snapshot", lambda: stats.snapshot_s)
+
+
+def _register_follower_gauges(runtime: Runtime, follower: Follower) -> None:
+    metrics = runtime.metrics
+    metrics.gauge("flowboard_redis_connected", "1 while Redis is reachable", lambda: follower.connected)
+    metrics.gauge("flowboard_stream_applied", "Stream batches applied since start", lambda: follower.batches)
+    metrics.gauge("flowboard_snapshot_loads", "Snapshots loaded from Redis", lambda: follower.snapshot_loads)
+    metrics.gauge(
+        "flowboard_stream_age_ms",
+        "Wall clock minus the ingest's clock at the latest batch applied",
+        lambda: runtime.wall_ms() - follower.last_batch_ms if follower.last_batch_ms else 0,
+    )
 
 
 def kalshi_config(config: Config) -> KalshiConfig:
