@@ -549,3 +549,85 @@ def test_an_edge_killed_with_sigkill_serves_again_within_seconds(tmp_path: Path,
                 process.wait()
             if process.stdout is not None:
                 process.stdout.close()
+
+
+# -- roles and workers on the command line ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--role", "edge"], "--role edge needs --redis"),
+        (["--role", "ingest"], "--role ingest needs --redis"),
+        (["--workers", "2"], "--workers needs --redis"),
+        (["--workers", "2", "--redis", "redis://h:6379/0", "--role", "edge"], "leave out --role edge"),
+        (["--redis", "redis://h:6379/0"], "--redis is only used with"),
+        (["--role", "edge", "--redis", "http://h"], "expected redis://HOST:PORT/N"),
+    ],
+)
+def test_bad_role_combinations_stop_at_start_up_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A role, --redis or --workers that cannot work: exit 2 with one line naming the fix."""
+    from flowboard.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_workers_share_the_port_and_a_dead_edge_is_replaced(tmp_path: Path, redis_url: str) -> None:
+    """--workers 2: both edges answer on one port with the ingest's state; an edge SIGKILLed is
+    started again by the parent; SIGTERM to the parent stops every child."""
+    port = _free_port()
+    args = [
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--redis",
+        redis_url,
+        "--redis-prefix",
+        f"test-{uuid.uuid4().hex}",
+    ]
+    parent = _serve(tmp_path, "workers", *args)
+    try:
+        url = _listening_url(parent)
+        assert url == f"http://127.0.0.1:{port}"
+        children = subprocess.run(
+            ["pgrep", "-P", str(parent.pid), "-f", "role edge"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) == 2
+        os.kill(int(children[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while True:
+            now = subprocess.run(
+                ["pgrep", "-P", str(parent.pid), "-f", "role edge"], capture_output=True, text=True
+            )
+            alive = now.stdout.split()
+            if len(alive) == 2 and children[0] not in alive:
+                break
+            assert time.monotonic() < deadline, "the killed edge was not replaced"
+            time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                ready = httpx.get(url + "/readyz", timeout=2)
+                stats = httpx.get(url + "/api/stats", timeout=2).json()
+                if ready.status_code == 200 and stats["trades_total"] > 0:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the edges did not serve again"
+            time.sleep(0.2)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=20)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"port {port}"], capture_output=True, text=True
+    ).stdout.split()
+    assert leftover == []
