@@ -62,11 +62,15 @@ class WireClient:
         extensions = [PerMessageDeflate()] if deflate else []
         await self._stream.send_all(self._ws.send(Request(host=host, target=target, extensions=extensions)))
         while True:
-            for event in await self._read_events():
+            events = await self._read_events()
+            for index, event in enumerate(events):
                 if isinstance(event, AcceptConnection):
                     self.deflate_negotiated = any(
                         isinstance(ext, PerMessageDeflate) and ext.enabled() for ext in event.extensions
                     )
+                    # The server's first frame may come in the same read as its handshake answer.
+                    for later in events[index + 1 :]:
+                        await self._handle(later)
                     return
                 if isinstance(event, RejectConnection):
                     raise ConnectionClosed(event.status_code, "handshake rejected")
