@@ -107,11 +107,18 @@ class Ingestor:
         return events
 
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_socket(
+    host: str, port: int, *, reuse_port: bool = False, stall_timeout_s: float | None = None
+) -> socket.socket:
     """The listening socket, or ConfigError with one line saying what to change.
 
     ``reuse_port``: SO_REUSEPORT, so that several processes (``--workers``) listen on one port
-    and the kernel spreads the connections over them."""
+    and the kernel spreads the connections over them.
+
+    ``stall_timeout_s``: TCP_USER_TIMEOUT, inherited by every accepted connection. Hypercorn
+    writes to a socket in a shielded ``send_all``, so a peer that stops reading (zero window)
+    would pin its connection task, and shutdown, forever; the kernel aborts such a connection
+    once nothing has moved for this long, which frees the task."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -122,6 +129,8 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if stall_timeout_s is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(stall_timeout_s * 1000))
         sock.bind(address)
         sock.listen(1024)
     except OSError as exc:
@@ -287,7 +296,9 @@ async def run_server(
     if config.source == "kalshi":
         # A bad URL or key stops start-up here, before the port and the store are taken.
         kalshi_config(config).signing_key()
-    sock = bind_socket(config.host, config.port, reuse_port=config.reuse_port)
+    sock = bind_socket(
+        config.host, config.port, reuse_port=config.reuse_port, stall_timeout_s=config.stall_timeout_s
+    )
     try:
         async with open_store(config.db, config=StoreConfig(retention_days=config.retention_days)) as store:
             if config.role == "edge":
