@@ -106,14 +106,16 @@ class PrivateRedis:
         self.port = _free_port()
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "redis.log")],
-            check=True,
-        )  # fmt: skip
+        with open(self.directory / "redis.log", "ab") as log:
+            self._process = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                 "--appendonly", "no", "--dir", str(self.directory)],
+                stdout=log,
+                stderr=log,
+            )  # fmt: skip
         deadline = time.monotonic() + 10
         while not _redis_reachable(self.url):
             if time.monotonic() > deadline:
@@ -121,13 +123,17 @@ class PrivateRedis:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True)
+        """Gone at once, keeping nothing (a restart starts empty)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        _missing("redis-server and redis-cli are not on PATH")
+    if shutil.which("redis-server") is None:
+        _missing("redis-server is not on PATH")
     server = PrivateRedis(tmp_path)
     server.start()
     try:
@@ -627,7 +633,5 @@ def test_workers_share_the_port_and_a_dead_edge_is_replaced(tmp_path: Path, redi
         parent.wait(timeout=20)
         if parent.stdout is not None:
             parent.stdout.close()
-    leftover = subprocess.run(
-        ["pgrep", "-f", f"port {port}"], capture_output=True, text=True
-    ).stdout.split()
+    leftover = subprocess.run(["pgrep", "-f", f"port {port}"], capture_output=True, text=True).stdout.split()
     assert leftover == []
