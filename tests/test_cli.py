@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,52 @@ async def test_signal_closes_clients_with_1001_and_exits_0(tmp_path: Path, signu
             await process.wait()
         if process.stdout is not None:
             await process.stdout.aclose()
+
+
+def test_client_that_stops_reading_cannot_hold_up_shutdown(tmp_path: Path) -> None:
+    """A peer that never reads fills its socket; the kernel drops it after the stall timeout
+    (TCP_USER_TIMEOUT), so SIGTERM still ends the process promptly with exit 0."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flowboard",
+            "serve",
+            "--port",
+            "0",
+            "--sim-history",
+            "0",
+            "--rate",
+            "2000",
+            "--stall-timeout",
+            "2",
+            "--db",
+            str(tmp_path / "flowboard.db"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().rsplit(" ", 1)[1].strip()
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        stalled.connect((host, int(port)))
+        stalled.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        # 2,000 trades/s fill the server's send buffer within seconds; the client never reads.
+        time.sleep(6)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=8) == 0
+        stalled.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
