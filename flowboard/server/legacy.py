@@ -213,14 +213,20 @@ async def _send_messages(runtime: Runtime, feed: V1Feed, connection: V1Connectio
             await connection.wait(trio.current_time() + max(0, wait_ms) / 1000)
             continue
         kind, text = item
-        started = trio.current_time()
-        await websocket.send(text)
-        waited = trio.current_time() - started
-        metrics.frames_sent.labels("v1", kind).inc()
-        # json.dumps escapes non-ASCII by default: characters are bytes.
-        metrics.bytes_sent.labels("v1", kind).inc(len(text))
-        if waited > stall_timeout and queue.close_reason is None:
-            queue.close_reason = f"too slow: a message waited {waited:.0f} s for the socket"
+        with trio.move_on_after(stall_timeout):
+            await websocket.send(text)
+            metrics.frames_sent.labels("v1", kind).inc()
+            # json.dumps escapes non-ASCII by default: characters are bytes.
+            metrics.bytes_sent.labels("v1", kind).inc(len(text))
+            continue
+        # The socket took nothing for stall_timeout: the client stopped reading. The frame may
+        # be half written, so the close frame may not reach it; the TCP connection ends anyway.
+        metrics.closed_slow.inc()
+        reason = f"too slow: a message waited {stall_timeout:.0f} s for the socket"
+        log.info("closing a stalled v1 client: %s", reason)
+        with trio.move_on_after(1):
+            await websocket.close(CLOSE_TOO_SLOW, reason)
+        return
 
 
 async def _read_requests(runtime: Runtime, feed: V1Feed, connection: V1Connection) -> None:
