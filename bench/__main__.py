@@ -285,7 +285,8 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
     print(f"trades per frame (frames): {summary['trades_per_frame']}")
     print(
         f"server: batched frames {results['server_batched_frames']:.0f}, conflated "
-        f"{results['server_conflated_updates']:.0f}, resyncs {results['server_resyncs']:.0f}; view check {check}"
+        f"{results['server_conflated_updates']:.0f}, resyncs {results['server_resyncs']:.0f};"
+        f" view check {check}"
     )
     return results
 
@@ -530,7 +531,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     print(_table(["t s", "RSS MiB"], [[t, kib / 1024] for t, kib in rss]))
     lat = summary["latency_ms"]
     print(
-        f"sample p50 {_fmt(lat['p50'])} p99 {_fmt(lat['p99'])} ms; server CPU {results['server_cpu_percent']:.0f}%;"
+        f"sample p50 {_fmt(lat['p50'])} p99 {_fmt(lat['p99'])} ms;"
+        f" server CPU {results['server_cpu_percent']:.0f}%;"
         f" closed {results['closed_4008']:.0f}, resyncs {results['resyncs']:.0f}; errors {len(errors)};"
         f" view check {check}"
     )

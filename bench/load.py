@@ -278,7 +278,8 @@ async def check_views(
                 continue
             seq = stats["seq"]
             with trio.move_on_after(2):
-                while any(c.view.seq < seq for c in decoding):
+                # Polls other tasks' views for a moment; an Event per client is not worth it here.
+                while any(c.view.seq < seq for c in decoding):  # noqa: ASYNC110
                     await trio.sleep(0.005)
             if any(c.view.seq != seq for c in decoding):
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -91,10 +92,8 @@ def parse_frames(conn: Conn) -> None:
             payload = bytes(buf[offset + header : offset + header + length])
             mask = os.urandom(4)
             masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.send(bytes([0x8A, 0x80 | len(payload)]) + mask + masked)
-            except OSError:
-                pass
         elif fin and opcode in (0, 1, 2):
             conn.frames += 1
         offset += header + length
@@ -108,7 +107,7 @@ def main() -> int:
     parser.add_argument("--deflate", action="store_true")
     parser.add_argument("--rcvbuf", type=int, default=None)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     authority, _, path = args.url[len("ws://") :].partition("/")
     host, _, port = authority.rpartition(":")

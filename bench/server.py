@@ -61,7 +61,8 @@ class ServerProcess:
         self._stderr: IO[str] | None = None
 
     def start(self, timeout_s: float = 60) -> str:
-        self._stderr = open(Path(self.tmp.name) / "stderr.log", "w")
+        # Open for the server's lifetime; closed in stop().
+        self._stderr = open(Path(self.tmp.name) / "stderr.log", "w")  # noqa: SIM115
         self._proc = subprocess.Popen(
             self.argv,
             cwd=ROOT,

@@ -1,0 +1,84 @@
+"""The benchmark's measuring core (bench.load) against an in-process server, on the autojump clock.
+
+Not a benchmark: it proves that the clients count bytes by kind, measure latency, decode v2
+and pass the view check, in a few virtual seconds. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+# bench/ is a top-level package next to flowboard/, not installed: import it from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.load import Group, check_views, open_group, read_metrics, summarize_group, v1_kind, v2_kind
+from flowboard.config import Config
+from flowboard.server.pipeline import run_server
+from flowboard.server.runtime import Runtime
+
+BASE_MS = 1_795_800_000_000
+
+
+def virtual_wall_ms() -> int:
+    return BASE_MS + round(trio.current_time() * 1000)
+
+
+@pytest.fixture
+async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
+    config = Config(port=0, rate=10.0, seed=42, sim_history_s=120.0, db=str(tmp_path / "bench.db"))
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
+        yield runtime
+        nursery.cancel_scope.cancel()
+
+
+def test_frames_are_classified_by_kind() -> None:
+    """The first v2 frame is the snapshot; later ones by the events they carry; v1 by type."""
+    assert v2_kind('[3,["H",{}],["T"]]', first=True) == "snapshot"
+    assert v2_kind('[4,["m",1,"X",""],["t",[1,2,3,1,5]]]', first=False) == "trades"
+    assert v2_kind('[5,["k",1,2],["w",1,0,0,0,0,0]]', first=False) == "hot"
+    assert v2_kind('[6,["c",60000]]', first=False) == "analytics"
+    assert v1_kind('{"type": "hot_markets_update", "data": {}}') == "hot_markets_update"
+
+
+async def test_measuring_clients_count_decode_and_match_the_server(
+    server: Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
+    """v1 and v2 clients, plain and deflate: bytes by kind, latencies, and a passing view check."""
+    groups = [
+        Group("v1", deflate=False, clients=2),
+        Group("v1", deflate=True, clients=2),
+        Group("v2", deflate=False, clients=2),
+        Group("v2", deflate=True, clients=2),
+    ]
+    async with trio.open_nursery() as nursery:
+        by_group = {g.name: await open_group(nursery, server.url, g, wall_ms=virtual_wall_ms) for g in groups}
+        everyone = [c for clients in by_group.values() for c in clients]
+        await trio.sleep(2)
+        for client in everyone:
+            client.measuring = True
+        await trio.sleep(10)
+        for client in everyone:
+            client.measuring = False
+        check = await check_views(server.url, by_group["v2 plain"] + by_group["v2 deflate"])
+        metrics = await read_metrics(server.url)
+        nursery.cancel_scope.cancel()
+    summary = {name: summarize_group(clients, 10.0) for name, clients in by_group.items()}
+    assert check["ok"] and check["checked"] == 4, check
+    for name, group in summary.items():
+        assert group["trades_per_client"] > 0, name
+        assert group["latency_ms"]["samples"] > 0 and group["latency_ms"]["p50"] >= 0, name
+        assert group["snapshot_wire_bytes"] > 0 and group["decode_errors"] == 0, name
+    assert "trade" in summary["v1 plain"]["bytes_per_s_per_client_by_kind"]
+    assert "trades" in summary["v2 deflate"]["bytes_per_s_per_client_by_kind"]
+    assert summary["v2 deflate"]["deflate_negotiated"] == 2 and summary["v2 plain"]["deflate_negotiated"] == 0
+    v1_plain = summary["v1 plain"]["bytes_per_s_per_client"]
+    assert summary["v1 deflate"]["bytes_per_s_per_client"] < v1_plain
+    assert summary["v2 plain"]["bytes_per_s_per_client"] < v1_plain
+    assert any(name.startswith("flowboard_frames_sent_total") for name in metrics)
