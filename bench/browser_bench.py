@@ -17,8 +17,13 @@ opens the page in Debian's Chromium and reports:
 Targets (the issue): busy <= 5 % at 10 trades/s and <= 25 % at 100 trades/s; heap growth
 <= 2 MB over 10 minutes at 100 trades/s; first render <= 500 ms on loopback.
 
+The machine these run on is shared: wall-time shares (busy) grow when other processes preempt
+the renderer, so ``--repeat N`` runs each rate N times and records the run with the median busy
+share, with every run's busy / CPU / cold-render figures and their medians (``repeats``).
+
 Usage:
     .venv/bin/python bench/browser_bench.py                       # 10 and 100 trades/s, 60 s each
+    .venv/bin/python bench/browser_bench.py --repeat 3            # the same, median of 3 runs each
     .venv/bin/python bench/browser_bench.py --rates 100 --duration 600   # the 10-minute heap run
 Writes bench/results/browser.json (merged by rate, so the two runs above can share it).
 """
@@ -261,6 +266,8 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=30, help="seconds between heap samples")
     parser.add_argument("--loads", type=int, default=5, help="page loads for first-render timing")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per rate; the median-busy run is kept")
+    parser.add_argument("--note", default="", help="free text stored with each run (e.g. machine load)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
@@ -276,7 +283,17 @@ def main() -> None:
                 f"rate {rate:g}/s: measuring {args.duration:g} s after {args.warmup:g} s warm-up...",
                 flush=True,
             )
-            run = run_rate(browser, rate, args)
+            tries = [run_rate(browser, rate, args) for _ in range(args.repeat)]
+            run = sorted(tries, key=lambda r: r["main_thread_busy_share"])[(len(tries) - 1) // 2]
+            if len(tries) > 1:
+                run["repeats"] = {
+                    key: {"runs": [t[key] for t in tries], "median": statistics.median(t[key] for t in tries)}
+                    for key in ("main_thread_busy_share", "main_thread_cpu_share", "first_render_cold_ms",
+                                "first_render_warm_median_ms", "heap_growth_bytes", "load_average_1m_at_end")
+                }
+                run["busy_ok"] = run["repeats"]["main_thread_busy_share"]["median"] <= run.get("busy_target", 1)
+            if args.note:
+                run["note"] = args.note
             runs.append(run)
             print(json.dumps({k: v for k, v in run.items() if k != "samples"}, indent=1), flush=True)
         browser.close()

@@ -359,7 +359,14 @@ def test_scrolling_away_pauses_the_tape(page: tuple[Any, Console], server: Serve
 def test_hour_day_toggle_switches_subscription(page: tuple[Any, Console], server: Server) -> None:
     """The day view subscribes to "day" and drops "hour"; its figures equal /api?mode=day."""
     pg, _ = page
-    pg.click(".toggle button[data-view='d']")
+    # The server answers the "sub" at the same seq it is at: until that answer ("C" + the day's
+    # "a") is painted the page must not call itself settled, whatever its seq says (it did, and
+    # showed the few trades folded since the click; the checks below then failed 1 run in 3).
+    settled_at_click = pg.evaluate(
+        "(() => { document.querySelector(\".toggle button[data-view='d']\").click();"
+        " return [flowboard.settled(), flowboard.ui.shown]; })()"
+    )
+    assert settled_at_click == [False, "h"]
     pg.wait_for_function(
         "flowboard.state.channels.has('day') && !flowboard.state.channels.has('hour')"
         " && flowboard.state.viewsLoaded.has('d')",

@@ -13,12 +13,22 @@ const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30_000;
 const OFFLINE_AFTER_ATTEMPTS = 5; // failed attempts before the header says "offline"
 const CHART_EVERY_MS = 1000; // the chart redraws at most this often
-const PAINT_EVERY_MS = 100; // data repaints at most this often: a tape moving faster is unreadable anyway
+const PAINT_EVERY_MS = 200; // data repaints at most this often (5 Hz): each paint is a whole frame lifecycle, and a tape moving faster is unreadable anyway
 const TWEEN_MS = 450;
-const TWEEN_STEP_MS = 100; // numbers roll at 10 fps, in the same frames as the data
+const TWEEN_STEP_MS = 200; // numbers roll in the same frames as the data
 const USD_SCALE = 1_000_000;
 
-const $ = (id) => document.getElementById(id);
+const byId = new Map();
+// Elements by id, looked up once (the page never replaces the ones it asks for by id).
+const $ = (id) => {
+  let el = byId.get(id);
+  if (el === undefined || !el.isConnected) {
+    el = document.getElementById(id);
+    byId.set(id, el);
+  }
+  return el;
+};
+const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
 
 // ---- warnings: once per kind, never fatal ----------------------------------
 const warned = new Set();
@@ -31,12 +41,16 @@ function warnOnce(kind, ...args) {
 // ---- state -------------------------------------------------------------------
 const state = new ViewState({ tapeLimit: TAPE_LIMIT });
 const ui = {
-  view: localStorage.getItem("flowboard.view") === "d" ? "d" : "h",
+  view: localStorage.getItem("flowboard.view") === "d" ? "d" : "h", // the view asked for (subscribed)
+  shown: null, // the view whose figures are on screen: switches once the asked view's "a" arrived
   detail: null, // ticker shown in the drawer
   lastFocus: null,
   firstRender: false,
   paintedSeq: -1, // the state's seq as of the last paint
+  paintedFrames: -1, // the state's frame count as of the last paint (a command's answer keeps seq)
 };
+ui.shown = ui.view;
+const viewName = (code) => (code === "h" ? "hour" : "day");
 
 // ---- connection ----------------------------------------------------------------
 const conn = {
@@ -61,29 +75,48 @@ function wsUrl() {
   return `${proto}//${location.host}/ws?${q.toString().replaceAll("%2C", ",").replaceAll("%3A", ":")}`;
 }
 
+// The socket index.html opened before the modules loaded, if it asked for what we would.
+function adoptEarly() {
+  const early = window.flowboardEarly;
+  delete window.flowboardEarly;
+  if (!early) return null;
+  if (early.ws.url !== new URL(wsUrl()).href || (early.close === null && early.ws.readyState > WebSocket.OPEN)) {
+    early.ws.onclose = null;
+    early.ws.close();
+    return null;
+  }
+  return early;
+}
+
 function connect() {
   clearTimeout(conn.timer);
   conn.timer = null;
   setConn(conn.attempts ? "reconnecting" : "connecting");
+  const early = conn.attempts ? null : adoptEarly();
   let ws;
   try {
-    ws = new WebSocket(wsUrl());
+    ws = early ? early.ws : new WebSocket(wsUrl());
   } catch (err) {
     warnOnce("connect", err);
     return scheduleReconnect();
   }
   conn.ws = ws;
   ws.onmessage = (ev) => onFrame(ev.data);
-  ws.onclose = (ev) => {
+  ws.onclose = onClose;
+  if (early) {
+    for (const text of early.frames) onFrame(text);
+    if (early.close) onClose(early.close);
+  }
+  return undefined;
+
+  function onClose(ev) {
     if (conn.ws !== ws) return;
     conn.ws = null;
     conn.live = false;
     conn.closeReason = ev.code === 4008 || ev.reason ? `${ev.code} ${ev.reason}`.trim() : "";
     if (ev.code === 4008) warnOnce("closed-4008", "server closed the connection:", ev.reason);
     scheduleReconnect();
-  };
-  ws.onerror = () => {}; // onclose follows and reconnects; the browser logs the failure itself
-  return undefined;
+  }
 }
 
 function scheduleReconnect() {
@@ -128,16 +161,28 @@ function paintConn() {
 }
 
 // ---- frames ----------------------------------------------------------------------
-let paintScheduled = false;
+let framePending = false; // a requestAnimationFrame(paint) is queued
+let paintTimer = null;
+let paintAt = Infinity; // when the queued timer asks for the frame
 let lastPaint = -Infinity;
 // One paint per animation frame at most, and data paints no closer than PAINT_EVERY_MS:
-// everything that arrived in between is folded already and painted together.
+// everything that arrived in between is folded already and painted together. A request for
+// an earlier paint than the one waiting (data while the chart waits for its turn) moves it up.
 function requestPaint(gap = PAINT_EVERY_MS) {
-  if (paintScheduled) return;
-  paintScheduled = true;
-  const wait = lastPaint + gap - performance.now();
-  if (wait > 4) setTimeout(() => requestAnimationFrame(paint), wait);
-  else requestAnimationFrame(paint);
+  if (framePending) return;
+  const now = performance.now();
+  const at = Math.max(lastPaint + gap, now);
+  if (at >= paintAt) return;
+  clearTimeout(paintTimer);
+  paintAt = at;
+  if (at - now > 4) paintTimer = setTimeout(queueFrame, at - now);
+  else queueFrame();
+}
+
+function queueFrame() {
+  paintTimer = null;
+  framePending = true;
+  requestAnimationFrame(paint);
 }
 
 function onFrame(text) {
@@ -152,6 +197,12 @@ function onFrame(text) {
     return;
   }
   if (!conn.live) {
+    // A resumed connection may not carry the view asked for while it was down: ask again.
+    if (!state.viewsLoaded.has(ui.view)) {
+      send({ op: "sub", ch: [viewName(ui.view)] });
+      const other = viewName(ui.view === "h" ? "d" : "h");
+      if (state.channels.has(other)) send({ op: "unsub", ch: [other] });
+    }
     conn.live = true;
     conn.attempts = 0;
     conn.closeReason = "";
@@ -163,20 +214,30 @@ function onFrame(text) {
 // ---- paint -----------------------------------------------------------------------
 let lastChart = 0;
 let chartDirty = false;
-const tweens = new Map(); // element -> {from, to, start, format}
+// Number rolls: element -> {from, to, start, now, format}. The target is in data-value at once
+// (tests and the bench read it); data-shown is written when the roll ends (it is what the
+// text shows then), not on every step: one text write per step and element, nothing else.
+const tweens = new Map();
+const values = new WeakMap(); // element -> the value its roll ends on (as a number)
 
 function tweenTo(node, to, format) {
-  if (node.dataset.value === String(to)) return;
+  if (values.get(node) === to) return;
+  const had = values.get(node);
+  values.set(node, to);
   node.dataset.value = String(to);
   const cur = tweens.get(node);
-  const shown = cur ? cur.now : Number(node.dataset.shown ?? to);
-  if (!ui.firstRender || Number.isNaN(shown) || matchMedia("(prefers-reduced-motion: reduce)").matches) {
-    node.textContent = format(to);
+  const shown = cur ? cur.now : had;
+  if (!ui.firstRender || shown === undefined || Number.isNaN(shown) || reducedMotion.matches || document.hidden) {
+    setTextOf(node, format(to));
     node.dataset.shown = String(to);
     tweens.delete(node);
     return;
   }
-  tweens.set(node, { from: shown, to, start: performance.now(), now: shown, format });
+  if (cur) {
+    cur.from = shown;
+    cur.to = to;
+    cur.start = performance.now();
+  } else tweens.set(node, { from: shown, to, start: performance.now(), now: shown, format });
 }
 
 function stepTweens(now) {
@@ -184,14 +245,25 @@ function stepTweens(now) {
     const k = Math.min(1, (now - t.start) / TWEEN_MS);
     const e = 1 - (1 - k) ** 3;
     t.now = k >= 1 ? t.to : Math.round(t.from + (t.to - t.from) * e);
-    node.textContent = t.format(t.now);
-    node.dataset.shown = String(t.now);
-    if (k >= 1) tweens.delete(node);
+    setTextOf(node, t.format(t.now));
+    if (k >= 1) {
+      node.dataset.shown = String(t.now);
+      tweens.delete(node);
+    }
   }
 }
 
+function setTextOf(node, text) {
+  // Write the text node's data, not textContent: no node is replaced, layout stays local.
+  const first = node.firstChild;
+  if (first !== null && first.nodeType === 3 && first.nextSibling === null) {
+    if (first.data !== text) first.data = text;
+  } else node.textContent = text;
+}
+
 function paint(now) {
-  paintScheduled = false;
+  framePending = false;
+  paintAt = Infinity;
   lastPaint = now;
   const ch = state.takeChanges();
   for (const code of ch.unknown) warnOnce(`unknown-event-${code}`, `event "${code}" is not understood; ignored`);
@@ -200,11 +272,17 @@ function paint(now) {
 
   if (ch.reset || ch.hello) fillCategories();
   if (ch.reset || ch.today) paintToday();
-  if (ch.reset || ch.views.size || ch.clock) {
+  // The view switches on screen only with its whole data: never a view's partial buckets.
+  const switched = ui.shown !== ui.view && state.viewsLoaded.has(ui.view);
+  if (switched) {
+    ui.shown = ui.view;
+    paintPer();
+  }
+  if (ch.reset || switched || ch.views.has(ui.shown) || ch.clock) {
     paintStats();
     chartDirty = true;
   }
-  if (chartDirty && (ch.reset || now - lastChart >= CHART_EVERY_MS)) {
+  if (chartDirty && (ch.reset || switched || now - lastChart >= CHART_EVERY_MS)) {
     paintChart();
     lastChart = now;
     chartDirty = false;
@@ -220,6 +298,7 @@ function paint(now) {
   }
   stepTweens(now);
   ui.paintedSeq = state.seq;
+  ui.paintedFrames = state.frames;
 
   if (!ui.firstRender && state.hello && state.viewsLoaded.has(ui.view)) {
     ui.firstRender = true;
@@ -229,8 +308,10 @@ function paint(now) {
       document.documentElement.dataset.ready = "1";
     });
   }
+  // Only a roll or the chart's next turn brings a paint without data (at their own cadence:
+  // a paint that has nothing to do still costs a whole frame's lifecycle).
   if (tweens.size) requestPaint(TWEEN_STEP_MS);
-  else if (chartDirty) requestPaint();
+  else if (chartDirty) requestPaint(Math.max(PAINT_EVERY_MS, lastChart + CHART_EVERY_MS - now));
 }
 
 // ---- header & activity ----------------------------------------------------------------
@@ -252,7 +333,7 @@ function viewTotals(code) {
 }
 
 function paintStats() {
-  const code = ui.view;
+  const code = ui.shown;
   const t = viewTotals(code);
   tweenTo($("st-usd"), t.usd, fmt.usd);
   tweenTo($("st-trades"), t.trades, fmt.count);
@@ -263,29 +344,29 @@ function paintStats() {
     const start = v.first + (v.buckets.length - 1) * v.step;
     const [usd, trades] = v.buckets[v.buckets.length - 1];
     tweenTo($("st-cur-usd"), usd, fmt.usd);
-    const tr = `${fmt.count(trades)} trade${trades === 1 ? "" : "s"}`;
-    if ($("st-cur-trades").textContent !== tr) $("st-cur-trades").textContent = tr;
-    const span = code === "h" ? fmt.hm(start) : `${fmt.hm(start)}–${fmt.hm(start + v.step)}`;
-    if ($("st-cur-time").textContent !== span) $("st-cur-time").textContent = span;
+    setTextOf($("st-cur-trades"), `${fmt.count(trades)} trade${trades === 1 ? "" : "s"}`);
+    setTextOf($("st-cur-time"), code === "h" ? fmt.hm(start) : `${fmt.hm(start)}–${fmt.hm(start + v.step)}`);
   }
 }
 
 function paintChart() {
-  chart.set(state.view(ui.view));
+  chart.set(state.view(ui.shown));
 }
 
+function paintPer() {
+  for (const s of document.querySelectorAll(".per")) s.textContent = ui.shown === "h" ? "min" : "hour";
+}
+
+// The toggle subscribes at once; the figures switch in paint() when the view's "a" is in.
 function setView(code) {
   if (code === ui.view) return;
   const old = ui.view;
   ui.view = code;
   localStorage.setItem("flowboard.view", code);
   for (const b of document.querySelectorAll(".toggle button")) b.setAttribute("aria-checked", String(b.dataset.view === code));
-  for (const s of document.querySelectorAll(".per")) s.textContent = code === "h" ? "min" : "hour";
-  const name = (c) => (c === "h" ? "hour" : "day");
-  send({ op: "sub", ch: [name(code)] });
-  send({ op: "unsub", ch: [name(old)] });
-  paintStats();
-  paintChart();
+  send({ op: "sub", ch: [viewName(code)] });
+  send({ op: "unsub", ch: [viewName(old)] });
+  requestPaint(0);
 }
 
 // ---- top trades -------------------------------------------------------------------------
@@ -462,7 +543,7 @@ for (const b of document.querySelectorAll(".toggle button")) {
     }
   });
 }
-for (const s of document.querySelectorAll(".per")) s.textContent = ui.view === "h" ? "min" : "hour";
+paintPer();
 $("top").addEventListener("click", (e) => openDrawer(e.target.closest("li[data-ticker]")?.dataset.ticker));
 $("top").addEventListener("keydown", (e) => {
   if (e.key === "Enter" || e.key === " ") {
@@ -479,18 +560,28 @@ for (const id of ["f-text", "f-cat", "f-min"]) $(id).addEventListener("input", r
 window.addEventListener("online", retryNow);
 window.addEventListener("offline", () => conn.ws || setConn("offline"));
 
-// Once a second: the reconnect countdown and the time-to-close countdowns.
+// Once a second: the reconnect countdown and the time-to-close countdowns (not while hidden:
+// frames keep being folded, and everything is painted at once when the tab shows again).
 setInterval(() => {
+  if (document.hidden) return;
   if (!conn.ws) paintConn();
   cards.tick(state, Date.now());
 }, 1000);
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) return;
+  cards.tick(state, Date.now());
+  requestPaint(0);
+});
 
 // For tests and the bench: the live state, read-only by convention.
 window.flowboard = {
   state, conn, ui, openDrawer, closeDrawer, setView,
   receive: onFrame,
-  // Whether the figures in the DOM are the state's (chart and number rolls may lag a moment).
-  settled: () => ui.paintedSeq === state.seq && !cards.pendingReorder,
+  // Whether the figures in the DOM are the state's (chart and number rolls may lag a moment):
+  // every applied frame painted (frames, not seq: a command's answer comes at the same seq),
+  // and the view asked for loaded and on screen.
+  settled: () => ui.paintedFrames === state.frames && ui.shown === ui.view
+    && state.viewsLoaded.has(ui.view) && !cards.pendingReorder,
 };
 
 connect();

@@ -40,7 +40,33 @@ function el(tag, cls, parent, text) {
 }
 
 function setText(node, text) {
-  if (node.textContent !== text) node.textContent = text;
+  if (node._text === text) return;
+  node._text = text;
+  const first = node.firstChild;
+  if (first !== null && first.nodeType === 3 && first.nextSibling === null) first.data = text;
+  else node.textContent = text;
+}
+
+// Attribute / property writes only when the value differs: an unchanged write still
+// invalidates style (and, for SVG points, the path) in some engines.
+function setAttr(node, name, value) {
+  const key = `_a_${name}`;
+  if (node[key] === value) return;
+  node[key] = value;
+  node.setAttribute(name, value);
+}
+
+function setStyle(node, prop, value) {
+  const key = `_s_${prop}`;
+  if (node[key] === value) return;
+  node[key] = value;
+  node.style[prop] = value;
+}
+
+function sameOrder(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 export class HotCards {
@@ -107,7 +133,7 @@ export class HotCards {
   /** Repaint: `changed` holds ids whose data changed; `hotChanged` when membership did. */
   render(state, changed, hotChanged, now) {
     const ranked = state.rankedHot();
-    const wantOrder = ranked.join(",") !== this.order.join(",");
+    const wantOrder = !sameOrder(ranked, this.order);
     let reorder = false;
     if (hotChanged || (wantOrder && now - this.lastReorder >= REORDER_EVERY_MS)) reorder = wantOrder;
     if (wantOrder && !reorder) this.pendingReorder = true;
@@ -150,8 +176,8 @@ export class HotCards {
         c.rankAt = now;
       }
       c.rank = rank;
-      c.li.dataset.rank = String(rank);
-      c.li.setAttribute("aria-label", `Rank ${rank}: ${c.title.textContent || c.tk.textContent}`);
+      setAttr(c.li, "data-rank", String(rank));
+      setAttr(c.li, "aria-label", `Rank ${rank}: ${c.title.textContent || c.tk.textContent}`);
       frag.appendChild(c.li);
     });
     while (this.blanks.length < slots - ranked.length) {
@@ -184,20 +210,19 @@ export class HotCards {
       const mark = c.move && now - c.rankAt < RANK_MARK_MS ? c.move : "";
       const text = mark === "up" ? `${c.rank}▲` : mark === "down" ? `${c.rank}▼` : `${c.rank || ""}`;
       setText(c.rank_, text);
-      const cls = `rank num ${mark}`;
-      if (c.rank_.className !== cls) c.rank_.className = cls;
+      setAttr(c.rank_, "class", `rank num ${mark}`);
     }
   }
 
   _fill(c, state, now) {
     const m = state.markets.get(c.id);
     const w = state.window(c.id);
-    c.li.dataset.ticker = m.ticker;
-    c.li.dataset.usd = String(w.usd);
-    c.li.dataset.trades = String(w.trades);
-    c.li.dataset.contracts = String(w.contracts);
+    setAttr(c.li, "data-ticker", m.ticker);
+    setAttr(c.li, "data-usd", String(w.usd));
+    setAttr(c.li, "data-trades", String(w.trades));
+    setAttr(c.li, "data-contracts", String(w.contracts));
     setText(c.title, m.title || m.ticker);
-    c.title.title = m.title;
+    setAttr(c.title, "title", m.title);
     setText(c.tk, m.ticker);
     setText(c.cat, m.category || "—");
     setText(c.lp, fmt.price(state.lastPrice(c.id)));
@@ -206,16 +231,16 @@ export class HotCards {
     setText(c.tr, fmt.count(w.trades));
     setText(c.yes, `YES ${fmt.contractsShort(w.yesFlow)}`);
     setText(c.no, `NO ${fmt.contractsShort(w.noFlow)}`);
-    c.yes.title = `YES flow: ${fmt.contracts(w.yesFlow)} contracts`;
-    c.no.title = `NO flow: ${fmt.contracts(w.noFlow)} contracts`;
+    setAttr(c.yes, "title", `YES flow: ${fmt.contracts(w.yesFlow)} contracts`);
+    setAttr(c.no, "title", `NO flow: ${fmt.contracts(w.noFlow)} contracts`);
     const total = w.yesFlow + w.noFlow;
     const net = w.yesFlow - w.noFlow;
     const share = total ? Math.abs(net) / total : 0;
-    c.bar.className = net >= 0 ? "pos" : "neg";
-    c.bar.style.width = `${(share * 50).toFixed(1)}%`;
-    c.bar.style.left = net >= 0 ? "50%" : `${(50 - share * 50).toFixed(1)}%`;
-    c.bar.parentNode.title = `Net flow ${net >= 0 ? "+" : "−"}${fmt.contracts(Math.abs(net))} contracts (YES − NO)`;
-    c.line.setAttribute("points", sparkPoints(state.markets.get(c.id).spark, 130, 30));
+    setAttr(c.bar, "class", net >= 0 ? "pos" : "neg");
+    setStyle(c.bar, "width", `${(share * 50).toFixed(1)}%`);
+    setStyle(c.bar, "left", net >= 0 ? "50%" : `${(50 - share * 50).toFixed(1)}%`);
+    setAttr(c.bar.parentNode, "title", `Net flow ${net >= 0 ? "+" : "−"}${fmt.contracts(Math.abs(net))} contracts (YES − NO)`);
+    setAttr(c.line, "points", sparkPoints(m.spark, 130, 30));
     this._closes(c, state, now);
   }
 

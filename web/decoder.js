@@ -98,7 +98,9 @@ export class ViewState {
     this.top = []; // largest first
     this.minuteMs = 0;
     this.buckets = { h: new Map(), d: new Map() }; // bucket start (Unix ms) -> [usd, trades]
-    this.viewsLoaded = new Set(); // modes an "a" arrived for since the hello
+    // Modes whose whole view ("a") arrived since they were last subscribed: a mode not
+    // subscribed is dropped from it (its buckets are then only what trades folded in).
+    this.viewsLoaded = new Set();
     this.days = new Map(); // UTC day start -> [trades, usd]
     this.errors = [];
     this._lastTs = 0;
@@ -163,6 +165,7 @@ export class ViewState {
     this.sparkLen = h.spark;
     this.topLen = h.top;
     if (h.hot !== undefined) this.hotLen = h.hot;
+    this._forgetUnsubscribedViews();
     this._changes.hello = true;
     this._changes.channels = true;
   }
@@ -318,8 +321,13 @@ export class ViewState {
 
   _setChannels(ev) {
     this.channels = new Set(ev.slice(1));
+    this._forgetUnsubscribedViews();
     this._changes.channels = true;
     this._changes.views.add("h").add("d");
+  }
+
+  _forgetUnsubscribedViews() {
+    for (const code of this.viewsLoaded) if (!this.channels.has(MODES[code].name)) this.viewsLoaded.delete(code);
   }
 
   _hot(ev) {

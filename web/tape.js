@@ -26,12 +26,26 @@ export class Tape {
     this.filter = { text: "", category: "", minUsd: 0 };
     this.state = null;
     this._dirty = true;
+    // Layout is read only in the scroll event and by the resize observer, never while painting:
+    // a read after this paint's writes would force a layout in the middle of it.
+    this.scrollTop = 0;
+    this.height = view.clientHeight;
+    this.spacerH = "";
+    this.counterText = "";
+    this.pillText = "";
     view.style.overflowAnchor = "none";
+    new ResizeObserver(() => {
+      if (view.clientHeight !== this.height) {
+        this.height = view.clientHeight;
+        this._dirty = true;
+        this.requestPaint?.();
+      }
+    }).observe(view);
     view.addEventListener("scroll", () => this._onScroll(), { passive: true });
     view.addEventListener("click", (e) => this._click(e));
     view.addEventListener("keydown", (e) => this._key(e));
     pill.addEventListener("click", () => {
-      view.scrollTop = 0;
+      this._scrollTo(0);
       view.focus();
     });
   }
@@ -63,13 +77,13 @@ export class Tape {
     const grew = rows.length - this.rows.length;
     this.rows = rows;
     this._sizeSpacer();
-    if (keepScroll && this.view.scrollTop > this.rowH / 2 && grew > 0) {
+    if (keepScroll && this.scrollTop > this.rowH / 2 && grew > 0) {
       this.pending += grew;
-      this.view.scrollTop += grew * this.rowH;
+      this._scrollTo(this.scrollTop + grew * this.rowH);
     } else if (!keepScroll) {
       this.pending = 0;
       this.sel = -1;
-      this.view.scrollTop = 0;
+      this._scrollTo(0);
     }
     this._dirty = true;
   }
@@ -89,18 +103,25 @@ export class Tape {
     if (this.rows.length > this.limit * 1.25) this.rows.splice(0, this.rows.length - this.limit);
     if (!added) return undefined;
     this._sizeSpacer();
-    if (this.view.scrollTop > this.rowH / 2) {
+    if (this.scrollTop > this.rowH / 2) {
       // Keep what the reader is looking at where it is.
       this.pending += added;
-      this.view.scrollTop += added * this.rowH;
+      this._scrollTo(this.scrollTop + added * this.rowH);
     }
     if (this.sel >= 0) this.sel += added;
     this._dirty = true;
     return undefined;
   }
 
+  _scrollTo(y) {
+    // The spacer was sized before, so the scroller can take y; the scroll event confirms it.
+    this.scrollTop = Math.max(0, y);
+    this.view.scrollTop = this.scrollTop;
+  }
+
   _onScroll() {
-    if (this.view.scrollTop <= this.rowH / 2 && this.pending) this.pending = 0;
+    this.scrollTop = this.view.scrollTop;
+    if (this.scrollTop <= this.rowH / 2 && this.pending) this.pending = 0;
     this._dirty = true;
     this.requestPaint?.();
   }
@@ -110,9 +131,9 @@ export class Tape {
     this._dirty = false;
     const rows = this.rows;
     const n = this._sizeSpacer();
-    const top = this.view.scrollTop;
+    const top = this.scrollTop;
     const first = Math.max(0, Math.floor(top / this.rowH) - MARGIN_ROWS);
-    const last = Math.min(n - 1, Math.ceil((top + this.view.clientHeight) / this.rowH) + MARGIN_ROWS);
+    const last = Math.min(n - 1, Math.ceil((top + this.height) / this.rowH) + MARGIN_ROWS);
     const keep = new Set();
     for (let i = first; i <= last; i++) keep.add(rows[rows.length - 1 - i]);
     for (const [t, el] of this.live) {
@@ -136,18 +157,25 @@ export class Tape {
         el._y = y;
         el.style.transform = `translateY(${y}px)`;
       }
-      el.classList.toggle("sel", i === this.sel);
+      const sel = i === this.sel;
+      if (el._sel !== sel) {
+        el._sel = sel;
+        el.classList.toggle("sel", sel);
+      }
     }
-    this.pill.hidden = this.pending === 0;
-    if (this.pending) this.pill.textContent = `${fmt.count(this.pending)} new trade${this.pending === 1 ? "" : "s"} ↑`;
+    if (this.pill.hidden !== (this.pending === 0)) this.pill.hidden = this.pending === 0;
+    if (this.pending) {
+      const text = `${fmt.count(this.pending)} new trade${this.pending === 1 ? "" : "s"} ↑`;
+      if (text !== this.pillText) this.pill.textContent = this.pillText = text;
+    }
     const label = `${fmt.count(n)} shown`;
-    if (this.counter.textContent !== label) this.counter.textContent = label;
+    if (label !== this.counterText) this.counter.textContent = this.counterText = label;
   }
 
   _sizeSpacer() {
     const n = Math.min(this.rows.length, this.limit);
     const h = `${n * this.rowH}px`;
-    if (this.spacer.style.height !== h) this.spacer.style.height = h;
+    if (this.spacerH !== h) this.spacer.style.height = this.spacerH = h;
     return n;
   }
 
@@ -191,14 +219,12 @@ export class Tape {
     if (!n) return;
     if (e.key === "ArrowDown" || e.key === "ArrowUp") {
       e.preventDefault();
-      const top = Math.ceil(this.view.scrollTop / this.rowH);
+      const top = Math.ceil(this.scrollTop / this.rowH);
       const cur = this.sel < 0 ? top - 1 : this.sel;
       this.sel = Math.max(0, Math.min(n - 1, cur + (e.key === "ArrowDown" ? 1 : -1)));
       const y = this.sel * this.rowH;
-      if (y < this.view.scrollTop) this.view.scrollTop = y;
-      else if (y + this.rowH > this.view.scrollTop + this.view.clientHeight) {
-        this.view.scrollTop = y + this.rowH - this.view.clientHeight;
-      }
+      if (y < this.scrollTop) this._scrollTo(y);
+      else if (y + this.rowH > this.scrollTop + this.height) this._scrollTo(y + this.rowH - this.height);
       this._dirty = true;
       this.requestPaint?.();
     } else if (e.key === "Enter" && this.sel >= 0) {
@@ -206,7 +232,9 @@ export class Tape {
       const m = t && this.state.markets.get(t.market);
       if (m) this.onOpen(m.ticker);
     } else if (e.key === "Home") {
-      this.view.scrollTop = 0;
+      this._scrollTo(0);
+      this._dirty = true;
+      this.requestPaint?.();
     }
   }
 }
