@@ -249,6 +249,7 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_client": frames,
         "trades_per_client": trades,
         "trades_per_frame_mean": trades / frames if frames else None,
+        "server_trades_ingested_per_s": delta("flowboard_trades_ingested_total") / seconds,
         "server_batched_frames": delta("flowboard_client_batched_frames_total"),
         "server_conflated_updates": delta("flowboard_client_conflated_updates_total"),
         "server_resyncs": delta("flowboard_client_resyncs_total"),
@@ -283,6 +284,8 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     print(f"trades per frame (frames): {summary['trades_per_frame']}")
+    ingested = results["server_trades_ingested_per_s"]
+    print(f"trades ingested by the server: {ingested:.0f}/s (asked {args.rate:.0f}/s)")
     print(
         f"server: batched frames {results['server_batched_frames']:.0f}, conflated "
         f"{results['server_conflated_updates']:.0f}, resyncs {results['server_resyncs']:.0f};"
@@ -574,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = _write(args.scenario, params, results)
     print(f"wrote {path}")
     check = results.get("view_check")
-    if check is not None and not check.get("ok"):
+    if check is not None and check.get("ok") is False:
         print("FAILED: a client's view differs from the server's", file=sys.stderr)
         return 1
     return 0

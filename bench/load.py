@@ -306,7 +306,8 @@ async def check_views(
                 "ok": not mismatches,
                 "mismatches": mismatches[:3],
             }
-    return {"checked": len(decoding), "ok": False, "error": f"no quiet moment in {attempts} attempts"}
+    # Inconclusive, not a mismatch: the feed never paused long enough to read both sides at one seq.
+    return {"checked": 0, "ok": None, "error": f"no quiet moment in {attempts} attempts"}
 
 
 async def read_metrics(http_url: str) -> dict[str, float]:

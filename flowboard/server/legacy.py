@@ -219,8 +219,9 @@ async def _send_messages(runtime: Runtime, feed: V1Feed, connection: V1Connectio
             # json.dumps escapes non-ASCII by default: characters are bytes.
             metrics.bytes_sent.labels("v1", kind).inc(len(text))
             continue
-        # The socket took nothing for stall_timeout: the client stopped reading. The frame may
-        # be half written, so the close frame may not reach it; the TCP connection ends anyway.
+        # The send took longer than stall_timeout. hypercorn shields its socket write, so this
+        # only fires once the write has completed (or hypercorn dropped the connection): the
+        # stream is intact and the close frame goes after it.
         metrics.closed_slow.inc()
         reason = f"too slow: a message waited {stall_timeout:.0f} s for the socket"
         log.info("closing a stalled v1 client: %s", reason)
