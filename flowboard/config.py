@@ -33,6 +33,7 @@ class Config:
     seed: int = 1
     sim_markets: int = 300
     sim_history_s: float = 600.0  # simulator warm start: trades backdated over this many seconds
+    sim_burst: tuple[float, float] | None = None  # (trades/s, seconds) played first, then --rate
     db: str = "flowboard.db"
     retention_days: float = 7.0
     web_dir: str = str(WEB_DIR)
@@ -66,6 +67,17 @@ class Config:
     out: str | None = None
     gzip: bool = False
     duration_s: float | None = None  # stop recording after this long; None = until SIGINT
+
+
+def _burst(text: str) -> tuple[float, float]:
+    rate, sep, seconds = text.partition(":")
+    try:
+        burst = (float(rate), float(seconds))
+    except ValueError:
+        burst = (0.0, 0.0)
+    if not sep or burst[0] <= 0 or burst[1] <= 0:
+        raise ValueError("expected RATE:SECONDS, e.g. 500:10")
+    return burst
 
 
 def _tickers(text: str) -> tuple[str, ...]:
@@ -136,6 +148,7 @@ _SERVE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--rate", "rate", _positive(float), "simulator: mean trades per second"),
     ("--seed", "seed", int, "simulator: random seed"),
     ("--sim-markets", "sim_markets", _positive(int), "simulator: number of markets"),
+    ("--sim-burst", "sim_burst", _burst, "simulator: RATE:SECONDS played first (e.g. 500:10), then --rate"),
     (
         "--sim-history",
         "sim_history_s",

@@ -222,3 +222,56 @@ async def test_serve_simulator_emits_kalshi_messages_in_real_time(
         assert trade_from_msg(message.msg) == expected
         assert raw.received_ms == expected.ts_ms
     assert wall_ms() == received[-1].received_ms
+
+
+async def _count_messages(
+    sim: Simulator, *, seconds: float, burst: tuple[float, float] | None = None
+) -> list[RawMessage]:
+    """Run serve_simulator for ``seconds`` of virtual time and collect what it sends."""
+    send, receive = trio.open_memory_channel[RawMessage](100_000)
+    received: list[RawMessage] = []
+
+    def wall_ms() -> int:
+        return 1_795_800_000_000 + round(trio.current_time() * 1000)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_simulator, sim, send, wall_ms=wall_ms, burst=burst))
+        with trio.move_on_after(seconds):
+            async for message in receive:
+                received.append(message)
+        nursery.cancel_scope.cancel()
+    return received
+
+
+async def test_burst_plays_its_rate_then_the_base_rate(autojump_clock: trio.testing.MockClock) -> None:
+    """--sim-burst 500:10 gives about 5,000 trades in the first 10 s, then about 10/s."""
+    sim = Simulator(seed=5, rate=10, start_ms=1_795_800_000_000)
+    messages = await _count_messages(sim, seconds=30, burst=(500, 10))
+    start = messages[0].received_ms
+    in_burst = sum(1 for m in messages if m.received_ms - start < 10_000)
+    after = len(messages) - in_burst
+    assert 4_000 < in_burst < 6_000
+    assert 100 < after < 320
+
+
+async def test_a_late_source_sends_what_came_due_instead_of_thinning_the_feed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When the source cannot run for a while, the trades due meanwhile still all arrive."""
+    rate = 50.0
+    sim = Simulator(seed=6, rate=rate, start_ms=1_795_800_000_000)
+    send, receive = trio.open_memory_channel[RawMessage](0)
+    received = 0
+
+    def wall_ms() -> int:
+        return 1_795_800_000_000 + round(trio.current_time() * 1000)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_simulator, sim, send, wall_ms=wall_ms))
+        await trio.sleep(20)  # nobody reads: the source is blocked on the unbuffered channel
+        with trio.move_on_after(20):
+            async for _ in receive:
+                received += 1
+        nursery.cancel_scope.cancel()
+    # 40 s of feed at 50/s, although the reader only ran for the last 20 s.
+    assert received > 0.8 * 40 * rate

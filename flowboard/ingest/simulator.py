@@ -102,13 +102,10 @@ class Simulator:
     """
 
     def __init__(self, seed: int, rate: float, n_markets: int = 300, *, start_ms: int) -> None:
-        if not (rate > 0 and math.isfinite(rate)):
-            raise ValueError(f"rate: expected a positive number of trades per second, got {rate!r}")
         if not 1 <= n_markets <= MAX_MARKETS:
             raise ValueError(f"n_markets: expected 1 to {MAX_MARKETS}, got {n_markets!r}")
         self._rng = random.Random(seed)
-        self._background_rate = rate * (1 - BURST_SHARE)
-        self._burst_start_rate = rate * BURST_SHARE / MEAN_BURST_TRADES
+        self.set_rate(rate)
         # Simulated time of the last arrival, in ms; a float so that waits shorter than
         # a millisecond add up instead of rounding away (which would skew the rate).
         self._clock_ms = -math.inf
@@ -116,6 +113,14 @@ class Simulator:
         metas, hotness = _make_markets(self._rng, n_markets, start_ms)
         self._cum_weights = _popularity(self._rng, hotness)
         self._states = _initial_states(self._rng, metas)
+
+    def set_rate(self, rate: float) -> None:
+        """Change the mean trades per second from the next trade on (bursts already running go on)."""
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate: expected a positive number of trades per second, got {rate!r}")
+        self.rate = rate
+        self._background_rate = rate * (1 - BURST_SHARE)
+        self._burst_start_rate = rate * BURST_SHARE / MEAN_BURST_TRADES
 
     @property
     def markets(self) -> list[MarketMeta]:

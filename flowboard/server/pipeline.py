@@ -365,7 +365,7 @@ async def _run(
                 agg.set_meta(meta)
             if replayed == 0:
                 _warm_start(runtime, ingestor, sim)
-            source: Source = partial(serve_simulator, sim, send, wall_ms=wall_ms)
+            source: Source = partial(serve_simulator, sim, send, wall_ms=wall_ms, burst=config.sim_burst)
         elif kalshi:
             kalshi_settings = kalshi_config(config)
             last_stored = await store.last_trade_ms()
