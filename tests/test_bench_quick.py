@@ -6,16 +6,12 @@ and pass the view check, in a few virtual seconds. No timing is asserted.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
-
-# bench/ is a top-level package next to flowboard/, not installed: import it from the checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import Group, check_views, open_group, read_metrics, summarize_group, v1_kind, v2_kind
 from flowboard.config import Config
