@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units
-from flowboard.server import legacy
+from flowboard.server import direct, legacy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
 
@@ -114,6 +114,7 @@ def _limit(default: int, maximum: int) -> int:
 
 def create_app(runtime: Runtime) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
+    app.asgi_app = direct.capture(app.asgi_app)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     agg = runtime.agg
     web_dir = Path(runtime.config.web_dir)

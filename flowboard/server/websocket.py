@@ -17,6 +17,7 @@ from quart import websocket
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v2
 from flowboard.protocol.session import ClientSession
+from flowboard.server import direct
 from flowboard.server.hub import Client
 from flowboard.server.runtime import Runtime
 
@@ -34,6 +35,9 @@ def parse_resume(text: str | None) -> tuple[str, int] | None:
     if not sep or not epoch or not seq.isdigit():
         raise ProtocolError(f"resume must be EPOCH:SEQ, got {text[:60]!r}")
     return epoch, int(seq)
+
+
+FRAME_KINDS = ("snapshot", "trades", "state")
 
 
 def frame_kind(frame: bytes) -> str:
@@ -64,15 +68,17 @@ async def serve_v2(runtime: Runtime) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_commands, runtime, client)
-            await _send_frames(runtime, client)
+            await _send_frames(runtime, client, direct.writer_for(websocket.scope))
             nursery.cancel_scope.cancel()
     finally:
         hub.disconnect(client)
 
 
-async def _send_frames(runtime: Runtime, client: Client) -> None:
+async def _send_frames(runtime: Runtime, client: Client, writer: direct.DirectWriter | None) -> None:
     session: ClientSession = client.session
     metrics = runtime.metrics
+    frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
+    bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
     stall_timeout = runtime.config.stall_timeout_s
     reported = session.statistics()
     while True:
@@ -96,10 +102,13 @@ async def _send_frames(runtime: Runtime, client: Client) -> None:
             continue
         kind = frame_kind(frame)
         started = trio.current_time()
-        await websocket.send(frame.decode())
+        if writer is not None and writer.can_write():
+            await writer.send(frame.decode())
+        else:
+            await websocket.send(frame.decode())
         waited = trio.current_time() - started
-        metrics.frames_sent.labels("v2", kind).inc()
-        metrics.bytes_sent.labels("v2", kind).inc(len(frame))
+        frames_sent[kind].inc()
+        bytes_sent[kind].inc(len(frame))
         stats = session.statistics()
         metrics.batched_frames.inc(stats.batched_frames - reported.batched_frames)
         metrics.conflated.inc(stats.conflated - reported.conflated)
