@@ -38,8 +38,8 @@ class Config:
     retention_days: float = 7.0
     web_dir: str = str(WEB_DIR)
     deflate: bool = True
-    deflate_window_bits: int = 13
-    deflate_mem_level: int = 5
+    deflate_window_bits: int = 12
+    deflate_mem_level: int = 4
     max_pending_trades: int = 2_000  # per client, before a resync
     max_resyncs: int = 3  # per client per minute, before a 4008 close
     stall_timeout_s: float = 10.0  # a frame the socket has not taken by then -> 4008

@@ -22,9 +22,9 @@ from flowboard.testing.wsclient import open_wire_client
 BASE_MS = 1_795_800_000_000
 
 
-def test_default_settings_keep_the_compressor_at_48_kib() -> None:
-    """zlib's deflate memory for the defaults is 2**15 + 2**14 bytes, under the 64 KiB budget."""
-    assert deflate.DeflateSettings().compressor_bytes == 48 * 1024
+def test_default_settings_keep_the_compressor_at_24_kib() -> None:
+    """zlib's deflate memory for the defaults is 2**14 + 2**13 bytes, well under the 64 KiB budget."""
+    assert deflate.DeflateSettings().compressor_bytes == 24 * 1024
 
 
 def test_browser_offer_is_answered_with_our_window() -> None:

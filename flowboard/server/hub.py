@@ -7,6 +7,7 @@ send loop (flowboard.server.websocket) wakes up and takes everything pending as 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 
@@ -31,8 +32,12 @@ class Client:
 
     async def wait(self, deadline: float) -> None:
         """Until woken or until ``deadline`` (trio time); then re-arm."""
-        with trio.move_on_at(deadline):
+        if deadline == math.inf:
+            # Most waits have no deadline: skip a cancel scope per frame.
             await self._wakeup.wait()
+        else:
+            with trio.move_on_at(deadline):
+                await self._wakeup.wait()
         self._wakeup = trio.Event()
 
 
