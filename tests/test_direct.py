@@ -125,3 +125,27 @@ async def test_a_hopeless_client_is_closed_with_4008_and_its_reason_after_direct
     await client.aclose()
     assert closed.value.code == v2.CLOSE_TOO_SLOW
     assert closed.value.reason == "too slow: test"
+
+
+async def test_the_publisher_writes_a_waiting_clients_frames_itself(
+    server: Runtime, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """While a send loop waits, Hub.publish writes its frame (no task wake-up); the stream decodes."""
+    from flowboard.server import websocket
+
+    flushed: list[bool] = []
+    real = websocket._Sender.flush_nowait
+
+    def recording(self: websocket._Sender, now_ms: int) -> bool:
+        flushed.append(real(self, now_ms))
+        return flushed[-1]
+
+    monkeypatch.setattr(websocket._Sender, "flush_nowait", recording)
+    client = await open_wire_client(ws_url(server), deflate=True)
+    view = ViewState()
+    with trio.move_on_after(10):
+        while True:
+            view.apply_frame((await client.receive()).text)
+    assert sum(flushed) > 20
+    assert view.seq == server.hub.seq
+    await client.aclose()

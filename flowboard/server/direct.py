@@ -70,9 +70,15 @@ class DirectWriter:
         """Send ``text`` as one text frame; the caller checked :meth:`can_write`.
 
         The fast path does not checkpoint: the send loop that calls this waits (and so yields)
-        between frames. A frame the socket did not take whole is finished by hypercorn, shielded,
-        as quart's send would have been.
+        between frames.
         """
+        rest = self.write_nowait(text)
+        if rest:
+            await self.finish(rest)
+
+    def write_nowait(self, text: str) -> bytes:
+        """Encode ``text`` as one text frame and write what the socket takes now; returns the
+        rest, which must go out (:meth:`finish`) before any other frame of ours."""
         data = self._stream.connection.send(TextMessage(data=text))
         sent = 0
         if not self._tcp.send_lock.locked():
@@ -86,10 +92,14 @@ class DirectWriter:
                     pass  # reset or closed by the peer: hypercorn's own write will find out
         if sent == len(data):
             self.direct += 1
-            return
+            return b""
+        return data[sent:]
+
+    async def finish(self, rest: bytes) -> None:
+        """Write the rest of a frame through hypercorn, shielded, as quart's send would have."""
         self.handed_over += 1
         with trio.CancelScope(shield=True):
-            await self._tcp.protocol_send(RawData(data=data[sent:]))
+            await self._tcp.protocol_send(RawData(data=rest))
 
 
 def writer_for(scope: Mapping[str, object]) -> DirectWriter | None:

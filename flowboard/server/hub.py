@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -26,6 +26,9 @@ class Client:
         self.session = session
         # Set when the session may have something to send; replaced after each wait.
         self._wakeup = trio.Event()
+        # While the send loop waits: writes the pending frame without waking it, if it can
+        # (returns False when the loop must wake instead). Set by flowboard.server.websocket.
+        self.flush: Callable[[int], bool] | None = None
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -98,7 +101,10 @@ class Hub:
                 client.session.offer(self.seq, event, now_ms)
         for client in self.clients:
             if client.session.has_pending(now_ms):
-                client.wake()
+                # The shared v1 feed (flowboard.server.legacy) stands in a Client's place with no flush.
+                flush = getattr(client, "flush", None)
+                if flush is None or not flush(now_ms):
+                    client.wake()
 
     def _resume_point(self, resume: tuple[str, int] | None) -> ResumePoint | None:
         """Where a reconnecting client can continue, or None if it needs a snapshot."""

@@ -75,47 +75,113 @@ async def serve_v2(runtime: Runtime) -> None:
 
 
 async def _send_frames(runtime: Runtime, client: Client, writer: direct.DirectWriter | None) -> None:
-    session: ClientSession = client.session
-    metrics = runtime.metrics
-    frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
-    bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
-    stall_timeout = runtime.config.stall_timeout_s
-    reported = session.statistics()
-    while True:
-        if runtime.hub.shutting_down.is_set():
-            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
-            return
-        if session.close_reason is not None:
-            metrics.closed_slow.inc()
-            log.info("closing a slow client: %s", session.close_reason)
-            await websocket.close(v2.CLOSE_TOO_SLOW, session.close_reason[:120])
-            return
-        now_ms = runtime.wall_ms()
-        frame = session.build_frame(runtime.agg, now_ms)
-        if frame is None:
-            deadline_ms = session.next_deadline()
-            if deadline_ms is None:
-                deadline = math.inf
+    await _Sender(runtime, client, writer).run()
+
+
+class _Sender:
+    """One client's send loop. With a direct writer, while the loop waits, the publisher may
+    write a frame itself (:meth:`flush_nowait`), which spares a task wake-up per frame; the loop
+    still does everything that can wait: the rest of a frame the socket did not take, closes."""
+
+    def __init__(self, runtime: Runtime, client: Client, writer: direct.DirectWriter | None) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.session: ClientSession = client.session
+        self.writer = writer
+        metrics = runtime.metrics
+        self.metrics = metrics
+        self.frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
+        self.bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
+        self.reported = self.session.statistics()
+        # The unsent end of a frame flush_nowait wrote in part; goes out before anything else.
+        self.rest = b""
+        # What went wrong in flush_nowait, raised here in the loop (a client's error stays its own).
+        self.error: Exception | None = None
+
+    def _account(self, frame: bytes, kind: str) -> None:
+        self.frames_sent[kind].inc()
+        self.bytes_sent[kind].inc(len(frame))
+        stats = self.session.statistics()
+        reported = self.reported
+        self.metrics.batched_frames.inc(stats.batched_frames - reported.batched_frames)
+        self.metrics.conflated.inc(stats.conflated - reported.conflated)
+        self.metrics.resyncs.inc(stats.resyncs - reported.resyncs)
+        self.reported = stats
+
+    def flush_nowait(self, now_ms: int) -> bool:
+        """Called by the publisher while the loop waits: write the pending frame now if it can be
+        written whole without waiting. False means "wake the loop" (a close, a partial write)."""
+        writer = self.writer
+        session = self.session
+        if (
+            writer is None
+            or self.rest
+            or self.error is not None
+            or self.runtime.hub.shutting_down.is_set()
+            or session.close_reason is not None
+            or not writer.can_write()
+        ):
+            return False
+        try:
+            frame = session.build_frame(self.runtime.agg, now_ms)
+            if frame is None:
+                return False
+            self.rest = writer.write_nowait(frame.decode())
+            self._account(frame, frame_kind(frame))
+        except Exception as exc:  # re-raised by this client's own loop
+            self.error = exc
+            return False
+        return not self.rest
+
+    async def run(self) -> None:
+        runtime = self.runtime
+        session = self.session
+        client = self.client
+        writer = self.writer
+        stall_timeout = runtime.config.stall_timeout_s
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.rest:
+                rest, self.rest = self.rest, b""
+                assert writer is not None
+                started = trio.current_time()
+                await writer.finish(rest)
+                self._check_stall(trio.current_time() - started, stall_timeout)
+            if runtime.hub.shutting_down.is_set():
+                await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+                return
+            if session.close_reason is not None:
+                self.metrics.closed_slow.inc()
+                log.info("closing a slow client: %s", session.close_reason)
+                await websocket.close(v2.CLOSE_TOO_SLOW, session.close_reason[:120])
+                return
+            now_ms = runtime.wall_ms()
+            frame = session.build_frame(runtime.agg, now_ms)
+            if frame is None:
+                deadline_ms = session.next_deadline()
+                if deadline_ms is None:
+                    deadline = math.inf
+                else:
+                    deadline = trio.current_time() + max(0, deadline_ms - now_ms) / 1000
+                if writer is not None:
+                    client.flush = self.flush_nowait
+                try:
+                    await client.wait(deadline)
+                finally:
+                    client.flush = None
+                continue
+            started = trio.current_time()
+            if writer is not None and writer.can_write():
+                await writer.send(frame.decode())
             else:
-                deadline = trio.current_time() + max(0, deadline_ms - now_ms) / 1000
-            await client.wait(deadline)
-            continue
-        kind = frame_kind(frame)
-        started = trio.current_time()
-        if writer is not None and writer.can_write():
-            await writer.send(frame.decode())
-        else:
-            await websocket.send(frame.decode())
-        waited = trio.current_time() - started
-        frames_sent[kind].inc()
-        bytes_sent[kind].inc(len(frame))
-        stats = session.statistics()
-        metrics.batched_frames.inc(stats.batched_frames - reported.batched_frames)
-        metrics.conflated.inc(stats.conflated - reported.conflated)
-        metrics.resyncs.inc(stats.resyncs - reported.resyncs)
-        reported = stats
-        if waited > stall_timeout and session.close_reason is None:
-            session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
+                await websocket.send(frame.decode())
+            self._account(frame, frame_kind(frame))
+            self._check_stall(trio.current_time() - started, stall_timeout)
+
+    def _check_stall(self, waited: float, stall_timeout: float) -> None:
+        if waited > stall_timeout and self.session.close_reason is None:
+            self.session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
 
 
 async def _read_commands(runtime: Runtime, client: Client) -> None:
