@@ -103,10 +103,16 @@ class _Sender:
         self.bytes_sent[kind].inc(len(frame))
         stats = self.session.statistics()
         reported = self.reported
-        self.metrics.batched_frames.inc(stats.batched_frames - reported.batched_frames)
-        self.metrics.conflated.inc(stats.conflated - reported.conflated)
-        self.metrics.resyncs.inc(stats.resyncs - reported.resyncs)
-        self.reported = stats
+        # Each inc takes a lock: only when something changed (for a caught-up client, rarely).
+        if (
+            stats.batched_frames != reported.batched_frames
+            or stats.conflated != reported.conflated
+            or stats.resyncs != reported.resyncs
+        ):
+            self.metrics.batched_frames.inc(stats.batched_frames - reported.batched_frames)
+            self.metrics.conflated.inc(stats.conflated - reported.conflated)
+            self.metrics.resyncs.inc(stats.resyncs - reported.resyncs)
+            self.reported = stats
 
     def flush_nowait(self, now_ms: int) -> bool:
         """Called by the publisher while the loop waits: write the pending frame now if it can be
