@@ -291,7 +291,8 @@ def main() -> None:
                     for key in ("main_thread_busy_share", "main_thread_cpu_share", "first_render_cold_ms",
                                 "first_render_warm_median_ms", "heap_growth_bytes", "load_average_1m_at_end")
                 }
-                run["busy_ok"] = run["repeats"]["main_thread_busy_share"]["median"] <= run.get("busy_target", 1)
+                busy_median = run["repeats"]["main_thread_busy_share"]["median"]
+                run["busy_ok"] = busy_median <= run.get("busy_target", 1)
             if args.note:
                 run["note"] = args.note
             runs.append(run)
