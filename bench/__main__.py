@@ -553,8 +553,15 @@ SCENARIOS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["scaleout"]:
+        # One process versus ingest + edges: it starts its own servers and has its own options.
+        from bench import scaleout
+
+        scaleout.main(arguments[1:])
+        return 0
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", choices=[*sorted(SCENARIOS), "scaleout"])
     parser.add_argument("--duration", type=float, help="seconds measured (per step for capacity)")
     parser.add_argument("--clients", type=int, help="clients (per group for bandwidth)")
     parser.add_argument("--rate", type=float, help="simulated trades per second")
@@ -564,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=50, help="full (latency-measuring) clients")
     parser.add_argument("--slow", type=int, default=10, help="slow: slow clients (half 2 KB/s, half stopped)")
     parser.add_argument("--keep-going", action="store_true", help="capacity: go on after a failing step")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     run, defaults = SCENARIOS[args.scenario]
     for name, value in defaults.items():
         if getattr(args, name) is None:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,7 @@ async def _measure(
 _server_pid = 0
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     global _server_pid
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,7 +186,7 @@ def main() -> None:
         "--steps", default="100,250,500,1000,1500,2000", help="client counts, comma-separated"
     )
     parser.add_argument("--step-s", type=float, default=10.0, help="seconds measured per step")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     steps = [int(s) for s in args.steps.split(",")]
     results: dict[str, Any] = {"rate": args.rate, "steps": steps, "step_s": args.step_s, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
