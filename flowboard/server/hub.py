@@ -1,8 +1,10 @@
 """Publish: number the aggregator's events, keep a ring of them for resume, fan them out.
 
-``publish`` is synchronous and only appends to each client's session: it never waits on a
-socket, so one slow client cannot delay the feed or any other client. Each client's own
-send loop (flowboard.server.websocket) wakes up and takes everything pending as one frame.
+``publish`` is synchronous and never waits on a socket, so one slow client cannot delay the
+feed or any other client: it offers each event to every client's session, then, for a client
+whose send loop is idle, writes the pending frame itself if the socket takes it at once
+(``Client.flush``, flowboard.server.direct); otherwise it wakes that client's own send loop
+(flowboard.server.websocket), which takes everything pending as one frame.
 """
 
 from __future__ import annotations
