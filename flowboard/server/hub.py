@@ -21,16 +21,12 @@ from flowboard.aggregate.events import Event, HotChanged
 from flowboard.protocol.session import ClientSession, ResumePoint, SessionLimits
 
 
-class Client:
-    """A connected client: its session and the way to wake its send loop."""
+class Wakeup:
+    """How a publisher wakes a connection's send loop (v2 clients here, v1 in legacy.py)."""
 
-    def __init__(self, session: ClientSession) -> None:
-        self.session = session
-        # Set when the session may have something to send; replaced after each wait.
+    def __init__(self) -> None:
+        # Set when there may be something to send; replaced after each wait.
         self._wakeup = trio.Event()
-        # While the send loop waits: writes the pending frame without waking it, if it can
-        # (returns False when the loop must wake instead). Set by flowboard.server.websocket.
-        self.flush: Callable[[int], bool] | None = None
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -44,6 +40,17 @@ class Client:
             with trio.move_on_at(deadline):
                 await self._wakeup.wait()
         self._wakeup = trio.Event()
+
+
+class Client(Wakeup):
+    """A connected v2 client: its session and the way to wake its send loop."""
+
+    def __init__(self, session: ClientSession) -> None:
+        super().__init__()
+        self.session = session
+        # While the send loop waits: writes the pending frame without waking it, if it can
+        # (returns False when the loop must wake instead). Set by flowboard.server.websocket.
+        self.flush: Callable[[int], bool] | None = None
 
 
 @attrs.frozen

@@ -25,7 +25,7 @@ from flowboard.aggregate.events import Event, TradeAdded
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v1
 from flowboard.protocol.v2 import CLOSE_TOO_SLOW
-from flowboard.server.hub import Client
+from flowboard.server.hub import Client, Wakeup
 from flowboard.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,21 +36,12 @@ HOT_EVERY_MS = 5_000
 PING_EVERY_MS = 30_000
 
 
-class V1Connection:
+class V1Connection(Wakeup):
     """One v1 client: its queue and the way to wake its send loop."""
 
     def __init__(self, limits: v1.QueueLimits) -> None:
+        super().__init__()
         self.queue = v1.OutQueue(limits)
-        # Set when the queue may have something to send; replaced after each wait.
-        self._wakeup = trio.Event()
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    async def wait(self, deadline: float) -> None:
-        with trio.move_on_at(deadline):
-            await self._wakeup.wait()
-        self._wakeup = trio.Event()
 
 
 class _FeedListener:
