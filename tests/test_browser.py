@@ -478,3 +478,48 @@ def test_reconnects_and_resumes(page: tuple[Any, Console], server: Server) -> No
     assert pg.locator("#hot .card[data-ticker]").count() == 12
     # While the server was down Chromium itself logs each refused WebSocket; nothing else.
     console.errors[:] = [e for e in console.errors if not re.search(r"WebSocket connection to .* failed", e)]
+
+
+# The current period's bar, read from the chart's canvas: the column of pixels through the
+# middle of where that period lies on the x scale, and how many of them are bar-coloured.
+CURRENT_BAR = """() => {
+  const fb = window.flowboard;
+  const code = fb.ui.shown;
+  const v = fb.state.view(code);
+  const n = v.buckets.length;
+  const u = fb.chart.plot;
+  const middle = (v.first + (n - 0.5) * v.step) / 1000;
+  const x = Math.round(u.valToPos(middle, "x", true));
+  const box = u.bbox;
+  const inside = x >= box.left && x < box.left + box.width;
+  let bar = 0;
+  if (inside) {
+    const px = u.ctx.getImageData(x, box.top, 1, box.height).data;
+    for (let i = 0; i < px.length; i += 4) if (px[i + 2] - px[i] > 60) bar++;
+  }
+  const usd = v.buckets[n - 1][0];
+  const peak = Math.max(...v.buckets.map((b) => b[0]));
+  return { inside, bar, share: peak ? usd / peak : 0, settled: fb.settled() };
+}"""
+
+
+def _current_bar(pg: Any, view: str) -> dict[str, Any]:
+    """The current period's bar once it holds enough volume to be taller than a pixel."""
+    pg.click(f".toggle button[data-view='{view}']")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        # The chart redraws at most once a second: give it that second after the data settled.
+        pg.wait_for_timeout(1100)
+        shown: dict[str, Any] = pg.evaluate(CURRENT_BAR)
+        if shown["settled"] and shown["share"] >= 0.05:
+            return shown
+    raise AssertionError(f"the current period never held 5% of the {view} view's peak volume")
+
+
+def test_chart_draws_the_current_period(page: tuple[Any, Console], server: Server) -> None:
+    """The live bar (this minute, this hour) is drawn inside the plot, not cut off at its edge."""
+    pg, _ = page
+    for view in ("h", "d"):
+        shown = _current_bar(pg, view)
+        assert shown["inside"], f"{view} view: the current period lies outside the plot"
+        assert shown["bar"] > 0, f"{view} view: no bar drawn for the current period"

@@ -575,7 +575,7 @@ document.addEventListener("visibilitychange", () => {
 
 // For tests and the bench: the live state, read-only by convention.
 window.flowboard = {
-  state, conn, ui, openDrawer, closeDrawer, setView,
+  state, conn, ui, chart, openDrawer, closeDrawer, setView,
   receive: onFrame,
   // Whether the figures in the DOM are the state's (chart and number rolls may lag a moment):
   // every applied frame painted (frames, not seq: a command's answer comes at the same seq),

@@ -13,6 +13,8 @@ export class ActivityChart {
     this.el = el;
     this.tip = tip;
     this.bucketMs = 60_000;
+    this.xMin = 0; // the x scale in Unix s: from the first period's start to the current one's end
+    this.xMax = 1;
     this.data = [[], [], []];
     const muted = css("--muted");
     const grid = { stroke: "#1e2738", width: 1 };
@@ -24,7 +26,9 @@ export class ActivityChart {
         padding: [8, 4, 0, 4],
         legend: { show: false },
         cursor: { drag: { x: false, y: false }, points: { size: 7 } },
-        scales: { x: { time: true }, usd: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
+        // Each bucket is drawn across its whole period: a point at the period's middle, and the x
+        // scale running to the end of the current period, so its bar is not cut off at the edge.
+        scales: { x: { time: true, range: () => [this.xMin, this.xMax] }, usd: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
           n: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
         axes: [
           { stroke: muted, grid, ticks: grid, font: axisFont,
@@ -39,7 +43,7 @@ export class ActivityChart {
         series: [
           {},
           { label: "$ volume", scale: "usd", fill: "rgba(59,130,246,.55)", stroke: "rgba(59,130,246,.9)", width: 0,
-            paths: uPlot.paths.bars({ size: [0.78, 28], align: 1 }), points: { show: false } },
+            paths: uPlot.paths.bars({ size: [0.78, 28], align: 0 }), points: { show: false } },
           { label: "trades", scale: "n", stroke: css("--warn"), width: 1.6, points: { show: false } },
         ],
         hooks: { setCursor: [(u) => this._tooltip(u)] },
@@ -62,8 +66,10 @@ export class ActivityChart {
     const xs = new Array(n);
     const usd = new Array(n);
     const trades = new Array(n);
+    this.xMin = view.first / 1000;
+    this.xMax = (view.first + n * bucketMs) / 1000;
     for (let i = 0; i < n; i++) {
-      xs[i] = (view.first + i * bucketMs) / 1000;
+      xs[i] = (view.first + (i + 0.5) * bucketMs) / 1000;
       usd[i] = view.buckets[i][0] / USD_SCALE;
       trades[i] = view.buckets[i][1];
     }
@@ -78,7 +84,7 @@ export class ActivityChart {
       this.tip.hidden = true;
       return;
     }
-    const start = this.data[0][i] * 1000;
+    const start = this.data[0][i] * 1000 - this.bucketMs / 2;
     const label = this.bucketMs >= 3_600_000
       ? `${fmt.hm(start)}–${fmt.hm(start + this.bucketMs)}`
       : fmt.hm(start);
