@@ -523,3 +523,38 @@ def test_chart_draws_the_current_period(page: tuple[Any, Console], server: Serve
         shown = _current_bar(pg, view)
         assert shown["inside"], f"{view} view: the current period lies outside the plot"
         assert shown["bar"] > 0, f"{view} view: no bar drawn for the current period"
+
+
+# Every clipped box in the activity tiles, with its text and whether that text is cut off.
+CUT_OFF_TILES = """() => [...document.querySelectorAll(".stats .label, .stats .value, .stats .sub")]
+  .map((e) => ({ text: e.innerText,
+    cut: e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight }))"""
+
+
+def _tiles_in_full(pg: Any) -> None:
+    """In both views the activity tiles' text fits: nothing ends in an ellipsis."""
+    for view in ("d", "h"):
+        pg.click(f".toggle button[data-view='{view}']")
+        pg.wait_for_function("flowboard.settled()", timeout=10_000)
+        pg.wait_for_function("document.getElementById('st-cur-trades').textContent !== ''")
+        tiles = pg.evaluate(CUT_OFF_TILES)
+        assert [t["text"] for t in tiles if t["cut"]] == [], f"{view} view"
+        live = pg.locator(".stat.live").inner_text()
+        period = "THIS HOUR" if view == "d" else "THIS MIN"
+        assert period in live and re.search(r"\d+ trades?", live), live
+
+
+def test_live_tile_fits_at_desktop_and_phone_width(
+    page: tuple[Any, Console], browser: Any, server: Server
+) -> None:
+    """The "this minute / this hour" tile shows its $, trades and period whole at 1440 px and 390 px."""
+    pg, _ = page
+    _tiles_in_full(pg)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        phone = context.new_page()
+        phone.goto(server.url + "/")
+        phone.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=15_000)
+        _tiles_in_full(phone)
+    finally:
+        context.close()
