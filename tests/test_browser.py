@@ -558,3 +558,55 @@ def test_live_tile_fits_at_desktop_and_phone_width(
         _tiles_in_full(phone)
     finally:
         context.close()
+
+
+# Side, contracts, price and $ of every trade line as the viewer reads them: tape rows, top
+# trades and the drawer's recent trades.
+TRADE_LINES = """() => {
+  const text = (e) => e.innerText.trim();
+  const lines = [];
+  for (const r of document.querySelectorAll("#tape .trow")) {
+    const c = r.children;
+    lines.push(["tape", text(c[2]), text(c[4]), text(c[3]), text(c[5])]);
+  }
+  for (const li of document.querySelectorAll("#top li[data-ticker]")) {
+    const m = /^(YES|NO) (\\S+) @ (\\S+)$/.exec(text(li.querySelector(".det")));
+    lines.push(["top", m[1], m[2], m[3], text(li.querySelector(".amt"))]);
+  }
+  for (const li of document.querySelectorAll("#dr-trades li")) {
+    const c = li.children;
+    lines.push(["drawer", text(c[1]), text(c[2]), text(c[3]).replace(/^@ /, ""), text(c[4])]);
+  }
+  return lines;
+}"""
+
+
+def _shown_number(text: str) -> Decimal:
+    """ "$1,234", "12.3K", "67¢" or "0.25¢" as the number a reader takes from it (¢ as dollars)."""
+    scale = {"K": Decimal(1000), "M": Decimal(1_000_000)}.get(text[-1], Decimal(1))
+    cents = text.endswith("¢")
+    number = Decimal(text.strip("$¢KM").replace(",", "")) * scale
+    return number / 100 if cents else number
+
+
+def test_trade_lines_read_as_arithmetic_that_holds(page: tuple[Any, Console], server: Server) -> None:
+    """Tape, top trades and drawer show the taker's price with its side: contracts × price = $."""
+    pg, _ = page
+    pg.locator("#hot .card[data-ticker]").first.click()
+    pg.wait_for_function("document.querySelectorAll('#dr-trades li').length > 0", timeout=10_000)
+    lines = pg.evaluate(TRADE_LINES)
+    pg.keyboard.press("Escape")
+    assert {where for where, *_ in lines} == {"tape", "top", "drawer"}
+    wrong = []
+    for where, side, size, price, usd in lines:
+        assert side in ("YES", "NO")
+        expected = _shown_number(size) * _shown_number(price)
+        # Shown figures are rounded: contracts to 3 significant digits at most, $ to the cent.
+        if abs(expected - _shown_number(usd)) > expected / 100 + Decimal("0.01"):
+            wrong.append(f"{where}: {side} {size} @ {price} → {usd}")
+    assert wrong == []
+    # NO takers far from 50¢ are where the YES price and the price paid differ visibly.
+    assert any(
+        side == "NO" and abs(_shown_number(price) - Decimal("0.5")) > Decimal("0.1")
+        for _, side, _s, price, _u in lines
+    )

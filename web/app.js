@@ -2,7 +2,7 @@
 //
 // Frames are folded into the ViewState as they arrive (cheap: parse + a few sums); the
 // DOM is touched only on requestAnimationFrame, once for everything since the last paint.
-import { ViewState, DecodeError } from "./decoder.js";
+import { ViewState, DecodeError, takerPrice } from "./decoder.js";
 import * as fmt from "./format.js";
 import { Tape } from "./tape.js";
 import { HotCards, sparkPoints } from "./cards.js";
@@ -384,7 +384,7 @@ function paintTop() {
     c[0].textContent = String(i + 1);
     c[1].textContent = m ? m.title || m.ticker : "?";
     c[1].title = m ? m.ticker : "";
-    c[2].innerHTML = `<span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span> ${fmt.contractsShort(t.count)} @ ${fmt.price(t.price)}`;
+    c[2].innerHTML = `<span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span> ${fmt.contractsShort(t.count)} @ ${fmt.price(takerPrice(t.price, t.side))}`;
     c[3].textContent = fmt.usd(t.usd);
     items.push(li);
   });
@@ -481,10 +481,10 @@ function paintDrawer() {
   for (const t of id !== undefined ? state.detailTrades : []) {
     const li = document.createElement("li");
     li.className = "num";
-    li.innerHTML = `<span class="muted"></span><span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span><span></span><span></span><span class="r"></span>`;
+    li.innerHTML = `<span class="muted"></span><span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span><span class="r"></span><span></span><span class="r"></span>`;
     li.children[0].textContent = fmt.clock(t.ts);
-    li.children[2].textContent = fmt.price(t.price);
-    li.children[3].textContent = `${fmt.contractsShort(t.count)} ct`;
+    li.children[2].textContent = fmt.contractsShort(t.count);
+    li.children[3].textContent = `@ ${fmt.price(takerPrice(t.price, t.side))}`;
     li.children[4].textContent = fmt.usd(t.usd);
     rows.push(li);
   }

@@ -25,6 +25,11 @@ export function tradeUsd(price, count, side) {
   return count * (side ? price : ONE_DOLLAR - price);
 }
 
+/** The price the taker paid per contract of the side it took: the YES price, or $1 minus it for NO. */
+export function takerPrice(price, side) {
+  return side ? price : ONE_DOLLAR - price;
+}
+
 /** A frame that does not follow the protocol. `kind` is a stable key (the page warns once per kind). */
 export class DecodeError extends Error {
   constructor(kind, message) {

@@ -5,6 +5,7 @@
 // transform instead of rewriting every row's text. Scrolling away from the top keeps
 // the rows in view still and counts the new ones in a pill.
 import * as fmt from "./format.js";
+import { takerPrice } from "./decoder.js";
 
 const MARGIN_ROWS = 6;
 const BIG_USD = 1_000 * 1_000_000; // $1,000: highlighted
@@ -203,7 +204,7 @@ export class Tape {
     c[1].textContent = m ? m.ticker : "?";
     c[2].textContent = t.side === 1 ? "YES" : "NO";
     c[2].className = t.side === 1 ? "sd yes" : "sd no";
-    c[3].textContent = fmt.price(t.price);
+    c[3].textContent = fmt.price(takerPrice(t.price, t.side));
     c[4].textContent = fmt.contractsShort(t.count);
     c[5].textContent = fmt.usd(t.usd);
   }
