@@ -610,3 +610,50 @@ def test_trade_lines_read_as_arithmetic_that_holds(page: tuple[Any, Console], se
         side == "NO" and abs(_shown_number(price) - Decimal("0.5")) > Decimal("0.1")
         for _, side, _s, price, _u in lines
     )
+
+
+# Labels as rendered (innerText applies CSS capitals), and whether each is cut off.
+LABELS = """() => [...document.querySelectorAll(
+  "#hot .card .nums span, #dr-stats dt, .stat .label, .today dt, h2, .tape-head span")]
+  .map((e) => ({ text: e.innerText, cut: e.scrollWidth > e.clientWidth }))"""
+
+
+def test_labels_survive_capitals(page: tuple[Any, Console], browser: Any, server: Server) -> None:
+    """No label reads as a money amount once capitalised ("10m" became "10M", i.e. $10 million)."""
+    pg, _ = page
+    pg.locator("#hot .card[data-ticker]").first.click()
+    pg.wait_for_function("document.querySelectorAll('#dr-stats dt').length > 0", timeout=10_000)
+    labels = pg.evaluate(LABELS)
+    assert [t["text"] for t in labels if re.search(r"\b\d+M\b", t["text"])] == []
+    assert "$ VOL · 10 MIN" in [t["text"] for t in labels]
+    assert "$ VOLUME · 10 MIN" in [t["text"] for t in labels]
+    pg.keyboard.press("Escape")
+    # Cards are narrowest (250 px) just above the one-column layout: the labels still fit.
+    context = browser.new_context(viewport={"width": 1101, "height": 900})
+    try:
+        narrow = context.new_page()
+        narrow.goto(server.url + "/")
+        narrow.wait_for_function(
+            "document.querySelectorAll('#hot .card[data-ticker]').length > 0", timeout=15_000
+        )
+        width = narrow.evaluate("document.querySelector('#hot .card').getBoundingClientRect().width")
+        assert width < 300
+        assert [t["text"] for t in narrow.evaluate(LABELS) if t["cut"]] == []
+    finally:
+        context.close()
+
+
+def test_card_flow_carries_its_unit(page: tuple[Any, Console], server: Server) -> None:
+    """Each hot card's YES / NO flow says, visibly, that it counts contracts."""
+    pg, _ = page
+    flows = pg.evaluate(
+        """() => [...document.querySelectorAll("#hot .card[data-ticker] .flow")].map((f) => {
+          const unit = [...f.querySelectorAll("*")].find((e) => /^contracts$/i.test(e.innerText));
+          const r = unit ? unit.getBoundingClientRect() : null;
+          return { text: f.innerText, visible: !!r && r.width > 0 && r.height >= 8 };
+        })"""
+    )
+    assert len(flows) == 12
+    for flow in flows:
+        assert flow["visible"], flow["text"]
+        assert re.search(r"YES [\d.,K]+", flow["text"]) and re.search(r"NO [\d.,K]+", flow["text"])

@@ -463,9 +463,9 @@ function paintDrawer() {
   const w = id !== undefined ? state.window(id) : null;
   const net = w ? w.yesFlow - w.noFlow : 0;
   dl($("dr-stats"), w ? [
-    ["$ vol · 10m", fmt.usd(w.usd)],
-    ["contracts · 10m", fmt.contracts(w.contracts)],
-    ["trades · 10m", fmt.count(w.trades)],
+    ["$ volume · 10 min", fmt.usd(w.usd)],
+    ["contracts · 10 min", fmt.contracts(w.contracts)],
+    ["trades · 10 min", fmt.count(w.trades)],
     ["YES flow (contracts)", fmt.contracts(w.yesFlow)],
     ["NO flow (contracts)", fmt.contracts(w.noFlow)],
     ["net flow (contracts)", `${net >= 0 ? "+" : "−"}${fmt.contracts(Math.abs(net))}`],

@@ -109,12 +109,15 @@ export class HotCards {
       el("span", "", d, label);
       return b;
     };
-    c.usd = cell("$ vol · 10m");
+    // Labels are shown in capitals: "10 min", never "10m" (which reads as $10 million).
+    c.usd = cell("$ vol · 10 min");
     c.ct = cell("contracts");
     c.tr = cell("trades");
     const flow = el("div", "flow num", li);
     c.yes = el("span", "yes", flow);
-    const bar = el("div", "flowbar", flow);
+    const mid = el("div", "flowmid", flow);
+    el("span", "unit", mid, "contracts");
+    const bar = el("div", "flowbar", mid);
     c.bar = el("i", "", bar);
     c.no = el("span", "no", flow);
     const foot = el("div", "foot", li);
