@@ -17,9 +17,11 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -657,3 +659,57 @@ def test_card_flow_carries_its_unit(page: tuple[Any, Console], server: Server) -
     for flow in flows:
         assert flow["visible"], flow["text"]
         assert re.search(r"YES [\d.,K]+", flow["text"]) and re.search(r"NO [\d.,K]+", flow["text"])
+
+
+# Times the viewer reads, each with the instant it stands for: tape rows and the live tile.
+SHOWN_TIMES = """() => {
+  const fb = window.flowboard;
+  const v = fb.state.view(fb.ui.shown);
+  return {
+    rows: [...document.querySelectorAll("#tape .trow")].map((r) => [r._trade.ts, r.children[0].textContent]),
+    current: [v.first + (v.buckets.length - 1) * v.step, document.getElementById("st-cur-time").textContent],
+    zones: [...document.querySelectorAll(".zone")].map((e) => e.textContent),
+    scope: [...document.querySelectorAll(".today dt")].map((e) => e.textContent),
+    settled: fb.settled(),
+  };
+}"""
+
+
+def _times_in(pg: Any, zone: ZoneInfo, label: str, scope: str) -> None:
+    """Every time shown is in `zone`, and every label that needs one names it."""
+    pg.wait_for_function("flowboard.settled() && document.querySelectorAll('#tape .trow').length > 0")
+    shown = pg.evaluate(SHOWN_TIMES)
+
+    def at(ms: int, fmt: str) -> str:
+        return datetime.fromtimestamp(ms / 1000, zone).strftime(fmt)
+
+    assert [text for _, text in shown["rows"]] == [at(ts, "%H:%M:%S") for ts, _ in shown["rows"]]
+    assert shown["current"][1] == at(shown["current"][0], "%H:%M")
+    assert set(shown["zones"]) == {label}
+    assert shown["scope"] == [f"Trades {scope}", f"$ volume {scope}"]
+
+
+def test_times_follow_one_zone_that_is_named(browser: Any, server: Server) -> None:
+    """In New York the page shows UTC by default (the zone of "today" and the buckets), labelled;
+    the Local toggle shows New York time everywhere, says when the UTC day began, and is kept."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, timezone_id="America/New_York")
+    pg = context.new_page()
+    console = Console(pg)
+    try:
+        pg.goto(server.url + "/")
+        pg.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=15_000)
+        _times_in(pg, ZoneInfo("UTC"), "UTC", "today (UTC)")
+        pg.click(".toggle.tz button[data-tz='local']")
+        new_york = ZoneInfo("America/New_York")
+        now = datetime.now(new_york)
+        abbreviation = now.strftime("%Z")
+        utc_midnight = datetime.now(ZoneInfo("UTC")).replace(hour=0, minute=0, second=0, microsecond=0)
+        began = utc_midnight.astimezone(new_york).strftime("%H:%M")
+        _times_in(pg, new_york, abbreviation, f"since {began} {abbreviation}")
+        pg.reload()
+        pg.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=15_000)
+        assert pg.locator(".toggle.tz button[data-tz='local']").get_attribute("aria-checked") == "true"
+        _times_in(pg, new_york, abbreviation, f"since {began} {abbreviation}")
+    finally:
+        context.close()
+    assert console.errors == []

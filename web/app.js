@@ -4,6 +4,7 @@
 // DOM is touched only on requestAnimationFrame, once for everything since the last paint.
 import { ViewState, DecodeError, takerPrice } from "./decoder.js";
 import * as fmt from "./format.js";
+import * as time from "./time.js";
 import { Tape } from "./tape.js";
 import { HotCards, sparkPoints } from "./cards.js";
 import { ActivityChart } from "./chart.js";
@@ -319,6 +320,30 @@ function paintToday() {
   const [trades, usd] = state.today();
   tweenTo($("today-trades"), trades, fmt.count);
   tweenTo($("today-usd"), usd, fmt.usd);
+  paintDayScope();
+}
+
+// "Today" is the server's UTC day: in local time the label says when that day began.
+function paintDayScope() {
+  let scope = "today (UTC)";
+  if (time.zone() === "local") {
+    const start = time.utcDayStart(state.minuteMs || Date.now());
+    scope = `since ${time.hm(start)} ${time.zoneName(start)}`;
+  }
+  for (const s of document.querySelectorAll(".day-scope")) setTextOf(s, scope);
+}
+
+// Every time on the page follows the zone chosen in the header's UTC / Local toggle.
+function setZone(zone) {
+  time.setZone(zone);
+  for (const b of document.querySelectorAll(".toggle.tz button")) b.setAttribute("aria-checked", String(b.dataset.tz === time.zone()));
+  for (const s of document.querySelectorAll(".zone")) s.textContent = time.zoneName();
+  paintDayScope();
+  if (!state.hello) return;
+  paintStats();
+  chart.retime();
+  tape.refill();
+  if (ui.detail) paintDrawer();
 }
 
 function viewTotals(code) {
@@ -345,7 +370,7 @@ function paintStats() {
     const [usd, trades] = v.buckets[v.buckets.length - 1];
     tweenTo($("st-cur-usd"), usd, fmt.usd);
     setTextOf($("st-cur-trades"), `${fmt.count(trades)} trade${trades === 1 ? "" : "s"}`);
-    setTextOf($("st-cur-time"), code === "h" ? fmt.hm(start) : `${fmt.hm(start)}–${fmt.hm(start + v.step)}`);
+    setTextOf($("st-cur-time"), code === "h" ? time.hm(start) : `${time.hm(start)}–${time.hm(start + v.step)}`);
   }
 }
 
@@ -363,7 +388,7 @@ function setView(code) {
   const old = ui.view;
   ui.view = code;
   localStorage.setItem("flowboard.view", code);
-  for (const b of document.querySelectorAll(".toggle button")) b.setAttribute("aria-checked", String(b.dataset.view === code));
+  for (const b of document.querySelectorAll(".toggle button[data-view]")) b.setAttribute("aria-checked", String(b.dataset.view === code));
   send({ op: "sub", ch: [viewName(code)] });
   send({ op: "unsub", ch: [viewName(old)] });
   requestPaint(0);
@@ -474,7 +499,7 @@ function paintDrawer() {
   dl($("dr-meta"), [
     ["series", series],
     ["category", m && m.category ? m.category : "–"],
-    ["closes", close === null ? "–" : fmt.dateTime(close)],
+    ["closes", close === null ? "–" : `${time.dateTime(close)} ${time.zoneName(close)}`],
     ["time to close", close === null ? "–" : fmt.until(close, Date.now())],
   ]);
   const rows = [];
@@ -482,7 +507,7 @@ function paintDrawer() {
     const li = document.createElement("li");
     li.className = "num";
     li.innerHTML = `<span class="muted"></span><span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span><span class="r"></span><span></span><span class="r"></span>`;
-    li.children[0].textContent = fmt.clock(t.ts);
+    li.children[0].textContent = time.clock(t.ts);
     li.children[2].textContent = fmt.contractsShort(t.count);
     li.children[3].textContent = `@ ${fmt.price(takerPrice(t.price, t.side))}`;
     li.children[4].textContent = fmt.usd(t.usd);
@@ -531,7 +556,7 @@ tape.requestPaint = requestPaint;
 const cards = new HotCards($("hot"), openDrawer);
 const chart = new ActivityChart($("chart"), $("chart-tip"));
 
-for (const b of document.querySelectorAll(".toggle button")) {
+for (const b of document.querySelectorAll(".toggle button[data-view]")) {
   b.setAttribute("aria-checked", String(b.dataset.view === ui.view));
   b.addEventListener("click", () => setView(b.dataset.view));
   b.addEventListener("keydown", (e) => {
@@ -543,6 +568,18 @@ for (const b of document.querySelectorAll(".toggle button")) {
     }
   });
 }
+for (const b of document.querySelectorAll(".toggle.tz button")) {
+  b.addEventListener("click", () => setZone(b.dataset.tz));
+  b.addEventListener("keydown", (e) => {
+    if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
+      e.preventDefault();
+      const next = time.zone() === "utc" ? "local" : "utc";
+      setZone(next);
+      document.querySelector(`.toggle.tz button[data-tz="${next}"]`).focus();
+    }
+  });
+}
+setZone(time.zone());
 paintPer();
 $("top").addEventListener("click", (e) => openDrawer(e.target.closest("li[data-ticker]")?.dataset.ticker));
 $("top").addEventListener("keydown", (e) => {
@@ -575,7 +612,7 @@ document.addEventListener("visibilitychange", () => {
 
 // For tests and the bench: the live state, read-only by convention.
 window.flowboard = {
-  state, conn, ui, chart, openDrawer, closeDrawer, setView,
+  state, conn, ui, chart, openDrawer, closeDrawer, setView, setZone,
   receive: onFrame,
   // Whether the figures in the DOM are the state's (chart and number rolls may lag a moment):
   // every applied frame painted (frames, not seq: a command's answer comes at the same seq),

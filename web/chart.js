@@ -1,6 +1,7 @@
 // The activity chart: $ volume per period as bars, trade count as a line, on two axes.
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 import * as fmt from "./format.js";
+import * as time from "./time.js";
 
 const USD_SCALE = 1_000_000;
 
@@ -25,6 +26,8 @@ export class ActivityChart {
         height: el.clientHeight || 240,
         padding: [8, 4, 0, 4],
         legend: { show: false },
+        // Ticks at whole hours and minutes of the zone the page shows times in.
+        tzDate: (s) => (time.zone() === "utc" ? uPlot.tzDate(new Date(s * 1000), "Etc/UTC") : new Date(s * 1000)),
         cursor: { drag: { x: false, y: false }, points: { size: 7 } },
         // Each bucket is drawn across its whole period: a point at the period's middle, and the x
         // scale running to the end of the current period, so its bar is not cut off at the edge.
@@ -32,7 +35,7 @@ export class ActivityChart {
           n: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
         axes: [
           { stroke: muted, grid, ticks: grid, font: axisFont,
-            values: (u, splits) => splits.map((s) => fmt.hm(s * 1000)) },
+            values: (u, splits) => splits.map((s) => time.hm(s * 1000)) },
           { scale: "usd", stroke: muted, grid, ticks: grid, font: axisFont, size: 56,
             label: "$ volume", labelFont: axisFont, labelSize: 14,
             values: (u, splits) => splits.map((s) => fmt.usdShort(s * USD_SCALE)) },
@@ -78,6 +81,11 @@ export class ActivityChart {
     if (this.plot.cursor.idx !== null && this.plot.cursor.idx !== undefined) this._tooltip(this.plot);
   }
 
+  /** Redraw the axis in the page's time zone (after it changed). */
+  retime() {
+    this.plot.redraw(true, true);
+  }
+
   _tooltip(u) {
     const i = u.cursor.idx;
     if (i === null || i === undefined || u.cursor.left < 0 || !this.data[0].length) {
@@ -86,8 +94,8 @@ export class ActivityChart {
     }
     const start = this.data[0][i] * 1000 - this.bucketMs / 2;
     const label = this.bucketMs >= 3_600_000
-      ? `${fmt.hm(start)}–${fmt.hm(start + this.bucketMs)}`
-      : fmt.hm(start);
+      ? `${time.hm(start)}–${time.hm(start + this.bucketMs)}`
+      : time.hm(start);
     this.tip.innerHTML = "";
     const head = document.createElement("div");
     head.className = "muted";

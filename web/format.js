@@ -45,26 +45,6 @@ export function price(p) {
   return `${Number.isInteger(c) ? c : +c.toFixed(2)}¢`;
 }
 
-const timeFmt = new Intl.DateTimeFormat("en-GB", {
-  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
-});
-const hmFmt = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hour12: false });
-const dateFmt = new Intl.DateTimeFormat("en-GB", {
-  day: "numeric", month: "short", hour: "2-digit", minute: "2-digit", hour12: false,
-});
-
-export function clock(ms) {
-  return timeFmt.format(ms);
-}
-
-export function hm(ms) {
-  return hmFmt.format(ms);
-}
-
-export function dateTime(ms) {
-  return dateFmt.format(ms);
-}
-
 /** Time left until `ms`: "3d 4h", "5h 12m", "14m", "closed". */
 export function until(ms, now) {
   if (ms === null || ms === undefined) return "–";

@@ -5,6 +5,7 @@
 // transform instead of rewriting every row's text. Scrolling away from the top keeps
 // the rows in view still and counts the new ones in a pill.
 import * as fmt from "./format.js";
+import * as time from "./time.js";
 import { takerPrice } from "./decoder.js";
 
 const MARGIN_ROWS = 6;
@@ -173,6 +174,11 @@ export class Tape {
     if (label !== this.counterText) this.counter.textContent = this.counterText = label;
   }
 
+  /** Rewrite the rows in the DOM (their times, after the time zone changed). */
+  refill() {
+    for (const [t, el] of this.live) this._fill(el, t);
+  }
+
   _sizeSpacer() {
     const n = Math.min(this.rows.length, this.limit);
     const h = `${n * this.rowH}px`;
@@ -200,7 +206,7 @@ export class Tape {
     el.dataset.usd = String(t.usd);
     el.classList.toggle("big", t.usd >= BIG_USD);
     el.title = m && m.title ? m.title : "";
-    c[0].textContent = fmt.clock(t.ts);
+    c[0].textContent = time.clock(t.ts);
     c[1].textContent = m ? m.ticker : "?";
     c[2].textContent = t.side === 1 ? "YES" : "NO";
     c[2].className = t.side === 1 ? "sd yes" : "sd no";
