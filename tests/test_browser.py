@@ -617,7 +617,7 @@ def test_trade_lines_read_as_arithmetic_that_holds(page: tuple[Any, Console], se
 # Labels as rendered (innerText applies CSS capitals), and whether each is cut off.
 LABELS = """() => [...document.querySelectorAll(
   "#hot .card .nums span, #dr-stats dt, .stat .label, .today dt, h2, .tape-head span")]
-  .map((e) => ({ text: e.innerText, cut: e.scrollWidth > e.clientWidth }))"""
+  .map((e) => ({ text: e.innerText.replaceAll("\\u00a0", " "), cut: e.scrollWidth > e.clientWidth }))"""
 
 
 def test_labels_survive_capitals(page: tuple[Any, Console], browser: Any, server: Server) -> None:

@@ -488,9 +488,10 @@ function paintDrawer() {
   const w = id !== undefined ? state.window(id) : null;
   const net = w ? w.yesFlow - w.noFlow : 0;
   dl($("dr-stats"), w ? [
-    ["$ volume · 10 min", fmt.usd(w.usd)],
-    ["contracts · 10 min", fmt.contracts(w.contracts)],
-    ["trades · 10 min", fmt.count(w.trades)],
+    // "10\u00a0min" stays on one line: "10" alone at a line's end reads as a figure.
+    ["$ volume · 10\u00a0min", fmt.usd(w.usd)],
+    ["contracts · 10\u00a0min", fmt.contracts(w.contracts)],
+    ["trades · 10\u00a0min", fmt.count(w.trades)],
     ["YES flow (contracts)", fmt.contracts(w.yesFlow)],
     ["NO flow (contracts)", fmt.contracts(w.noFlow)],
     ["net flow (contracts)", `${net >= 0 ? "+" : "−"}${fmt.contracts(Math.abs(net))}`],

@@ -110,7 +110,7 @@ export class HotCards {
       return b;
     };
     // Labels are shown in capitals: "10 min", never "10m" (which reads as $10 million).
-    c.usd = cell("$ vol · 10 min");
+    c.usd = cell("$ vol · 10\u00a0min");
     c.ct = cell("contracts");
     c.tr = cell("trades");
     const flow = el("div", "flow num", li);
