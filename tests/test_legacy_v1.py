@@ -1,4 +1,4 @@
-"""The v1 compatibility endpoint ``/ws/stream``: LEGACY_V1.md's shapes, cadence and serialisation.
+"""The v1 compatibility endpoint ``/ws/stream``: docs/v1.md's shapes, cadence and serialisation.
 
 The pure encoding and queue are tested without a network; the endpoint through the real
 server (hypercorn on loopback, the simulator, the autojump clock, as in test_server.py).

@@ -1,4 +1,4 @@
-"""Wire protocol v1: the original dashboard's JSON messages (LEGACY_V1.md), built from our state.
+"""Wire protocol v1: the original dashboard's JSON messages (docs/v1.md), built from our state.
 
 Pure: every function takes the aggregator and the time as arguments; nothing here imports
 trio or a socket. The trio handler is ``flowboard.server.legacy``. Messages are serialised
@@ -39,7 +39,7 @@ SNAPSHOT = "snapshot"
 PING = "ping"
 PONG = "pong"
 
-#: Trades in a snapshot's ``recent_trades`` (LEGACY_V1.md).
+#: Trades in a snapshot's ``recent_trades`` (docs/v1.md).
 SNAPSHOT_TRADES = 200
 
 _CENT = PRICE_SCALE // 100

@@ -1,4 +1,4 @@
-"""Leave, the old way: the v1 compatibility endpoint ``/ws/stream`` (LEGACY_V1.md).
+"""Leave, the old way: the v1 compatibility endpoint ``/ws/stream`` (docs/v1.md).
 
 Every v1 client of a process is served from one :class:`V1Feed`. The feed takes part in the
 hub's fan-out like a v2 client does (``Hub.publish`` offers it each event and wakes it), so
