@@ -594,8 +594,13 @@ def _shown_number(text: str) -> Decimal:
 def test_trade_lines_read_as_arithmetic_that_holds(page: tuple[Any, Console], server: Server) -> None:
     """Tape, top trades and drawer show the taker's price with its side: contracts × price = $."""
     pg, _ = page
+    # Last prices are YES prices, and say so.
+    assert set(pg.eval_on_selector_all("#hot .card .lp", "(es) => es.map((e) => e.title)")) == {
+        "last YES price"
+    }
     pg.locator("#hot .card[data-ticker]").first.click()
     pg.wait_for_function("document.querySelectorAll('#dr-trades li').length > 0", timeout=10_000)
+    assert pg.locator(".dr-price .muted").inner_text() == "last YES price"
     lines = pg.evaluate(TRADE_LINES)
     pg.keyboard.press("Escape")
     assert {where for where, *_ in lines} == {"tape", "top", "drawer"}

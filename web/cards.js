@@ -99,6 +99,7 @@ export class HotCards {
     c.rank_ = el("span", "rank", r1);
     c.title = el("span", "title", r1);
     c.lp = el("span", "lp num", r1);
+    c.lp.title = "last YES price";
     const meta = el("div", "meta", li);
     c.tk = el("span", "tk", meta);
     c.cat = el("span", "cat", meta);
