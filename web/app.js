@@ -409,7 +409,7 @@ function paintTop() {
     c[0].textContent = String(i + 1);
     c[1].textContent = m ? m.title || m.ticker : "?";
     c[1].title = m ? m.ticker : "";
-    c[2].innerHTML = `<span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span> ${fmt.contractsShort(t.count)} @ ${fmt.price(takerPrice(t.price, t.side))}`;
+    c[2].innerHTML = `<span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span> ${fmt.contractsShort(t.count)} @ ${fmt.price(takerPrice(t))}`;
     c[3].textContent = fmt.usd(t.usd);
     items.push(li);
   });
@@ -510,7 +510,7 @@ function paintDrawer() {
     li.innerHTML = `<span class="muted"></span><span class="${t.side === 1 ? "yes" : "no"}">${t.side === 1 ? "YES" : "NO"}</span><span class="r"></span><span></span><span class="r"></span>`;
     li.children[0].textContent = time.clock(t.ts);
     li.children[2].textContent = fmt.contractsShort(t.count);
-    li.children[3].textContent = `@ ${fmt.price(takerPrice(t.price, t.side))}`;
+    li.children[3].textContent = `@ ${fmt.price(takerPrice(t))}`;
     li.children[4].textContent = fmt.usd(t.usd);
     rows.push(li);
   }

@@ -25,9 +25,12 @@ export function tradeUsd(price, count, side) {
   return count * (side ? price : ONE_DOLLAR - price);
 }
 
-/** The price the taker paid per contract of the side it took: the YES price, or $1 minus it for NO. */
-export function takerPrice(price, side) {
-  return side ? price : ONE_DOLLAR - price;
+/**
+ * What a held trade's taker paid per contract, in price units: the YES price, or $1 minus it for
+ * a NO taker. Read back from its $ (count x that price, exact) so it holds in whatever units.
+ */
+export function takerPrice(t) {
+  return t.usd / t.count;
 }
 
 /** A frame that does not follow the protocol. `kind` is a stable key (the page warns once per kind). */

@@ -210,7 +210,7 @@ export class Tape {
     c[1].textContent = m ? m.ticker : "?";
     c[2].textContent = t.side === 1 ? "YES" : "NO";
     c[2].className = t.side === 1 ? "sd yes" : "sd no";
-    c[3].textContent = fmt.price(takerPrice(t.price, t.side));
+    c[3].textContent = fmt.price(takerPrice(t));
     c[4].textContent = fmt.contractsShort(t.count);
     c[5].textContent = fmt.usd(t.usd);
   }
