@@ -6,6 +6,7 @@ Unix milliseconds. The API reads the same aggregator the streams are built from.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,20 @@ from typing import Any
 import orjson
 from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
+from werkzeug.exceptions import NotFound
 
 from flowboard.aggregate.aggregator import Aggregator
+from flowboard.errors import BadRequest, StoreError
 from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units
-from flowboard.server import direct, legacy
+from flowboard.server import direct, legacy, page_policy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
 
 
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+    response = Response(orjson.dumps(payload), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = page_policy.API_CACHE_CONTROL
+    return response
 
 
 def _price(units: int) -> str:
@@ -103,13 +108,44 @@ def analytics_json(agg: Aggregator, mode: str) -> dict[str, Any]:
     }
 
 
-def _limit(default: int, maximum: int) -> int:
-    text = request.args.get("limit")
+#: A query integer as we take it: ASCII digits only (str.isdigit() also takes "²", which int()
+#: refuses), at most 19 of them (int64, and far below Python's digit limit for int()).
+_ASCII_INTEGER = re.compile(r"[0-9]{1,19}")
+
+#: Latest time a ``before=`` cursor can name: the store's times are signed 64-bit.
+_MAX_TS_MS = 2**63 - 1
+
+#: Longest ticker or trade id a request may name (Kalshi's are far shorter).
+_MAX_NAME_CHARS = 200
+
+
+def _shown(text: str) -> str:
+    """A client's value, quoted and cut short, for an error message."""
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}… ({len(text)} characters)"
+
+
+def _int_arg(name: str, expected: str, minimum: int, maximum: int) -> int | None:
+    """Query parameter ``name`` as an integer in [minimum, maximum], None when absent."""
+    text = request.args.get(name)
     if text is None:
-        return default
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
-        raise ValueError(f"limit must be an integer between 1 and {maximum}, got {text[:20]!r}")
+        return None
+    if _ASCII_INTEGER.fullmatch(text) is None or not minimum <= int(text) <= maximum:
+        raise BadRequest(f"{name} must be {expected}, got {_shown(text)}")
     return int(text)
+
+
+def _limit(default: int, maximum: int) -> int:
+    limit = _int_arg("limit", f"a whole number from 1 to {maximum}", 1, maximum)
+    return default if limit is None else limit
+
+
+def _name(kind: str, text: str) -> str:
+    """A ticker or trade id as the store can take it: printable and of reasonable length."""
+    if not text or len(text) > _MAX_NAME_CHARS or not text.isprintable():
+        raise BadRequest(
+            f"{kind} must be 1 to {_MAX_NAME_CHARS} printable characters, got {_shown(text)}"
+        )
+    return text
 
 
 def create_app(runtime: Runtime) -> QuartTrio:
@@ -118,18 +154,37 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     agg = runtime.agg
     web_dir = Path(runtime.config.web_dir)
+    index_path = web_dir / "index.html"
+    csp = page_policy.content_security_policy(index_path.read_text() if index_path.is_file() else "")
 
-    @app.errorhandler(ValueError)
-    async def bad_request(error: ValueError) -> Response:
+    @app.errorhandler(BadRequest)
+    async def bad_request(error: BadRequest) -> Response:
         return _json({"error": str(error)}, 400)
+
+    @app.after_request
+    async def security_headers(response: Response) -> Response:
+        headers = response.headers
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["X-Frame-Options"] = page_policy.FRAME_OPTIONS
+        headers["Content-Security-Policy"] = csp
+        return response
+
+    async def page_file(name: str) -> Response:
+        try:
+            response = await send_from_directory(web_dir, name)
+        except OSError:
+            # A name the file system refuses (too long, ...) names no file of ours.
+            raise NotFound() from None
+        response.headers["Cache-Control"] = page_policy.PAGE_CACHE_CONTROL
+        return response
 
     @app.route("/")
     async def index() -> Response:
-        return await send_from_directory(web_dir, "index.html")
+        return await page_file("index.html")
 
     @app.route("/<path:name>")
     async def static_file(name: str) -> Response:
-        return await send_from_directory(web_dir, name)
+        return await page_file(name)
 
     @app.route("/healthz")
     async def healthz() -> Response:
@@ -144,7 +199,9 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.route("/metrics")
     async def metrics() -> Response:
-        return Response(runtime.metrics.render(), mimetype="text/plain; version=0.0.4")
+        response = Response(runtime.metrics.render(), mimetype="text/plain; version=0.0.4")
+        response.headers["Cache-Control"] = page_policy.API_CACHE_CONTROL
+        return response
 
     @app.route("/api/stats")
     async def stats() -> Response:
@@ -179,16 +236,18 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @app.route("/api/markets/<ticker>/trades")
     async def market_history(ticker: str) -> Response:
         """A market's stored trades, newest first; page with ?before=<ts_ms>&before_id=<trade_id>."""
-        before_text = request.args.get("before")
-        if before_text is not None and not before_text.isdigit():
-            return _json({"error": f"before must be a time in Unix ms, got {before_text[:20]!r}"}, 400)
+        _name("the ticker", ticker)
+        before = _int_arg("before", f"a time in Unix ms from 0 to {_MAX_TS_MS}", 0, _MAX_TS_MS)
+        before_id = request.args.get("before_id")
+        if before_id is not None:
+            _name("before_id", before_id)
+        limit = _limit(100, 1000)
         assert runtime.store is not None
-        trades = await runtime.store.market_trades(
-            ticker,
-            None if before_text is None else int(before_text),
-            _limit(100, 1000),
-            before_trade_id=request.args.get("before_id"),
-        )
+        try:
+            trades = await runtime.store.market_trades(ticker, before, limit, before_trade_id=before_id)
+        except StoreError:
+            # The writer logs what the database said; the client learns only that it may retry.
+            return _json({"error": "the trade history is not available right now; try again later"}, 503)
         body: dict[str, Any] = {"ticker": ticker, "trades": [trade_json(t) for t in trades]}
         if trades:
             body["next"] = {"before": trades[-1].ts_ms, "before_id": trades[-1].trade_id}

@@ -38,8 +38,10 @@ class Runtime:
         if self.store is not None:
             stats = self.store.statistics()
             if not stats.healthy:
+                # Plain words for anyone who can reach /readyz; the database's own error text
+                # (which names the file or host) is in the log, where the writer reported it.
                 problems.append(
-                    f"store unhealthy: {stats.queued} trades queued; {stats.last_error or 'slow'}"
+                    f"the database is failing or slow: {stats.queued:,} trades waiting to be written"
                 )
         return problems
 
