@@ -47,6 +47,13 @@ class Config:
     ingest_buffer: int = 10_000  # raw feed messages waiting to be aggregated
     tick_s: float = 1.0  # how often windows expire and the clock is checked
     log_level: str = "info"
+    # Abuse limits (flowboard.server.guards): commands a connection may send, connections held.
+    command_rate: float = 5.0  # commands per second per connection, on average
+    command_burst: int = 20  # commands a connection may send at once
+    max_connections: int = 4_000  # WebSocket connections in all; 0 = no limit
+    max_connections_per_ip: int = 100  # WebSocket connections from one address; 0 = no limit
+    # Origins allowed to open /ws and /ws/stream besides the server's own; ("*",) = any.
+    allowed_origins: tuple[str, ...] = ()
     # --source kalshi
     kalshi_env: str = "prod"
     kalshi_ws_url: str | None = None
@@ -112,6 +119,17 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, host = origin.partition("://")
+        if origin != "*" and (scheme not in ("http", "https") or not sep or not host or "/" in host):
+            raise ValueError(f"expected * or origins like https://example.com[:port], got {origin!r}")
+    if not origins:
+        raise ValueError("expected * or a comma-separated list of origins like https://example.com")
+    return origins
+
+
 def _redis_url(text: str) -> str:
     if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected redis://HOST:PORT/N (or rediss://, unix://)")
@@ -166,6 +184,26 @@ _SERVE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--stall-timeout", "stall_timeout_s", _positive(float), "seconds a frame may wait for a slow socket"),
     ("--ring-size", "ring_size", _positive(int), "events kept for resuming clients"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
+    ("--command-rate", "command_rate", _positive(float), "commands per second a connection may send"),
+    ("--command-burst", "command_burst", _positive(int), "commands a connection may send at once"),
+    (
+        "--max-connections",
+        "max_connections",
+        _non_negative_int,
+        "WebSocket connections in all (0 = no limit; never more than open files allow)",
+    ),
+    (
+        "--max-connections-per-ip",
+        "max_connections_per_ip",
+        _non_negative_int,
+        "WebSocket connections from one address (0 = no limit)",
+    ),
+    (
+        "--allowed-origins",
+        "allowed_origins",
+        _origins,
+        "origins that may open the streams besides the server's own, comma-separated; * = any",
+    ),
     ("--kalshi-env", "kalshi_env", str, "Kalshi environment: prod or demo"),
     ("--kalshi-ws-url", "kalshi_ws_url", str, "override the environment's WebSocket URL"),
     ("--kalshi-rest-url", "kalshi_rest_url", str, "override the environment's REST URL (.../trade-api/v2)"),

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from flowboard.errors import MalformedMessage
 from flowboard.ingest.kalshi_format import parse_rest_trade
 from flowboard.ingest.kalshi_rest import RestClient
+from flowboard.logs import ThrottledLog
 from flowboard.model import Trade
 
 log = logging.getLogger(__name__)
+_malformed_log = ThrottledLog(log, "feed")
 
 TRADES_PATH = "/markets/trades"
 PAGE_LIMIT = 1000
@@ -51,7 +53,7 @@ async def fetch_trades(
                 if on_malformed is not None:
                     on_malformed(exc)
                 else:
-                    log.warning("skipping a REST trade: %s", exc)
+                    _malformed_log.warning("skipping a REST trade: %s", exc)
         next_cursor = page.get("cursor") or ""
         if not isinstance(next_cursor, str) or not next_cursor or next_cursor == cursor:
             break

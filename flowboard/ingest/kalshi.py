@@ -50,6 +50,7 @@ from flowboard.ingest.kalshi_format import (
 )
 from flowboard.ingest.kalshi_rest import RestClient, RestUnavailable, backoff_delay, open_rest_client
 from flowboard.ingest.sources import RawMessage
+from flowboard.logs import ThrottledLog
 from flowboard.model import Trade
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,8 @@ class KalshiIngest:
         self._gaps = 0
         self._auth_failures = 0
         self._resubscribes = 0
+        # Kalshi's error messages are its input to us: logged, but never faster than the limit.
+        self._error_log = ThrottledLog(log, "feed")
         self._stalls = 0
 
     def statistics(self) -> KalshiStatistics:
@@ -486,7 +489,7 @@ class KalshiIngest:
             )
             raise _AuthRefused
         else:
-            log.warning("Kalshi: error code %s: %s", code, text)
+            self._error_log.warning("Kalshi: error code %s: %.200s", code, text)
 
     def _check_seq(self, sid: int, seq: int) -> None:
         last = self._seq.get(sid)

@@ -259,6 +259,9 @@ def parse_client_message(text: str | bytes) -> ClientRequest:
         message = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"expected a JSON object, got invalid JSON ({exc})") from None
+    except RecursionError:
+        # The stdlib parser recurses once per level: '[' * 60000 exhausts the stack.
+        raise ProtocolError("expected a JSON object, got JSON nested too deeply") from None
     kind = message.get("type") if isinstance(message, dict) else None
     if kind in ("ping", "get_snapshot", "pong"):
         return kind  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ from werkzeug.exceptions import NotFound
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.errors import BadRequest, StoreError
 from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units
-from flowboard.server import direct, legacy, page_policy
+from flowboard.server import direct, guards, legacy, page_policy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
 
@@ -150,7 +150,9 @@ def _name(kind: str, text: str) -> str:
 
 def create_app(runtime: Runtime) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
-    app.asgi_app = direct.capture(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = guards.guard(  # type: ignore[method-assign]
+        direct.capture(app.asgi_app), runtime.config, runtime.metrics
+    )
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     agg = runtime.agg
     web_dir = Path(runtime.config.web_dir)

@@ -25,6 +25,7 @@ from flowboard.aggregate.events import Event, TradeAdded
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v1
 from flowboard.protocol.v2 import CLOSE_TOO_SLOW
+from flowboard.server import guards
 from flowboard.server.hub import Client, Wakeup
 from flowboard.server.runtime import Runtime
 
@@ -222,13 +223,21 @@ async def _send_messages(runtime: Runtime, feed: V1Feed, connection: V1Connectio
 
 
 async def _read_requests(runtime: Runtime, feed: V1Feed, connection: V1Connection) -> None:
+    limit = guards.CommandLimit(runtime.config)
     while True:
         text = await websocket.receive()
         try:
-            request = v1.parse_client_message(text)
-        except ProtocolError:
+            request: v1.ClientRequest | None = v1.parse_client_message(text)
+        except ProtocolError as exc:
             # The original ignored what it did not understand; so do we, but count it.
             runtime.metrics.bad_commands.inc()
+            guards.client_log.info("a v1 client sent a bad message: %s", exc)
+            request = None
+        # A snapshot answer is ~70 KB: it costs more of a client's budget than a ping.
+        if not limit.admit(limit.snapshot_cost if request == "get_snapshot" else 1):
+            await guards.close_flooding_v1(runtime)
+            return
+        if request is None:
             continue
         now = runtime.wall_ms()
         if request == "ping":

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from flowboard.logs import SuppressedLinesCollector
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -55,6 +57,18 @@ class Metrics:
             registry=r,
         )
         self.resumed = Counter("flowboard_client_resumed", "Connections that resumed from a seq", registry=r)
+        self.refused = Counter(
+            "flowboard_client_refused",
+            "WebSocket handshakes refused before the upgrade: origin (403) or limit (503)",
+            ["reason"],
+            registry=r,
+        )
+        self.closed_flooding = Counter(
+            "flowboard_client_closed_flooding",
+            "Clients closed with 1008 for sending commands faster than --command-rate",
+            registry=r,
+        )
+        r.register(SuppressedLinesCollector())
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge whose value is read at scrape time (queue depths, client counts)."""

@@ -33,6 +33,7 @@ from flowboard.ingest.metadata import serve_metadata
 from flowboard.ingest.recording import open_replay_clock, serve_replay
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.logs import ThrottledLog
 from flowboard.model import MarketMeta
 from flowboard.protocol.session import SessionLimits
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
@@ -75,7 +76,7 @@ class Ingestor:
         self.store = store
         # Called with each ticker seen for the first time (the metadata fetcher's queue).
         self.on_new_market = on_new_market
-        self._logged_malformed = 0
+        self._malformed_log = ThrottledLog(log, "feed")
 
     def ingest(self, text: str, now_ms: int) -> list[Event]:
         try:
@@ -86,10 +87,7 @@ class Ingestor:
             trade = trade_from_msg(message.msg)
         except MalformedMessage as exc:
             self.metrics.malformed.inc()
-            # Log the first few in full; after that the counter in /metrics tells the story.
-            if self._logged_malformed < 20:
-                self._logged_malformed += 1
-                log.warning("skipped a malformed feed message: %s", exc)
+            self._malformed_log.warning("skipped a malformed feed message: %s", exc)
             return []
         events = self.agg.add_trade(trade, now_ms)
         accepted = False

@@ -17,7 +17,7 @@ from quart import websocket
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v2
 from flowboard.protocol.session import ClientSession
-from flowboard.server import direct
+from flowboard.server import direct, guards
 from flowboard.server.hub import Client
 from flowboard.server.runtime import Runtime
 
@@ -192,12 +192,17 @@ class _Sender:
 
 async def _read_commands(runtime: Runtime, client: Client) -> None:
     session = client.session
+    limit = guards.CommandLimit(runtime.config)
     while True:
         text = await websocket.receive()
+        if not limit.admit():
+            await guards.close_flooding_v2(runtime, session, client.wake)
+            return
         try:
             command = v2.parse_command(text)
         except ProtocolError as exc:
             runtime.metrics.bad_commands.inc()
+            guards.client_log.info("a client sent a bad command: %s", exc)
             session.report_error(str(exc))
         else:
             if isinstance(command, v2.Subscribe):

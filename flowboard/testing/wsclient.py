@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -58,9 +59,13 @@ class WireClient:
         self.deflate_negotiated = False
         self.closed: ConnectionClosed | None = None
 
-    async def _handshake(self, host: str, target: str, deflate: bool) -> None:
+    async def _handshake(
+        self, host: str, target: str, deflate: bool, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         extensions = [PerMessageDeflate()] if deflate else []
-        await self._stream.send_all(self._ws.send(Request(host=host, target=target, extensions=extensions)))
+        extra = [(name.encode(), value.encode()) for name, value in headers]
+        request = Request(host=host, target=target, extensions=extensions, extra_headers=extra)
+        await self._stream.send_all(self._ws.send(request))
         while True:
             events = await self._read_events()
             for index, event in enumerate(events):
@@ -122,16 +127,24 @@ class WireClient:
             await self._stream.aclose()
 
 
-async def open_wire_client(url: str, *, deflate: bool = True) -> WireClient:
-    """Connect to ``ws://host:port/path?query``; offers permessage-deflate unless told not to."""
+async def open_wire_client(
+    url: str,
+    *,
+    deflate: bool = True,
+    headers: Sequence[tuple[str, str]] = (),
+    local_address: str | None = None,
+) -> WireClient:
+    """Connect to ``ws://host:port/path?query``; offers permessage-deflate unless told not to.
+    ``headers`` go into the handshake (e.g. Origin); ``local_address`` is the address to connect
+    from (e.g. 127.0.0.2, to look like another client on loopback)."""
     if not url.startswith("ws://"):
         raise ValueError(f"expected a ws:// URL, got {url!r}")
     authority, _, path = url[len("ws://") :].partition("/")
     host, _, port = authority.rpartition(":")
-    stream = await trio.open_tcp_stream(host, int(port))
+    stream = await trio.open_tcp_stream(host, int(port), local_address=local_address)
     client = WireClient(stream, WSConnection(ConnectionType.CLIENT))
     try:
-        await client._handshake(authority, "/" + path, deflate)
+        await client._handshake(authority, "/" + path, deflate, headers)
     except BaseException:
         await stream.aclose()
         raise
