@@ -1,4 +1,9 @@
-"""``flowboard`` command line: parse the configuration, run the server, stop on SIGINT/SIGTERM."""
+"""``flowboard`` command line: parse the configuration, run the server, stop on SIGINT, SIGTERM
+or SIGHUP (all three gracefully: clients closed with 1001, the store flushed).
+
+A configuration that cannot work, or a database that cannot be used (corrupt, or of a schema
+version this Flowboard does not know), stops start-up with one line and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from functools import partial
 import trio
 
 from flowboard.config import Config, parse_argv
-from flowboard.errors import ConfigError
+from flowboard.errors import ConfigError, StoreError
 from flowboard.ingest.kalshi import serve_kalshi
 from flowboard.ingest.recording import record
 from flowboard.ingest.simulator import Simulator
@@ -20,9 +25,13 @@ from flowboard.ingest.sources import RawMessage, serve_simulator
 from flowboard.scaleout.workers import serve_workers
 from flowboard.server.pipeline import kalshi_config, run_server, wall_clock_ms
 
+#: Signals that stop the process gracefully. SIGHUP too: a closed terminal or a supervisor's
+#: hang-up must not kill the process before it has flushed the store.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 async def _serve_until_signalled(config: Config) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             runtime = await nursery.start(run_server, config)
             # Tests and scripts read the bound address (with --port 0) from this line.
@@ -35,7 +44,7 @@ async def _serve_until_signalled(config: Config) -> None:
 
 async def _supervise_until_signalled(config: Config, argv: Sequence[str]) -> None:
     """``--workers N``: one ingest and N edges as child processes; a signal stops them all."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_workers, config, argv)
             print(f"flowboard listening on {url}", flush=True)
@@ -71,7 +80,7 @@ async def _record_until_stopped(config: Config) -> None:
             sources.cancel_scope.cancel()
 
     async def stop_on_signal_or_deadline() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             with trio.move_on_after(config.duration_s if config.duration_s is not None else math.inf):
                 async for _ in signals:
                     break
@@ -85,7 +94,7 @@ async def _record_until_stopped(config: Config) -> None:
     print(f"recorded {stats.messages} messages to {config.out}", flush=True)
 
 
-def _leaves(group: BaseExceptionGroup[ConfigError]) -> Iterator[ConfigError]:
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
     """The errors themselves: nurseries nest each one in a group per level."""
     for error in group.exceptions:
         if isinstance(error, BaseExceptionGroup):
@@ -111,11 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_supervise_until_signalled, config, args)
         else:
             trio.run(_serve_until_signalled, config)
+    except (ConfigError, StoreError) as error:
+        print(f"flowboard: error: {error}", file=sys.stderr)
+        return 2
     except BaseExceptionGroup as group:
-        config_errors, others = group.split(ConfigError)
-        if config_errors is None or others is not None:
+        startup_errors, others = group.split((ConfigError, StoreError))
+        if startup_errors is None or others is not None:
             raise
-        for error in _leaves(config_errors):
-            print(f"flowboard: error: {error}", file=sys.stderr)
+        for leaf in _leaves(startup_errors):
+            print(f"flowboard: error: {leaf}", file=sys.stderr)
         return 2
     return 0

@@ -5,14 +5,18 @@ Each test starts ``python -m flowboard`` and stays within a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -135,10 +139,52 @@ def test_bad_flag() -> None:
     assert_one_line_error(result, "unrecognized arguments: --bogus (see flowboard serve --help)")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def _stored_trades(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return int(connection.execute("SELECT COUNT(*) FROM trades").fetchone()[0])
+
+
+def _schema_versions(db: Path) -> list[int]:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return [row[0] for row in connection.execute("SELECT version FROM schema_version ORDER BY 1")]
+
+
+def test_unknown_schema_version_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A database from a newer Flowboard stops start-up with one line; its data stays as it was."""
+    db = tmp_path / "newer.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms BIGINT)")
+        connection.execute("INSERT INTO schema_version VALUES (99, 0)")
+        connection.commit()
+    result = run_flowboard("serve", "--port", "0", "--db", str(db))
+    assert_one_line_error(result, "the database has schema version 99, newer than this Flowboard knows")
+    assert _schema_versions(db) == [99]
+
+
+def test_corrupt_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A file that is not a SQLite database stops start-up with one line; the file is untouched."""
+    db = tmp_path / "corrupt.db"
+    garbage = random.Random(11).randbytes(8192)
+    db.write_bytes(garbage)
+    result = run_flowboard("serve", "--port", "0", "--db", str(db))
+    assert_one_line_error(result, "cannot open it as a SQLite database")
+    assert db.read_bytes() == garbage
+
+
+async def _ingested_so_far(url: str) -> float:
+    async with httpx.AsyncClient(base_url=url) as http:
+        text = (await http.get("/metrics")).text
+    line = next(line for line in text.splitlines() if line.startswith("flowboard_trades_ingested_total "))
+    return float(line.split()[1])
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 async def test_signal_closes_clients_with_1001_and_exits_0(tmp_path: Path, signum: signal.Signals) -> None:
-    """A signal while a v2 client is connected: the client is closed with 1001 (going away)
-    and the process exits 0 within a few seconds."""
+    """A signal while a v2 client is connected: the client is closed with 1001 (going away),
+    every trade accepted before the signal is in the store, and the process exits 0 within a
+    few seconds. SIGHUP is no different from SIGTERM."""
     process = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -172,6 +218,8 @@ async def test_signal_closes_clients_with_1001_and_exits_0(tmp_path: Path, signu
         url = line.rsplit(" ", 1)[1].replace("http://", "ws://") + "/ws"
         client = await open_wire_client(url)
         await client.receive()  # the snapshot: the client is being served
+        ingested = await _ingested_so_far(line.rsplit(" ", 1)[1])
+        assert ingested > 0
         process.send_signal(signum)
         with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
             while True:
@@ -180,6 +228,7 @@ async def test_signal_closes_clients_with_1001_and_exits_0(tmp_path: Path, signu
         assert closed.value.code == 1001
         with trio.fail_after(5):
             assert await process.wait() == 0
+        assert _stored_trades(tmp_path / "flowboard.db") >= ingested
     finally:
         if process.returncode is None:
             process.kill()
