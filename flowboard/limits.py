@@ -70,3 +70,8 @@ class ConnectionCounter:
 
     def count(self, address: str) -> int:
         return self._per_address[address]
+
+
+def backoff_s(failures_in_a_row: int, first_s: float, max_s: float) -> float:
+    """Exponential backoff: ``first_s`` after the first failure, doubling up to ``max_s``."""
+    return min(max_s, first_s * 2.0 ** max(0, failures_in_a_row - 1))

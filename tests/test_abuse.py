@@ -7,11 +7,19 @@ loopback with trio's autojump clock (as in test_server.py).
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
 import attrs
+import httpx
 import orjson
 import pytest
 import trio
@@ -21,7 +29,7 @@ from flowboard.errors import ConfigError, ProtocolError
 from flowboard.limits import ConnectionCounter, TokenBucket
 from flowboard.logs import ThrottledLog, suppressed_lines
 from flowboard.protocol import v1
-from flowboard.server.guards import connection_limit, origin_allowed
+from flowboard.server.guards import RESERVED_FILES, connection_limit, origin_allowed
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 from flowboard.testing.wsclient import ConnectionClosed, WireClient, open_wire_client
@@ -297,3 +305,90 @@ async def test_connection_limits_answer_503_and_free_up(
     for client in [*mine, *others, again]:
         await client.aclose()
     assert server.metrics.refused.labels("limit")._value.get() >= 2
+
+
+# -- a real process with few file descriptors ------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+#: Open files the server process may have: room for its own ~40 and a few dozen connections.
+LOW_NOFILE = 100
+
+
+def _low_nofile() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_NOFILE, hard))
+
+
+def _healthz(host: str, port: int) -> bool:
+    try:
+        return httpx.get(f"http://{host}:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _handshake_status(host: str, port: int) -> tuple[int, socket.socket]:
+    """Open /ws with a raw handshake; the HTTP status of the answer, and the socket."""
+    sock = socket.create_connection((host, port))
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, "closed without an answer"
+        answer += chunk
+    return int(answer.split(b" ", 2)[1]), sock
+
+
+def test_descriptor_shortage_is_logged_once_and_the_server_recovers(tmp_path: Path) -> None:
+    """Under a low open-files limit, WebSocket connections past what the descriptors allow get
+    a 503. A flood of idle connections exhausts the descriptors anyway: the server logs the
+    shortage once (no traceback, not every 100 ms), backs off, and once the flood is gone it
+    accepts and answers again."""
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "flowboard", "serve", "--port", "0", "--sim-history", "0"),
+            *("--db", str(tmp_path / "flowboard.db")),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_low_nofile,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        url = process.stdout.readline().rsplit(" ", 1)[1].strip()
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        # The connection limit leaves room for the server's own files: the rest get a 503.
+        streams = [_handshake_status(host, int(port)) for _ in range(LOW_NOFILE - RESERVED_FILES + 4)]
+        statuses = [status for status, _ in streams]
+        assert statuses == [101] * (LOW_NOFILE - RESERVED_FILES) + [503] * 4
+        for _, sock in streams:
+            sock.close()
+        flood = []
+        for _ in range(LOW_NOFILE + 50):
+            sock = socket.create_connection((host, int(port)))
+            flood.append(sock)
+        time.sleep(3)  # the server keeps failing to accept meanwhile
+        for sock in flood:
+            sock.close()
+        deadline = time.monotonic() + 15
+        while not _healthz(host, int(port)):
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        log = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert log.count("cannot accept connections: EMFILE") == 1, log
+    assert log.count("accepting connections again") == 1, log
+    assert "Traceback" not in log and "trio.serve_listeners" not in log, log

@@ -68,6 +68,11 @@ class Metrics:
             "Clients closed with 1008 for sending commands faster than --command-rate",
             registry=r,
         )
+        self.accept_failures = Counter(
+            "flowboard_accept_failures",
+            "accept() calls that failed for lack of file descriptors (retried with backoff)",
+            registry=r,
+        )
         r.register(SuppressedLinesCollector())
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:

@@ -19,8 +19,6 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
@@ -43,6 +41,7 @@ from flowboard.scaleout.stream import JournalingAggregator
 from flowboard.server import deflate
 from flowboard.server.app import create_app
 from flowboard.server.hub import Hub
+from flowboard.server.listener import serve_hypercorn
 from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import Runtime
 from flowboard.store import Store, StoreConfig, open_store, serve_writer
@@ -218,11 +217,12 @@ async def _serve_http(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     app = create_app(runtime)
-    await worker_serve(
+    await serve_hypercorn(
         wrap_app(app, 0, "asgi"),
         _hypercorn_config(runtime.config),
-        sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+        [sock],
         shutdown_trigger=stop_http.wait,
+        on_accept_failure=runtime.metrics.accept_failures.inc,
         task_status=task_status,
     )
     # The HTTP server has finished its graceful shutdown: stop everything else too.
