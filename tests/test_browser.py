@@ -166,7 +166,9 @@ class Console:
 
 @pytest.fixture
 def page(browser: Any, server: Server) -> Iterator[tuple[Any, Console]]:
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    # Playwright's wait_for_function evaluates strings, which the page's CSP forbids (no
+    # unsafe-eval); test_browser_csp.py loads the page under its real CSP.
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, bypass_csp=True)
     pg = context.new_page()
     console = Console(pg)
     pg.goto(server.url + "/")
@@ -392,7 +394,9 @@ def test_hour_day_toggle_switches_subscription(page: tuple[Any, Console], server
 
 def test_keyboard_and_phone_width(browser: Any, server: Server) -> None:
     """At 390 px nothing overflows sideways; Tab reaches a card and Enter opens its drawer."""
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, bypass_csp=True
+    )
     pg = context.new_page()
     console = Console(pg)
     try:
