@@ -105,6 +105,8 @@ def _servers(setup: str, port: int, rate: float, workdir: Path) -> Iterator[subp
     args = [sys.executable, "-m", "flowboard", "serve", "--port", str(port), "--rate", str(rate)]
     args += ["--seed", str(SEED), "--db", str(workdir / f"{setup}.db"), "--log-level", "warning"]
     args += ["--max-pending-trades", "100000"]
+    # Every bench client connects from loopback: no per-address or total cap.
+    args += ["--max-connections-per-ip", "0", "--max-connections", "0"]
     if setup == "edges":
         args += ["--workers", "2", "--redis", REDIS_URL, "--redis-prefix", f"bench-{uuid.uuid4().hex}"]
     with open(workdir / f"{setup}.log", "w") as log:

@@ -50,6 +50,11 @@ class ServerProcess:
             str(Path(self.tmp.name) / "bench.db"),
             "--log-level",
             "warning",
+            # Every bench client connects from loopback: no per-address or total cap.
+            "--max-connections-per-ip",
+            "0",
+            "--max-connections",
+            "0",
         ]
         if not deflate:
             self.argv.append("--no-deflate")
