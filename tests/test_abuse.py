@@ -28,7 +28,7 @@ from flowboard.config import Config, parse_argv
 from flowboard.errors import ConfigError, ProtocolError
 from flowboard.limits import ConnectionCounter, TokenBucket
 from flowboard.logs import ThrottledLog, suppressed_lines
-from flowboard.protocol import v1
+from flowboard.protocol import v1, v2
 from flowboard.server.guards import RESERVED_FILES, connection_limit, origin_allowed
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
@@ -113,9 +113,12 @@ def test_allowed_origins_flag_is_validated() -> None:
 
 
 def test_deeply_nested_v1_message_is_bad_input() -> None:
-    """'[' * 60000 is refused like any invalid JSON, not with a RecursionError."""
+    """'[' * 60000 is refused like any invalid JSON, not with a RecursionError (v2's parser has
+    a depth limit of its own)."""
     with pytest.raises(ProtocolError, match="nested too deeply"):
         v1.parse_client_message("[" * 60000)
+    with pytest.raises(ProtocolError, match="invalid JSON"):
+        v2.parse_command("[" * 60000)
 
 
 @attrs.define
@@ -204,6 +207,8 @@ async def test_v2_command_flood_gets_an_error_then_1008(
     assert closed.reason == "too many commands: at most 5 at once and 2 per second"
     assert errors == ["too many commands: at most 5 at once and 2 per second"]
     assert server.metrics.closed_flooding._value.get() == 1
+    await trio.sleep(1)
+    assert len(server.hub.clients) == 1, "the flooder's handler ended and left the hub"
     for _ in range(20):
         await polite.send_text('{"op": "detail", "ticker": null}')
         await trio.sleep(0.6)

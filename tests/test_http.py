@@ -76,9 +76,10 @@ def http(live_server: ServerInThread) -> Iterator[httpx.Client]:
 
 
 def _http_routes() -> list[str]:
-    """Every HTTP route the app has, as its rule (``/api/markets/<ticker>/trades``)."""
+    """Every route the app has, as its rule (``/api/markets/<ticker>/trades``); the WebSocket
+    ones too, asked for as plain HTTP."""
     app = create_app(_unstarted_runtime())
-    return sorted(rule.rule for rule in app.url_map.iter_rules() if not rule.websocket)
+    return sorted({rule.rule for rule in app.url_map.iter_rules()})
 
 
 def _unstarted_runtime() -> Runtime:
