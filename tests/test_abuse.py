@@ -6,6 +6,8 @@ loopback with trio's autojump clock (as in test_server.py).
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 import os
 import resource
@@ -30,6 +32,7 @@ from flowboard.limits import ConnectionCounter, TokenBucket
 from flowboard.logs import ThrottledLog, suppressed_lines
 from flowboard.protocol import v1, v2
 from flowboard.server.guards import RESERVED_FILES, connection_limit, origin_allowed
+from flowboard.server.listener import PatientListener
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 from flowboard.testing.wsclient import ConnectionClosed, WireClient, open_wire_client
@@ -397,3 +400,45 @@ def test_descriptor_shortage_is_logged_once_and_the_server_recovers(tmp_path: Pa
     assert log.count("cannot accept connections: EMFILE") == 1, log
     assert log.count("accepting connections again") == 1, log
     assert "Traceback" not in log and "trio.serve_listeners" not in log, log
+
+
+class _ExhaustedListener(trio.abc.Listener[trio.SocketStream]):
+    """Fails ``failures`` accepts with EMFILE, then hands out one connected stream."""
+
+    def __init__(self, failures: int, stream: trio.SocketStream) -> None:
+        self.failures = failures
+        self.stream = stream
+        self.attempts: list[float] = []
+
+    async def accept(self) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        self.attempts.append(trio.current_time())
+        if len(self.attempts) <= self.failures:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return self.stream
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_patient_listener_backs_off_and_logs_the_shortage_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Six EMFILE failures: retried after 0.1, 0.2, 0.4, 0.8, 1.6, 2 s (capped), each counted,
+    logged once when it starts and once when accepting works again."""
+    left, right = trio.socket.socketpair()
+    inner = _ExhaustedListener(6, trio.SocketStream(left))
+    counted: list[None] = []
+    listener = PatientListener(inner, on_failure=lambda: counted.append(None))
+    with caplog.at_level(logging.INFO, logger="flowboard.server.listener"):
+        stream = await listener.accept()
+    assert stream is inner.stream
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(inner.attempts)]
+    assert gaps == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+    assert len(counted) == 6 and listener.failures == 0
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        "cannot accept connections",
+        "accepting connections again (6 attempts failed meanwhile)",
+    ]
+    await listener.aclose()
+    right.close()

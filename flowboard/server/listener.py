@@ -42,7 +42,7 @@ class PatientListener(trio.abc.Listener[trio.SocketStream]):
 
     def __init__(
         self,
-        inner: trio.SocketListener,
+        inner: trio.abc.Listener[trio.SocketStream],
         *,
         first_delay_s: float = 0.1,
         max_delay_s: float = 2.0,
