@@ -186,8 +186,7 @@ class CommandLimit:
 async def close_flooding_v2(runtime: Runtime, session: ClientSession, wake: Callable[[], None]) -> None:
     """Tell a v2 client why (an ``e`` event), close it with 1008, and end its handler.
 
-    Called from the connection's command reader: cancelling the reader's nursery also ends the
-    send loop, so the handler returns and hypercorn closes the socket."""
+    Called from the connection's command reader (see :func:`_close_connection`)."""
     reason = CommandLimit.reason(runtime.config)
     runtime.metrics.closed_flooding.inc()
     client_log.info("closing a client that sent commands too fast: %s", reason)
@@ -199,8 +198,7 @@ async def close_flooding_v2(runtime: Runtime, session: ClientSession, wake: Call
     with trio.move_on_after(1):
         while session.has_pending(runtime.wall_ms()):  # noqa: ASYNC110
             await trio.sleep(0.01)
-    await websocket.close(CLOSE_POLICY, reason[:120])
-    _end_connection()
+    await _close_connection(reason)
 
 
 async def close_flooding_v1(runtime: Runtime) -> None:
@@ -208,11 +206,18 @@ async def close_flooding_v1(runtime: Runtime) -> None:
     reason = CommandLimit.reason(runtime.config)
     runtime.metrics.closed_flooding.inc()
     client_log.info("closing a v1 client that sent commands too fast: %s", reason)
-    await websocket.close(CLOSE_POLICY, reason[:120])
-    _end_connection()
+    await _close_connection(reason)
 
 
-def _end_connection() -> None:
+async def _close_connection(reason: str) -> None:
+    """From a connection's command reader: end the connection's handler, closing with 1008.
+
+    The reader runs in the handler's nursery next to the send loop. Cancelling that nursery
+    first stops the send loop at its next checkpoint, so it never sends after the close frame
+    (hypercorn refuses that with an error); the close itself is shielded so that it still goes
+    out. Then the handler returns and hypercorn closes the socket."""
     nursery = trio.lowlevel.current_task().parent_nursery
     assert nursery is not None
     nursery.cancel_scope.cancel()
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        await websocket.close(CLOSE_POLICY, reason[:120])
