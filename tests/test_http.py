@@ -8,11 +8,12 @@ server runs in a thread of its own (real time, a real SQLite file, the simulator
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from functools import partial
 from typing import cast
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import attrs
 import httpx
@@ -31,6 +32,7 @@ from flowboard.server.metrics import Metrics
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 from flowboard.store import StoreStatistics
+from flowboard.testing.wsclient import ConnectionClosed, open_wire_client
 
 
 @attrs.frozen
@@ -253,3 +255,56 @@ def test_readiness_says_which_part_in_plain_words() -> None:
     problems = runtime.readiness_problems()
     assert problems == ["the database is failing or slow: 1,234 trades waiting to be written"]
     assert not any("/srv/secret" in p or "I/O" in p for p in problems)
+
+
+def _handshake_status(url: str, target: str) -> int:
+    """The HTTP status a WebSocket handshake for ``target`` gets (101 when upgraded)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, f"closed without an answer to {target!r}"
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=st.sampled_from(("/ws", "/ws/stream")),
+    params=st.lists(
+        st.tuples(st.sampled_from(("ch", "resume", "detail", "x")), st.one_of(query_values, st.just("a:²"))),
+        max_size=3,
+    ),
+)
+def test_no_websocket_handshake_gets_a_5xx(
+    live_server: ServerInThread, path: str, params: list[tuple[str, str]]
+) -> None:
+    """Any query on either stream is upgraded (101) or refused with a 4xx, never a 5xx."""
+    query = urlencode(params)
+    status = _handshake_status(live_server.url, path + ("?" + query if query else ""))
+    assert status == 101 or 400 <= status < 500, (status, params)
+
+
+@pytest.mark.parametrize("resume", ["a:²", "a:" + "9" * 5000], ids=["superscript-two", "5000-digits"])
+def test_a_resume_seq_that_is_no_integer_is_no_5xx(live_server: ServerInThread, resume: str) -> None:
+    """A resume seq int() refuses is bad input: upgraded and closed with 1008 and a reason."""
+    url = live_server.url.replace("http://", "ws://") + "/ws?" + urlencode({"resume": resume})
+
+    async def closed_with() -> ConnectionClosed:
+        client = await open_wire_client(url)
+        try:
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                await client.receive()
+        finally:
+            await client.aclose()
+        return closed.value
+
+    closed = trio.run(closed_with)
+    assert closed.code == 1008
+    assert closed.reason is not None and closed.reason.startswith("resume must be EPOCH:SEQ, got ")

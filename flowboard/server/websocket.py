@@ -32,7 +32,8 @@ def parse_resume(text: str | None) -> tuple[str, int] | None:
     if not text:
         return None
     epoch, sep, seq = text.rpartition(":")
-    if not sep or not epoch or not seq.isdigit():
+    # ASCII digits only ("²".isdigit() is true, int() refuses it), and no more than a 64-bit seq.
+    if not sep or not epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 19:
         raise ProtocolError(f"resume must be EPOCH:SEQ, got {text[:60]!r}")
     return epoch, int(seq)
 
