@@ -33,6 +33,7 @@ from flowboard.logs import ThrottledLog, suppressed_lines
 from flowboard.protocol import v1, v2
 from flowboard.server.guards import RESERVED_FILES, connection_limit, origin_allowed
 from flowboard.server.listener import PatientListener
+from flowboard.server.metrics import Metrics
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 from flowboard.testing.wsclient import ConnectionClosed, WireClient, open_wire_client
@@ -152,6 +153,9 @@ def test_throttled_log_lets_a_burst_through_then_one_per_interval(caplog: pytest
         "bad input 1000 (and 997 more like it since the last one logged)",
     ]
     assert suppressed_lines()["test-source"] - before == 997
+    rendered = Metrics().render().decode()
+    count = suppressed_lines()["test-source"]
+    assert f'flowboard_log_lines_suppressed_total{{source="test-source"}} {count}.0' in rendered
 
 
 # -- through the server ----------------------------------------------------------------------
