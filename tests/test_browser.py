@@ -556,7 +556,9 @@ def test_live_tile_fits_at_desktop_and_phone_width(
     """The "this minute / this hour" tile shows its $, trades and period whole at 1440 px and 390 px."""
     pg, _ = page
     _tiles_in_full(pg)
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, bypass_csp=True
+    )
     try:
         phone = context.new_page()
         phone.goto(server.url + "/")
@@ -640,7 +642,7 @@ def test_labels_survive_capitals(page: tuple[Any, Console], browser: Any, server
     assert "$ VOLUME · 10 MIN" in [t["text"] for t in labels]
     pg.keyboard.press("Escape")
     # Cards are narrowest (250 px) just above the one-column layout: the labels still fit.
-    context = browser.new_context(viewport={"width": 1101, "height": 900})
+    context = browser.new_context(viewport={"width": 1101, "height": 900}, bypass_csp=True)
     try:
         narrow = context.new_page()
         narrow.goto(server.url + "/")
@@ -701,7 +703,9 @@ def _times_in(pg: Any, zone: ZoneInfo, label: str, scope: str) -> None:
 def test_times_follow_one_zone_that_is_named(browser: Any, server: Server) -> None:
     """In New York the page shows UTC by default (the zone of "today" and the buckets), labelled;
     the Local toggle shows New York time everywhere, says when the UTC day began, and is kept."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, timezone_id="America/New_York")
+    context = browser.new_context(
+        viewport={"width": 1440, "height": 1000}, timezone_id="America/New_York", bypass_csp=True
+    )
     pg = context.new_page()
     console = Console(pg)
     try:
