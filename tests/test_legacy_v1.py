@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -300,6 +301,28 @@ async def test_v1_and_v2_clients_share_the_hub_and_v1_leaves_cleanly(
     await second.aclose()
     await trio.sleep(1)
     assert len(server.hub.clients) == before
+
+
+async def test_connections_are_counted_per_protocol(
+    server: Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
+    """/api/stats and flowboard_clients count each v1 connection, although one feed serves them."""
+    v1_clients = [await open_wire_client(v1_url(server)) for _ in range(5)]
+    v2_url = server.url.replace("http://", "ws://") + "/ws"
+    v2_clients = [await open_wire_client(v2_url) for _ in range(2)]
+    for client in [*v1_clients, *v2_clients]:
+        await client.receive()
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        stats = (await http.get("/api/stats")).json()
+        metrics = (await http.get("/metrics")).text
+    assert stats["clients"] == 7
+    assert stats["clients_by_protocol"] == {"v1": 5, "v2": 2}
+    assert 'flowboard_clients{protocol="v1"} 5.0' in metrics
+    assert 'flowboard_clients{protocol="v2"} 2.0' in metrics
+    for client in [*v1_clients, *v2_clients]:
+        await client.aclose()
+    await trio.sleep(1)
+    assert server.open_connections == {"v1": 0, "v2": 0}
 
 
 async def open_stalled_client(url: str) -> WireClient:

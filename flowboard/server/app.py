@@ -215,7 +215,9 @@ def create_app(runtime: Runtime) -> QuartTrio:
                 "trades_total": agg.trades_total,
                 "active_markets": agg.active_markets(),
                 "markets": agg.markets_count(),
-                "clients": len(runtime.hub.clients),
+                # WebSocket connections, all together and per protocol.
+                "clients": sum(runtime.open_connections.values()),
+                "clients_by_protocol": dict(runtime.open_connections),
                 "seq": runtime.hub.seq,
             }
         )
@@ -272,10 +274,12 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.websocket("/ws")
     async def stream_v2() -> None:
-        await ws_v2.serve_v2(runtime)
+        with runtime.connection("v2"):
+            await ws_v2.serve_v2(runtime)
 
     @app.websocket("/ws/stream")
     async def stream_v1() -> None:
-        await legacy.serve_v1(runtime)
+        with runtime.connection("v1"):
+            await legacy.serve_v1(runtime)
 
     return app

@@ -79,5 +79,13 @@ class Metrics:
         """A gauge whose value is read at scrape time (queue depths, client counts)."""
         Gauge(name, documentation, registry=self.registry).set_function(read)
 
+    def gauge_by_label(
+        self, name: str, documentation: str, label: str, reads: dict[str, Callable[[], float]]
+    ) -> None:
+        """One gauge with a series per value of ``label``, each read at scrape time."""
+        gauge = Gauge(name, documentation, [label], registry=self.registry)
+        for value, read in reads.items():
+            gauge.labels(value).set_function(read)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -43,7 +43,7 @@ from flowboard.server.app import create_app
 from flowboard.server.hub import Hub
 from flowboard.server.listener import serve_hypercorn
 from flowboard.server.metrics import Metrics
-from flowboard.server.runtime import Runtime
+from flowboard.server.runtime import PROTOCOLS, Runtime
 from flowboard.store import Store, StoreConfig, open_store, serve_writer
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,12 @@ async def _shutdown_when_asked(runtime: Runtime, stop_http: trio.Event) -> None:
 def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMessage] | None) -> None:
     hub = runtime.hub
     metrics = runtime.metrics
-    metrics.gauge("flowboard_clients", "Connected v2 clients", lambda: len(hub.clients))
+    metrics.gauge_by_label(
+        "flowboard_clients",
+        "Open WebSocket connections, by protocol",
+        "protocol",
+        {protocol: partial(runtime.open_connections.__getitem__, protocol) for protocol in PROTOCOLS},
+    )
     metrics.gauge("flowboard_seq", "Sequence number of the latest event", lambda: hub.seq)
     if receive is not None:
         metrics.gauge(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import attrs
 import trio
@@ -13,6 +14,9 @@ from flowboard.model import MarketMeta
 from flowboard.server.hub import Hub
 from flowboard.server.metrics import Metrics
 from flowboard.store import Store
+
+#: The WebSocket protocols served: v2 on ``/ws``, v1 on ``/ws/stream``.
+PROTOCOLS = ("v1", "v2")
 
 
 @attrs.define(eq=False)
@@ -31,6 +35,18 @@ class Runtime:
     stop_requested: trio.Event = attrs.Factory(trio.Event)
     # Market metadata fetched but not yet saved to the store.
     metas_to_save: list[MarketMeta] = attrs.Factory(list)
+    # Open WebSocket connections by protocol: every v1 connection counts, although one shared
+    # feed serves them all.
+    open_connections: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(PROTOCOLS, 0))
+
+    @contextmanager
+    def connection(self, protocol: str) -> Iterator[None]:
+        """Count one open connection of ``protocol`` ("v1" or "v2") while the block runs."""
+        self.open_connections[protocol] += 1
+        try:
+            yield
+        finally:
+            self.open_connections[protocol] -= 1
 
     def readiness_problems(self) -> list[str]:
         """Why /readyz says not ready; empty when ready."""
