@@ -22,6 +22,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fake_kalshi import write_test_key
+from test_store import postgres_url  # noqa: F401 (a fixture)
 
 from flowboard.testing.wsclient import ConnectionClosed, open_wire_client
 
@@ -284,3 +285,55 @@ def test_client_that_stops_reading_cannot_hold_up_shutdown(tmp_path: Path) -> No
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def start_serving(db: str) -> subprocess.Popen[str]:
+    """``flowboard serve`` on ``db``, returned once it prints the address it listens on."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowboard", "serve", "--port", "0", "--sim-history", "0", "--db", db],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("flowboard listening on http://"), line
+    return process
+
+
+def stop_serving(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def test_a_second_server_on_the_same_sqlite_file_stops_at_start_up(tmp_path: Path) -> None:
+    """Two servers on one SQLite --db would both write: the second stops with one line (exit 2),
+    and once the first has stopped the file is free again."""
+    db = str(tmp_path / "flowboard.db")
+    first = start_serving(db)
+    try:
+        second = run_flowboard("serve", "--port", "0", "--sim-history", "0", "--db", db)
+        assert_one_line_error(second, f"--db {db} is in use by another Flowboard server")
+    finally:
+        stop_serving(first)
+    stop_serving(start_serving(db))
+
+
+@pytest.mark.postgres
+def test_a_second_server_on_the_same_postgres_database_stops_at_start_up(postgres_url: str) -> None:  # noqa: F811
+    """On PostgreSQL an advisory lock makes the second ingest stop with one line (exit 2)."""
+    first = start_serving(postgres_url)
+    try:
+        second = run_flowboard("serve", "--port", "0", "--sim-history", "0", "--db", postgres_url)
+        assert_one_line_error(second, "is in use by another Flowboard server")
+    finally:
+        stop_serving(first)

@@ -303,7 +303,9 @@ async def run_server(
         config.host, config.port, reuse_port=config.reuse_port, stall_timeout_s=config.stall_timeout_s
     )
     try:
-        async with open_store(config.db, config=StoreConfig(retention_days=config.retention_days)) as store:
+        store_config = StoreConfig(retention_days=config.retention_days)
+        # An edge only reads the store: it shares it with the ingest that writes it.
+        async with open_store(config.db, config=store_config, exclusive=config.role != "edge") as store:
             if config.role == "edge":
                 assert redis is not None, "--role edge without --redis"
                 await _run_edge(config, sock, store, wall_ms, redis, task_status)

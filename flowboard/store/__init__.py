@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import NoReturn
 
 import trio
@@ -45,14 +46,20 @@ _DEFAULT_CONFIG = StoreConfig()
 
 
 @asynccontextmanager
-async def open_store(url_or_path: str, *, config: StoreConfig = _DEFAULT_CONFIG) -> AsyncIterator[Store]:
+async def open_store(
+    url_or_path: str, *, config: StoreConfig = _DEFAULT_CONFIG, exclusive: bool = True
+) -> AsyncIterator[Store]:
     """Open the store ``--db`` names and bring its schema up to date.
 
-    Raises ConfigError for a path or URL that cannot work, StoreError when the database is
-    unreachable or refuses the migration.
+    ``exclusive`` (the default): this process is the store's only writer until it closes the
+    store (a lock file for SQLite, an advisory lock for PostgreSQL); pass False only for a
+    process that never writes trades (an edge).
+
+    Raises ConfigError for a path or URL that cannot work or a store another process holds,
+    StoreError when the database is unreachable or refuses the migration.
     """
     target = parse_target(url_or_path)
-    store = await _connect(target, config)
+    store = await _connect(target, config, exclusive)
     try:
         await store.migrate()
         yield store
@@ -60,11 +67,15 @@ async def open_store(url_or_path: str, *, config: StoreConfig = _DEFAULT_CONFIG)
         await store.aclose()
 
 
-async def _connect(target: SqliteTarget | PostgresTarget, config: StoreConfig) -> BatchedStore:
+async def _connect(
+    target: SqliteTarget | PostgresTarget, config: StoreConfig, exclusive: bool
+) -> BatchedStore:
     if isinstance(target, SqliteTarget):
-        sqlite_database = await trio.to_thread.run_sync(SqliteDatabase, target.path, config)
+        sqlite_database = await trio.to_thread.run_sync(
+            partial(SqliteDatabase, target.path, config, exclusive=exclusive)
+        )
         return SqliteStore(sqlite_database, config)
-    postgres_database = PostgresDatabase(target, config)
+    postgres_database = PostgresDatabase(target, config, exclusive=exclusive)
     await trio.to_thread.run_sync(postgres_database.open)
     return PostgresStore(postgres_database, config)
 

@@ -18,6 +18,7 @@ from flowboard.errors import StoreError
 from flowboard.model import MINUTE_MS, MarketMeta, Trade
 
 from ._config import PostgresTarget, StoreConfig
+from ._lock import PostgresWriterLock
 from ._pending import Cursor
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
@@ -66,8 +67,11 @@ _MIGRATION_LOCK_KEY = 0x466C6F77  # "Flow"
 
 
 class PostgresDatabase:
-    def __init__(self, target: PostgresTarget, config: StoreConfig) -> None:
+    def __init__(self, target: PostgresTarget, config: StoreConfig, *, exclusive: bool = True) -> None:
+        """``exclusive``: hold the writer lock (``_lock``) while open; an edge, which only reads, does not."""
         self._description = target.description
+        self._exclusive = exclusive
+        self._lock: PostgresWriterLock | None = None
         self._lock_timeout_ms = round(config.lock_timeout_s * 1000)
         self._connect_timeout_s = config.connect_timeout_s
         params = conninfo_to_dict(target.conninfo)
@@ -94,10 +98,19 @@ class PostgresDatabase:
             # One direct attempt first: when it fails it says why (refused, bad password...),
             # where the pool would only report a timeout.
             psycopg.connect(self._conninfo).close()
-            self._pool.open(wait=True, timeout=self._connect_timeout_s)
         except psycopg.Error as error:
             self._pool.close()
             raise StoreError(f"PostgreSQL not reachable at {self._description}: {error}") from error
+        try:
+            if self._exclusive:
+                self._lock = PostgresWriterLock(self._conninfo, self._description)
+            self._pool.open(wait=True, timeout=self._connect_timeout_s)
+        except psycopg.Error as error:
+            self.close()
+            raise StoreError(f"PostgreSQL not reachable at {self._description}: {error}") from error
+        except BaseException:
+            self.close()
+            raise
 
     def _configure(self, connection: psycopg.Connection[TupleRow]) -> None:
         connection.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
@@ -196,7 +209,11 @@ class PostgresDatabase:
         return list(starmap(MarketMeta, rows))
 
     def close(self) -> None:
-        self._pool.close()
+        try:
+            self._pool.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 def _scalar_int(connection: psycopg.Connection[TupleRow], query: str) -> int | None:

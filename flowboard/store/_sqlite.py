@@ -18,6 +18,7 @@ from flowboard.errors import ConfigError, StoreError
 from flowboard.model import MINUTE_MS, MarketMeta, Trade
 
 from ._config import StoreConfig
+from ._lock import SqliteWriterLock
 from ._pending import Cursor
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
@@ -72,8 +73,10 @@ def _connect(path: Path, config: StoreConfig) -> sqlite3.Connection:
 
 
 class SqliteDatabase:
-    def __init__(self, path: Path, config: StoreConfig) -> None:
+    def __init__(self, path: Path, config: StoreConfig, *, exclusive: bool = True) -> None:
+        """``exclusive``: take the writer lock (``_lock``) first; an edge, which only reads, does not."""
         self._path = path
+        self._lock = SqliteWriterLock(path) if exclusive else None
         try:
             self._writer = _connect(path, config)
             self._writer.execute("PRAGMA journal_mode = WAL")
@@ -82,6 +85,8 @@ class SqliteDatabase:
             self._reader = _connect(path, config)
             self._reader.execute("PRAGMA query_only = ON")
         except sqlite3.Error as error:
+            if self._lock is not None:
+                self._lock.release()
             raise ConfigError(
                 f"--db {path}: cannot open it as a SQLite database ({error}); "
                 "check the path and its permissions"
@@ -183,9 +188,13 @@ class SqliteDatabase:
         return list(starmap(MarketMeta, rows))
 
     def close(self) -> None:
-        with _as_store_error("closing", self._path):
-            self._reader.close()
-            self._writer.close()
+        try:
+            with _as_store_error("closing", self._path):
+                self._reader.close()
+                self._writer.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 class SqliteStore(BatchedStore):
