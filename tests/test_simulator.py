@@ -61,6 +61,22 @@ def test_same_seed_gives_same_markets_and_trades() -> None:
     assert other.markets != first.markets
 
 
+def test_a_new_trade_seed_keeps_the_markets_and_changes_the_trades() -> None:
+    """A restarted simulator (same seed and anchor, new trade seed) trades the same markets,
+    with new trade ids, and carries on from the prices it is given."""
+    first = Simulator(7, 10.0, start_ms=START_MS)
+    restarted = Simulator(7, 10.0, start_ms=START_MS, trade_seed=99)
+    assert restarted.markets == first.markets
+    first_ids = {trade.trade_id for _, trade in run(first, 500)}
+    assert first_ids.isdisjoint(trade.trade_id for _, trade in run(restarted, 500))
+
+    ticker = first.markets[0].ticker
+    resumed = Simulator(7, 10.0, start_ms=START_MS, trade_seed=99)
+    resumed.resume_prices({ticker: ONE_DOLLAR // 2})
+    _, trade = next((at, t) for at, t in run(resumed, 5_000) if t.ticker == ticker)
+    assert abs(trade.yes_price - ONE_DOLLAR // 2) <= ONE_DOLLAR // 10
+
+
 def test_mean_rate_over_a_long_run() -> None:
     """Bursts included, 200,000 trades arrive at the configured mean rate to within 3%."""
     sim = Simulator(3, 50.0, start_ms=START_MS)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -98,10 +98,15 @@ class _Burst:
 class Simulator:
     """Seeded trades for ``n_markets`` markets at a mean of ``rate`` trades per second.
 
-    ``start_ms`` anchors the markets: event dates and close times lie after it.
+    ``start_ms`` anchors the markets: event dates and close times lie after it. ``seed`` and
+    ``start_ms`` alone decide the markets (tickers, titles, close times, popularity);
+    ``trade_seed``, when given, starts the trade sequence afresh, so that a restarted
+    simulator trades the same markets with new trade ids.
     """
 
-    def __init__(self, seed: int, rate: float, n_markets: int = 300, *, start_ms: int) -> None:
+    def __init__(
+        self, seed: int, rate: float, n_markets: int = 300, *, start_ms: int, trade_seed: int | None = None
+    ) -> None:
         if not 1 <= n_markets <= MAX_MARKETS:
             raise ValueError(f"n_markets: expected 1 to {MAX_MARKETS}, got {n_markets!r}")
         self._rng = random.Random(seed)
@@ -113,6 +118,8 @@ class Simulator:
         metas, hotness = _make_markets(self._rng, n_markets, start_ms)
         self._cum_weights = _popularity(self._rng, hotness)
         self._states = _initial_states(self._rng, metas)
+        if trade_seed is not None:
+            self._rng = random.Random(trade_seed)
 
     def set_rate(self, rate: float) -> None:
         """Change the mean trades per second from the next trade on (bursts already running go on)."""
@@ -126,6 +133,14 @@ class Simulator:
     def markets(self) -> list[MarketMeta]:
         """Every market the simulator trades, with the metadata a fetcher would find."""
         return [state.meta for state in self._states]
+
+    def resume_prices(self, last_prices: Mapping[str, int]) -> None:
+        """Carry on from these last YES prices (by ticker) instead of the seeded ones: a
+        restarted simulator's prices go on from where its stored trades left them."""
+        for state in self._states:
+            price = last_prices.get(state.meta.ticker)
+            if price is not None and PRICE_FLOOR <= price <= PRICE_CEILING:
+                state.price = price - (price - PRICE_FLOOR) % state.tick
 
     def next_trade(self, now_ms: int) -> tuple[int, Trade]:
         """The time (>= ``now_ms``) of the next trade, and the trade.

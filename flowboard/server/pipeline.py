@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import secrets
 import socket
@@ -362,10 +363,7 @@ async def _run(
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_writer, store)
         if config.source == "sim":
-            # A restarted simulator must not repeat the trade ids it already stored.
-            last_stored = await store.last_trade_ms()
-            seed = config.seed if last_stored is None else hash((config.seed, last_stored)) & 0xFFFFFFFF
-            sim = Simulator(seed=seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_ms())
+            sim = await _open_simulator(config, store, agg, wall_ms())
             for meta in sim.markets:
                 agg.set_meta(meta)
             if replayed == 0:
@@ -420,6 +418,55 @@ async def _run(
         runtime.not_ready.discard("starting")
         log.info("flowboard listening on %s", runtime.url)
         task_status.started(runtime)
+
+
+#: The store's ``source_state`` entry of the simulator: the markets it trades.
+SIMULATOR_STATE = "simulator"
+
+
+def simulator_anchor_ms(saved: str | None, seed: int, n_markets: int, now_ms: int) -> int:
+    """The time a simulator's markets are anchored at: the saved one when the saved state is of
+    the same seed and market count (a restart), else ``now_ms`` (a new simulation)."""
+    try:
+        state = json.loads(saved) if saved is not None else None
+    except ValueError:
+        return now_ms
+    if (
+        isinstance(state, dict)
+        and state.get("seed") == seed
+        and state.get("markets") == n_markets
+        and isinstance(state.get("anchor_ms"), int)
+    ):
+        return int(state["anchor_ms"])
+    return now_ms
+
+
+async def _open_simulator(config: Config, store: Store, agg: Aggregator, now_ms: int) -> Simulator:
+    """The simulator, trading the same markets as before a restart (their metadata stored like any
+    source's), with a fresh trade sequence that cannot repeat the trade ids already stored."""
+    saved = await store.load_source_state(SIMULATOR_STATE)
+    anchor_ms = simulator_anchor_ms(saved, config.seed, config.sim_markets, now_ms)
+    last_stored = await store.last_trade_ms()
+    trade_seed = None if last_stored is None else hash((config.seed, last_stored)) & 0xFFFFFFFF
+    sim = Simulator(
+        seed=config.seed,
+        rate=config.rate,
+        n_markets=config.sim_markets,
+        start_ms=anchor_ms,
+        trade_seed=trade_seed,
+    )
+    await store.save_source_state(
+        SIMULATOR_STATE,
+        json.dumps({"seed": config.seed, "markets": config.sim_markets, "anchor_ms": anchor_ms}),
+    )
+    await store.save_meta(sim.markets)
+    last_prices = {}
+    for market in range(agg.markets_count()):
+        last = agg.last_trade(market)
+        if last is not None:
+            last_prices[agg.ticker(market)] = last.yes_price
+    sim.resume_prices(last_prices)
+    return sim
 
 
 def _session_limits(config: Config) -> SessionLimits:

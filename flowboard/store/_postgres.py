@@ -62,6 +62,10 @@ _UPSERT_META = (
     "title = excluded.title, category = excluded.category, close_ts_ms = excluded.close_ts_ms, "
     "event_ticker = excluded.event_ticker, series_ticker = excluded.series_ticker"
 )
+_UPSERT_SOURCE_STATE = (
+    "INSERT INTO source_state (name, value) VALUES (%s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
 # Any constant shared by every Flowboard process: concurrent start-ups migrate one at a time.
 _MIGRATION_LOCK_KEY = 0x466C6F77  # "Flow"
 
@@ -207,6 +211,15 @@ class PostgresDatabase:
         with self._transaction("loading market metadata") as connection:
             rows = connection.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
         return list(starmap(MarketMeta, rows))
+
+    def load_source_state(self, name: str) -> str | None:
+        with self._transaction("loading the source's state") as connection:
+            row = connection.execute("SELECT value FROM source_state WHERE name = %s", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_source_state(self, name: str, value: str) -> None:
+        with self._transaction("saving the source's state") as connection:
+            connection.execute(_UPSERT_SOURCE_STATE, (name, value))
 
     def close(self) -> None:
         try:

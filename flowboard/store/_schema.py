@@ -58,6 +58,8 @@ def _trades_and_markets(text_type: str) -> tuple[str, ...]:
     )
 
 
+_SOURCE_STATE = "CREATE TABLE source_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -66,6 +68,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         # Byte order, like SQLite's BINARY, so both backends page through equal timestamps the
         # same way whatever the database's locale.
         postgres=_trades_and_markets('TEXT COLLATE "C"'),
+    ),
+    Migration(
+        version=2,
+        summary="what a source needs to carry on after a restart (the simulator's market anchor)",
+        sqlite=(_SOURCE_STATE,),
+        postgres=(_SOURCE_STATE,),
     ),
 )
 

@@ -54,6 +54,11 @@ _UPSERT_META = (
     "event_ticker = excluded.event_ticker, series_ticker = excluded.series_ticker"
 )
 
+_UPSERT_SOURCE_STATE = (
+    "INSERT INTO source_state (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
+
 
 @contextmanager
 def _as_store_error(action: str, path: Path) -> Iterator[None]:
@@ -186,6 +191,15 @@ class SqliteDatabase:
         with _as_store_error("loading market metadata", self._path):
             rows = self._reader.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
         return list(starmap(MarketMeta, rows))
+
+    def load_source_state(self, name: str) -> str | None:
+        with _as_store_error("loading the source's state", self._path):
+            row = self._reader.execute("SELECT value FROM source_state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_source_state(self, name: str, value: str) -> None:
+        with self._write_transaction("saving the source's state") as connection:
+            connection.execute(_UPSERT_SOURCE_STATE, (name, value))
 
     def close(self) -> None:
         try:
