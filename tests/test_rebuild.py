@@ -24,10 +24,14 @@ from test_store import db_url, load_all, postgres_url, running_store, wait_until
 
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
 from flowboard.config import Config
+from flowboard.ingest.kalshi_format import encode_envelope, encode_trade_msg
+from flowboard.ingest.recording import encode_line
+from flowboard.ingest.sources import RawMessage
 from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Side, Trade
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 from flowboard.store import StoredSummary
+from flowboard.store._store import wall_clock_ms
 from flowboard.store._summary import merge_recent, summarize_minutes
 
 #: 2024-03-10 00:05:00 UTC: just past a UTC midnight, so "today" is younger than the day view.
@@ -35,15 +39,17 @@ NOW = 1_710_029_100_000
 TICKERS = ("KXA-1", "KXB-2", "KXC-3", "KXD-4")
 
 
-def trade_order(trade: Trade) -> tuple[int, str]:
-    return (trade.ts_ms, trade.trade_id)
+def trade_time(trade: Trade) -> int:
+    return trade.ts_ms
 
 
 def replayed(agg: Aggregator, stored: Sequence[Trade], now_ms: int) -> Aggregator:
     """The slow definition of a rebuild: every stored trade since the retention start, in
-    (ts_ms, trade_id) order, at its own time (never later than now), then the clock to now."""
+    (ts_ms, arrival) order, at its own time (never later than now), then the clock to now.
+    ``stored`` is in arrival order (the order the store was offered them), which a stable
+    sort by time keeps for the trades of one millisecond."""
     since = retention_start_ms(now_ms, agg.window_ms)
-    for trade in sorted(stored, key=trade_order):
+    for trade in sorted(stored, key=trade_time):
         if trade.ts_ms >= since:
             agg.add_trade(trade, min(trade.ts_ms, now_ms))
     agg.advance(now_ms)
@@ -54,17 +60,23 @@ def summary_of(
     stored: Sequence[Trade], since_ms: int, recent_since_ms: int, agg: Aggregator
 ) -> StoredSummary:
     """What the store's queries return, computed from the trade list itself."""
-    kept = sorted((t for t in stored if t.ts_ms >= since_ms), key=trade_order)
+    kept = sorted((t for t in stored if t.ts_ms >= since_ms), key=trade_time)
+    arrival = {t.trade_id: number for number, t in enumerate(stored, 1)}
+
+    def rows(trades: Sequence[Trade]) -> list[tuple[Any, ...]]:
+        return [(t.trade_id, *trade_fields(t), arrival[t.trade_id]) for t in trades]
 
     def minute_usd(minute_ms: int) -> int:
         return sum(t.usd for t in kept if minute_ms <= t.ts_ms < minute_ms + MINUTE_MS)
 
-    rows = [(t.ts_ms, t.trade_id, t.ticker, t.usd if t.count < 10**12 else None) for t in kept]
+    summary_rows = [(t.ts_ms, t.trade_id, t.ticker, t.usd if t.count < 10**12 else None) for t in kept]
     per_market = [[t for t in kept if t.ticker == ticker][-agg.history_len :] for ticker in TICKERS]
     recent = merge_recent(
-        [t for t in kept if t.ts_ms >= recent_since_ms], kept[-agg.tape_size :], *per_market
+        rows([t for t in kept if t.ts_ms >= recent_since_ms]),
+        rows(kept[-agg.tape_size :]),
+        *map(rows, per_market),
     )
-    return StoredSummary(summarize_minutes(rows, minute_usd), recent)
+    return StoredSummary(summarize_minutes(summary_rows, minute_usd), recent)
 
 
 def restored(agg: Aggregator, stored: Sequence[Trade], now_ms: int) -> Aggregator:
@@ -105,8 +117,9 @@ def reads(agg: Aggregator) -> dict[str, Any]:
 
 
 def stored_trades(prefix: str, max_size: int = 60) -> st.SearchStrategy[list[Trade]]:
-    """Unique ids; times from two days ago to a minute ahead of now, bunched so that equal
-    times, equal sizes, the window edge and the retention edge all come up."""
+    """Unique ids, not in arrival order (so that ordering ties by id would show); times from two
+    days ago to a minute ahead of now, bunched so that equal times, equal sizes, the window
+    edge and the retention edge all come up."""
     times = st.one_of(
         st.integers(NOW - 2 * DAY_MS, NOW + MINUTE_MS),
         st.integers(NOW - 15 * MINUTE_MS, NOW),
@@ -131,7 +144,7 @@ def stored_trades(prefix: str, max_size: int = 60) -> st.SearchStrategy[list[Tra
         times,
     )
     return st.lists(trade, max_size=max_size).map(
-        lambda rows: [Trade(f"{prefix}{n:03d}", *row) for n, row in enumerate(rows)]
+        lambda rows: [Trade(f"{prefix}{n * 7919 % 1000:03d}", *row) for n, row in enumerate(rows)]
     )
 
 
@@ -260,6 +273,7 @@ async def test_server_restart_rebuilds_the_stored_state(db_url: str, tmp_path: P
         first.request_stop()
     async with running_store(db_url) as store:
         stored = await load_all(store)
+        metas = await store.load_meta()
     assert len(stored) == first.agg.trades_total > 300 * 60
     assert first.store is not None and first.store.statistics().queued == 0
 
@@ -271,7 +285,11 @@ async def test_server_restart_rebuilds_the_stored_state(db_url: str, tmp_path: P
         second: Runtime = await nursery.start(partial(run_server, quiet))
         rebuilt = reads(second.agg)
         nursery.cancel_scope.cancel()
-    reference = replayed(Aggregator(), stored, rebuilt["now"])
+    # The simulator's metadata is stored, and a rebuild sets it first, as the replay does here.
+    reference = Aggregator()
+    for meta in metas:
+        reference.set_meta(meta)
+    replayed(reference, stored, rebuilt["now"])
     assert rebuilt == reads(reference)
     assert rebuilt["trades_total"] == len(stored)
 
@@ -310,3 +328,63 @@ async def test_a_restarted_simulator_keeps_its_markets_and_their_titles(db_url: 
     # Every trade of the second run was new: none repeated a stored id.
     assert trades_after == trades_before + second.metrics.trades_ingested._value.get()
     assert second.metrics.duplicates._value.get() == 0
+
+
+def recording_of(trades: Sequence[Trade]) -> bytes:
+    """A recording (``flowboard record``'s JSON Lines) that delivers ``trades`` in this order."""
+    return b"".join(
+        encode_line(RawMessage(trade.ts_ms, encode_envelope(encode_trade_msg(trade), sid=1, seq=seq)))
+        for seq, trade in enumerate(trades, 1)
+    )
+
+
+async def shown_orders(runtime: Runtime, ticker: str) -> dict[str, list[str]]:
+    """The trade ids of ``ticker`` in the order each place shows them, newest first."""
+    async with httpx.AsyncClient(base_url=runtime.url) as http:
+        tape = (await http.get("/api/trades/recent", params={"limit": 100})).json()["trades"]
+        market = (await http.get(f"/api/markets/{ticker}")).json()
+        history = (await http.get(f"/api/markets/{ticker}/trades")).json()["trades"]
+    market_id = runtime.agg.market_id(ticker)
+    assert market_id is not None
+    return {
+        "tape": [t["trade_id"] for t in tape if t["ticker"] == ticker],
+        "market": [t["trade_id"] for t in market["trades"]],
+        "sparkline": [t.trade_id for t in reversed(runtime.agg.sparkline(market_id))],
+        "stored history": [t["trade_id"] for t in history],
+    }
+
+
+async def test_trades_of_one_millisecond_show_in_one_order_everywhere_and_after_a_restart(
+    db_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Trades of one market in one millisecond arrive with ids out of order: the tape, the
+    market's state and sparkline, and its stored history all show them by time, then latest
+    arrival first, and a server restarted on the store shows the same."""
+    now = wall_clock_ms()
+    ticker = "KXTIE-26JAN-A"
+    arrivals = ["tie-c", "tie-a", "tie-e", "tie-b", "tie-d"]
+    trades = [Trade("early", ticker, 4000, 100, "yes", now - 20_000)]
+    trades += [Trade(trade_id, ticker, 4100, 100, "no", now - 10_000) for trade_id in arrivals]
+    trades.append(Trade("late", ticker, 4200, 100, "yes", now - 5_000))
+    recording = tmp_path / "ties.jsonl"
+    recording.write_bytes(recording_of(trades))
+    expected = ["late", *reversed(arrivals), "early"]
+
+    config = Config(port=0, source="replay", replay_file=str(recording), speed=0, db=db_url)
+    async with trio.open_nursery() as nursery:
+        first: Runtime = await nursery.start(partial(run_server, config))
+        await wait_until(lambda: first.agg.trades_total == len(trades))
+        await wait_until(lambda: first.store is not None and first.store.statistics().queued == 0)
+        before = await shown_orders(first, ticker)
+        first.request_stop()
+    assert before == dict.fromkeys(before, expected)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    quiet = Config(port=0, source="replay", replay_file=str(empty), db=db_url)
+    async with trio.open_nursery() as nursery:
+        second: Runtime = await nursery.start(partial(run_server, quiet))
+        after = await shown_orders(second, ticker)
+        second.request_stop()
+    assert after == before

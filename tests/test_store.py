@@ -23,7 +23,7 @@ import trio
 
 from flowboard.errors import ConfigError, StoreError
 from flowboard.model import DAY_MS, MarketMeta, Trade
-from flowboard.store import Store, StoreConfig, open_store, serve_writer
+from flowboard.store import MIGRATIONS, Store, StoreConfig, open_store, serve_writer
 from flowboard.store._store import wall_clock_ms
 
 POSTGRES_URL = os.environ.get("FLOWBOARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -61,8 +61,14 @@ def make_trades(
     ]
 
 
-def trade_order(trade: Trade) -> tuple[int, str]:
-    return (trade.ts_ms, trade.trade_id)
+def time_then_arrival(trades: list[Trade]) -> list[Trade]:
+    """``trades`` (in the order offered to the store) in (ts_ms, arrival) order: the sort is
+    stable, so the trades of one millisecond keep the order they were offered in."""
+    return sorted(trades, key=lambda trade: trade.ts_ms)
+
+
+def newest_first(trades: list[Trade]) -> list[Trade]:
+    return time_then_arrival(trades)[::-1]
 
 
 async def wait_until(condition: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
@@ -180,7 +186,43 @@ async def test_opening_twice_migrates_once_and_keeps_the_trades(db_url: str) -> 
     async with running_store(db_url) as store:
         assert await load_all(store) == trades
     versions = await trio.to_thread.run_sync(_raw_query, db_url, "SELECT version FROM schema_version")
-    assert versions == [(1,)]
+    assert versions == [(migration.version,) for migration in MIGRATIONS]
+
+
+def _write_at_version(db_url: str, version: int, trades: list[Trade]) -> None:
+    """A database as Flowboard at schema ``version`` left it, holding ``trades`` inserted in order."""
+    dialect = "postgres" if db_url.startswith("postgresql://") else "sqlite"
+    statements = [s for m in MIGRATIONS if m.version <= version for s in m.statements(dialect)]
+    statements.append("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+    statements += [f"INSERT INTO schema_version VALUES ({v}, 0)" for v in range(1, version + 1)]
+    insert = "INSERT INTO trades VALUES (%s, %s, %s, %s, %s, %s)"
+    rows = [attrs.astuple(trade) for trade in trades]
+    if dialect == "postgres":
+        with psycopg.connect(db_url) as connection:
+            for statement in statements:
+                connection.execute(statement)
+            connection.cursor().executemany(insert, rows)
+        return
+    with sqlite3.connect(db_url) as connection:
+        for statement in statements:
+            connection.execute(statement)
+        connection.executemany(insert.replace("%s", "?"), rows)
+
+
+async def test_trades_stored_before_arrival_order_keep_the_order_they_were_inserted_in(db_url: str) -> None:
+    """Migration 3 numbers the trades a version-2 store holds: on SQLite in the order they were
+    inserted (their rowids: earlier versions inserted in arrival order), on PostgreSQL, which
+    kept no such order, by (ts_ms, trade_id) as before. New trades arrive after them."""
+    trades = make_trades(12, per_ms=4)
+    inserted = trades[::-1]
+    await trio.to_thread.run_sync(_write_at_version, db_url, 2, inserted)
+    later = Trade("a-later", trades[0].ticker, 5000, 100, "yes", BASE_MS)
+    async with running_store(db_url) as store:
+        store.offer([later])
+        await wait_until(lambda: store.statistics().queued == 0)
+        loaded = await load_all(store)
+    migrated = trades if db_url.startswith("postgresql://") else time_then_arrival(inserted)
+    assert loaded == time_then_arrival([*migrated, later])
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -220,7 +262,7 @@ async def test_values_round_trip_exactly(store: Store) -> None:
     ]
     store.offer(trades)
     await wait_until(lambda: store.statistics().queued == 0)
-    assert sorted(await load_all(store), key=trade_order) == sorted(trades, key=trade_order)
+    assert await load_all(store) == time_then_arrival(trades)
 
 
 async def test_shutdown_commits_what_is_still_queued(db_url: str) -> None:
@@ -241,8 +283,9 @@ async def test_shutdown_commits_what_is_still_queued(db_url: str) -> None:
 
 
 async def test_load_trades_since_yields_trade_time_order_in_chunks(db_url: str) -> None:
-    """A rebuild gets every trade at or after since_ms, in (ts_ms, trade_id) order whatever the
-    order they were written in, in chunks no bigger than load_chunk_trades."""
+    """A rebuild gets every trade at or after since_ms in (ts_ms, arrival) order: by time, and
+    the trades of one millisecond in the order they were offered (not by id), in chunks no
+    bigger than load_chunk_trades."""
     trades = make_trades(1_050, per_ms=4) + make_trades(300, ticker="KXOTHER-B", per_ms=2)
     random.Random(7).shuffle(trades)
     since_ms = BASE_MS + 40
@@ -250,15 +293,17 @@ async def test_load_trades_since_yields_trade_time_order_in_chunks(db_url: str) 
         store.offer(trades)
         await wait_until(lambda: store.statistics().queued == 0)
         chunks = [chunk async for chunk in store.load_trades_since(since_ms)]
-    expected = sorted((t for t in trades if t.ts_ms >= since_ms), key=trade_order)
+    expected = time_then_arrival([t for t in trades if t.ts_ms >= since_ms])
     assert [trade for chunk in chunks for trade in chunk] == expected
     assert all(0 < len(chunk) <= 100 for chunk in chunks)
 
 
 async def test_market_trades_pages_without_gaps_or_overlaps(store: Store) -> None:
-    """Paging newest first by (ts_ms, trade_id) returns each of a market's trades exactly once,
-    even when many share a millisecond across page boundaries; other markets never appear."""
+    """Paging newest first by (ts_ms, arrival) returns each of a market's trades exactly once,
+    the trades of one millisecond latest arrival first, even when many share a millisecond
+    across page boundaries; other markets never appear."""
     wanted = make_trades(103, per_ms=5)
+    random.Random(3).shuffle(wanted)
     store.offer(wanted + make_trades(50, ticker="KXOTHER-B", per_ms=5))
     await wait_until(lambda: store.statistics().queued == 0)
 
@@ -276,7 +321,7 @@ async def test_market_trades_pages_without_gaps_or_overlaps(store: Store) -> Non
         pages.append(page)
         before = page[-1]
 
-    assert [trade for page in pages for trade in page] == sorted(wanted, key=trade_order, reverse=True)
+    assert [trade for page in pages for trade in page] == newest_first(wanted)
     assert all(len(page) == 7 for page in pages[:-1])
 
 
@@ -286,7 +331,7 @@ async def test_market_trades_before_a_millisecond_starts_below_it(store: Store) 
     store.offer(trades)
     await wait_until(lambda: store.statistics().queued == 0)
     page = await store.market_trades(trades[0].ticker, BASE_MS + 3, 100)
-    assert page == sorted((t for t in trades if t.ts_ms < BASE_MS + 3), key=trade_order, reverse=True)
+    assert page == newest_first([t for t in trades if t.ts_ms < BASE_MS + 3])
 
 
 async def test_last_trade_time_and_known_ids(store: Store) -> None:

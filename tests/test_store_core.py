@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -61,7 +62,13 @@ def test_page_cursor_without_a_trade_id_starts_below_the_millisecond() -> None:
     assert page_cursor(1000, "abc") == (1000, "abc")
     latest, _ = page_cursor(None, None)
     assert latest >= 2**62
-    assert cursor_after(trade(7)) == (trade(7).ts_ms, "t000007")
+
+
+def test_the_cursor_after_stored_rows_is_the_last_ones_time_and_arrival() -> None:
+    """Loading in (ts_ms, arrival) order goes on after the last row read, or stays put."""
+    rows = [(*attrs.astuple(trade(n)), 10 + n) for n in (3, 7)]
+    assert cursor_after(rows, (0, 0)) == (trade(7).ts_ms, 17)
+    assert cursor_after([], (5, 2)) == (5, 2)
 
 
 def test_migrations_are_numbered_from_one_without_gaps() -> None:

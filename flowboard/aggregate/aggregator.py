@@ -298,10 +298,10 @@ class Aggregator:
 
     def restore(self, now_ms: int, minutes: Iterable[MinuteSummary], recent: Sequence[Trade]) -> None:
         """Take over the stored trades in bulk, ending in the state of adding them one by one in
-        (ts_ms, trade_id) order and then advancing to ``now_ms``, at a fraction of the cost.
+        (ts_ms, arrival) order and then advancing to ``now_ms``, at a fraction of the cost.
 
         ``minutes`` summarise every stored trade, oldest minute first; ``recent`` are whole trades
-        in (ts_ms, trade_id) order, at least: every trade in the window at ``now_ms``, the latest
+        in (ts_ms, arrival) order, at least: every trade in the window at ``now_ms``, the latest
         ``tape_size``, and each market's latest ``history_len``. Trades older than the retention
         horizon are left out, as ``add_trade`` refuses them. Only for an aggregator that holds
         no trades yet (metadata may be set): it does not announce what it restores.

@@ -4,29 +4,46 @@ statistics record, the retry schedule and the keyset cursors used for paging."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import islice
+from typing import Any
 
 import attrs
 
 from flowboard.model import Trade
 
-#: A position in (ts_ms, trade_id) order. Trade ids are never empty, so (ts, "") sorts before
-#: every trade at ts: "strictly after (ts, '')" means "at ts or later".
-Cursor = tuple[int, str]
+#: A position in (ts_ms, arrival) order, the order of trades everywhere: by time, and the trades
+#: of one millisecond in the order they arrived. Arrival numbers start at 1, so "strictly after
+#: (ts, 0)" means "at ts or later".
+Cursor = tuple[int, int]
+
+#: Where a newest-first page of one market starts: (ts_ms, trade_id) of the last trade of the
+#: page before (the trade id stands for its arrival number), or (ts_ms, "") to start below ts_ms.
+PageCursor = tuple[int, str]
+
+#: A stored trade as read back: ``Trade``'s fields, then its arrival number.
+StoredRow = Sequence[Any]
 
 _LATEST_POSSIBLE_MS = 2**63 - 1
 
 
-def page_cursor(before_ms: int | None, before_trade_id: str | None) -> Cursor:
+def page_cursor(before_ms: int | None, before_trade_id: str | None) -> PageCursor:
     """The cursor a newest-first page starts strictly before."""
     if before_ms is None:
         return (_LATEST_POSSIBLE_MS, "")
     return (before_ms, before_trade_id or "")
 
 
-def cursor_after(trade: Trade) -> Cursor:
-    return (trade.ts_ms, trade.trade_id)
+def cursor_after(rows: Sequence[StoredRow], previous: Cursor) -> Cursor:
+    """The cursor after the last of ``rows`` (in cursor order), or ``previous`` if there are none."""
+    if not rows:
+        return previous
+    last = rows[-1]
+    return (last[5], last[6])
+
+
+def trades_of(rows: Iterable[StoredRow]) -> list[Trade]:
+    return [Trade(*row[:6]) for row in rows]
 
 
 def retry_delay_s(failures_in_a_row: int, initial_s: float, max_s: float) -> float:

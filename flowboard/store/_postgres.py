@@ -19,42 +19,49 @@ from flowboard.model import MINUTE_MS, MarketMeta, Trade
 
 from ._config import PostgresTarget, StoreConfig
 from ._lock import PostgresWriterLock
-from ._pending import Cursor
+from ._pending import Cursor, PageCursor, cursor_after, trades_of
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
 from ._summary import USD_SQL, StoredSummary, merge_recent, summarize_minutes
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
+# What orders the trades of one millisecond: the order they arrived in (``_schema`` v3).
+_STORED_COLUMNS = f"{_TRADE_COLUMNS}, arrival"
 _META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
 
-# One statement per batch: the columns travel as six arrays instead of a round trip per row.
+# One statement per batch: the columns travel as seven arrays instead of a round trip per row.
 _INSERT_TRADES = (
-    f"INSERT INTO trades ({_TRADE_COLUMNS}) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bigint[]) "
-    "ON CONFLICT (trade_id) DO NOTHING"
+    f"INSERT INTO trades ({_STORED_COLUMNS}) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], "
+    "%s::bigint[]) ON CONFLICT (trade_id) DO NOTHING"
 )
 _DELETE_OLDEST = (
     "DELETE FROM trades WHERE trade_id IN (SELECT trade_id FROM trades WHERE ts_ms < %s LIMIT %s)"
 )
+_LAST_ARRIVAL = "SELECT COALESCE(MAX(arrival), 0) FROM trades"
+# The page ends at (before, the arrival of before_id); without that trade, below the millisecond.
 _MARKET_PAGE = (
-    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = %s AND (ts_ms, trade_id) < (%s, %s) "
-    "ORDER BY ts_ms DESC, trade_id DESC LIMIT %s"
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = %s AND (ts_ms, arrival) < "
+    "(%s, COALESCE((SELECT arrival FROM trades WHERE trade_id = %s), 0)) "
+    "ORDER BY ts_ms DESC, arrival DESC LIMIT %s"
 )
 _TRADES_AFTER = (
-    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE (ts_ms, trade_id) > (%s, %s) "
-    "ORDER BY ts_ms, trade_id LIMIT %s"
+    f"SELECT {_STORED_COLUMNS} FROM trades WHERE (ts_ms, arrival) > (%s, %s) "
+    "ORDER BY ts_ms, arrival LIMIT %s"
 )
 _SUMMARY_ROWS = (
-    f"SELECT ts_ms, trade_id, ticker, {USD_SQL} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms, trade_id"
+    f"SELECT ts_ms, trade_id, ticker, {USD_SQL} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms, arrival"
 )
-_TRADES_SINCE = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms, trade_id"
+_TRADES_SINCE = f"SELECT {_STORED_COLUMNS} FROM trades WHERE ts_ms >= %s"
 _MINUTE_TRADES = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= %s AND ts_ms < %s"
-_LATEST = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms DESC, trade_id DESC LIMIT %s"
+_LATEST = (
+    f"SELECT {_STORED_COLUMNS} FROM trades WHERE ts_ms >= %s ORDER BY ts_ms DESC, arrival DESC LIMIT %s"
+)
 # Each market's latest trades in one round trip, each an index range read.
 _MARKETS_LATEST = (
     f"SELECT latest.* FROM unnest(%s::text[]) AS market(ticker) CROSS JOIN LATERAL ("
-    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE trades.ticker = market.ticker AND ts_ms >= %s "
-    "ORDER BY ts_ms DESC, trade_id DESC LIMIT %s) AS latest"
+    f"SELECT {_STORED_COLUMNS} FROM trades WHERE trades.ticker = market.ticker AND ts_ms >= %s "
+    "ORDER BY ts_ms DESC, arrival DESC LIMIT %s) AS latest"
 )
 _UPSERT_META = (
     f"INSERT INTO markets ({_META_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
@@ -75,6 +82,7 @@ class PostgresDatabase:
         """``exclusive``: hold the writer lock (``_lock``) while open; an edge, which only reads, does not."""
         self._description = target.description
         self._exclusive = exclusive
+        self._last_arrival = 0  # of the latest stored trade; read by migrate()
         self._lock: PostgresWriterLock | None = None
         self._lock_timeout_ms = round(config.lock_timeout_s * 1000)
         self._connect_timeout_s = config.connect_timeout_s
@@ -143,6 +151,7 @@ class PostgresDatabase:
                     "INSERT INTO schema_version VALUES (%s, %s)", (migration.version, wall_clock_ms())
                 )
                 version = migration.version
+            self._last_arrival = _scalar_int(connection, _LAST_ARRIVAL) or 0
         return version
 
     def insert_trades(self, trades: Sequence[Trade]) -> None:
@@ -153,23 +162,26 @@ class PostgresDatabase:
             [t.count for t in trades],
             [t.taker_side for t in trades],
             [t.ts_ms for t in trades],
+            # Numbered in offer order, which is the order the aggregator took them in.
+            list(range(self._last_arrival + 1, self._last_arrival + 1 + len(trades))),
         )
         with self._transaction("writing trades") as connection:
             connection.execute(_INSERT_TRADES, columns)
+        self._last_arrival += len(trades)
 
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int:
         with self._transaction("deleting old trades") as connection:
             return connection.execute(_DELETE_OLDEST, (cutoff_ms, max_rows)).rowcount
 
-    def market_trades_before(self, ticker: str, before: Cursor, limit: int) -> list[Trade]:
+    def market_trades_before(self, ticker: str, before: PageCursor, limit: int) -> list[Trade]:
         with self._transaction("reading a market's trades") as connection:
             rows = connection.execute(_MARKET_PAGE, (ticker, *before, limit)).fetchall()
         return list(starmap(Trade, rows))
 
-    def trades_after(self, after: Cursor, limit: int) -> list[Trade]:
+    def trades_after(self, after: Cursor, limit: int) -> tuple[list[Trade], Cursor]:
         with self._transaction("loading trades") as connection:
             rows = connection.execute(_TRADES_AFTER, (*after, limit)).fetchall()
-        return list(starmap(Trade, rows))
+        return trades_of(rows), cursor_after(rows, after)
 
     def summary_since(
         self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
@@ -188,7 +200,7 @@ class PostgresDatabase:
             tape = connection.execute(_LATEST, (since_ms, tape_size)).fetchall()
             tickers = list(dict.fromkeys(ticker for minute in minutes for ticker in minute.tickers))
             markets = connection.execute(_MARKETS_LATEST, (tickers, since_ms, per_market)).fetchall()
-        recent = merge_recent(starmap(Trade, window), starmap(Trade, tape), starmap(Trade, markets))
+        recent = merge_recent(window, tape, markets)
         return StoredSummary(minutes, recent)
 
     def last_trade_ms(self) -> int | None:

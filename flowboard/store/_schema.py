@@ -58,6 +58,18 @@ def _trades_and_markets(text_type: str) -> tuple[str, ...]:
     )
 
 
+def _arrival_order(existing_arrivals: str) -> tuple[str, ...]:
+    # Arrival numbers start at 1: (ts, 0) is the cursor before every trade at ts.
+    return (
+        "ALTER TABLE trades ADD COLUMN arrival BIGINT NOT NULL DEFAULT 0",
+        f"UPDATE trades SET arrival = {existing_arrivals}",
+        "DROP INDEX trades_by_time",
+        "DROP INDEX trades_by_market_time",
+        "CREATE INDEX trades_by_time ON trades (ts_ms, arrival)",
+        "CREATE INDEX trades_by_market_time ON trades (ticker, ts_ms, arrival)",
+    )
+
+
 _SOURCE_STATE = "CREATE TABLE source_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -74,6 +86,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         summary="what a source needs to carry on after a restart (the simulator's market anchor)",
         sqlite=(_SOURCE_STATE,),
         postgres=(_SOURCE_STATE,),
+    ),
+    Migration(
+        version=3,
+        summary="the arrival order of trades, which orders the trades of one millisecond",
+        # SQLite's rowids are the order earlier versions inserted trades in, which was their
+        # arrival order; PostgreSQL kept no such order, so its earlier trades keep the order
+        # they were read in until now, by trade id.
+        sqlite=_arrival_order("rowid"),
+        postgres=_arrival_order(
+            "numbered.arrival FROM (SELECT trade_id, row_number() OVER (ORDER BY ts_ms, trade_id) AS arrival "
+            "FROM trades) AS numbered WHERE trades.trade_id = numbered.trade_id"
+        ),
     ),
 )
 

@@ -19,34 +19,39 @@ from flowboard.model import MINUTE_MS, MarketMeta, Trade
 
 from ._config import StoreConfig
 from ._lock import SqliteWriterLock
-from ._pending import Cursor
+from ._pending import Cursor, PageCursor, cursor_after, trades_of
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
 from ._summary import USD_SQL, StoredSummary, merge_recent, summarize_minutes
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
+# What orders the trades of one millisecond: the order they arrived in (``_schema`` v3).
+_STORED_COLUMNS = f"{_TRADE_COLUMNS}, arrival"
 _META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
 
 _INSERT_TRADE = (
-    f"INSERT INTO trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
+    f"INSERT INTO trades ({_STORED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
 )
 _DELETE_OLDEST = "DELETE FROM trades WHERE rowid IN (SELECT rowid FROM trades WHERE ts_ms < ? LIMIT ?)"
+_LAST_ARRIVAL = "SELECT COALESCE(MAX(arrival), 0) FROM trades"
+# The page ends at (before, the arrival of before_id); without that trade, below the millisecond.
 _MARKET_PAGE = (
-    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = ? AND (ts_ms, trade_id) < (?, ?) "
-    "ORDER BY ts_ms DESC, trade_id DESC LIMIT ?"
+    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = ? AND (ts_ms, arrival) < "
+    "(?, COALESCE((SELECT arrival FROM trades WHERE trade_id = ?), 0)) "
+    "ORDER BY ts_ms DESC, arrival DESC LIMIT ?"
 )
 _TRADES_AFTER = (
-    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE (ts_ms, trade_id) > (?, ?) ORDER BY ts_ms, trade_id LIMIT ?"
+    f"SELECT {_STORED_COLUMNS} FROM trades WHERE (ts_ms, arrival) > (?, ?) ORDER BY ts_ms, arrival LIMIT ?"
 )
 _SUMMARY_ROWS = (
-    f"SELECT ts_ms, trade_id, ticker, {USD_SQL} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms, trade_id"
+    f"SELECT ts_ms, trade_id, ticker, {USD_SQL} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms, arrival"
 )
-_TRADES_SINCE = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms, trade_id"
+_TRADES_SINCE = f"SELECT {_STORED_COLUMNS} FROM trades WHERE ts_ms >= ?"
 _MINUTE_TRADES = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= ? AND ts_ms < ?"
-_LATEST = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms DESC, trade_id DESC LIMIT ?"
+_LATEST = f"SELECT {_STORED_COLUMNS} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms DESC, arrival DESC LIMIT ?"
 _MARKET_LATEST = (
-    f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = ? AND ts_ms >= ? "
-    "ORDER BY ts_ms DESC, trade_id DESC LIMIT ?"
+    f"SELECT {_STORED_COLUMNS} FROM trades WHERE ticker = ? AND ts_ms >= ? "
+    "ORDER BY ts_ms DESC, arrival DESC LIMIT ?"
 )
 _UPSERT_META = (
     f"INSERT INTO markets ({_META_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ticker) DO UPDATE SET "
@@ -81,6 +86,7 @@ class SqliteDatabase:
     def __init__(self, path: Path, config: StoreConfig, *, exclusive: bool = True) -> None:
         """``exclusive``: take the writer lock (``_lock``) first; an edge, which only reads, does not."""
         self._path = path
+        self._last_arrival = 0  # of the latest stored trade; read by migrate()
         self._lock = SqliteWriterLock(path) if exclusive else None
         try:
             self._writer = _connect(path, config)
@@ -120,26 +126,32 @@ class SqliteDatabase:
                     "INSERT INTO schema_version VALUES (?, ?)", (migration.version, wall_clock_ms())
                 )
                 version = migration.version
+            (self._last_arrival,) = connection.execute(_LAST_ARRIVAL).fetchone()
         return int(version)
 
     def insert_trades(self, trades: Sequence[Trade]) -> None:
-        rows = ((t.trade_id, t.ticker, t.yes_price, t.count, t.taker_side, t.ts_ms) for t in trades)
+        # Numbered in offer order, which is the order the aggregator took them in.
+        rows = (
+            (t.trade_id, t.ticker, t.yes_price, t.count, t.taker_side, t.ts_ms, arrival)
+            for arrival, t in enumerate(trades, self._last_arrival + 1)
+        )
         with self._write_transaction("writing trades") as connection:
             connection.executemany(_INSERT_TRADE, rows)
+        self._last_arrival += len(trades)
 
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int:
         with self._write_transaction("deleting old trades") as connection:
             return connection.execute(_DELETE_OLDEST, (cutoff_ms, max_rows)).rowcount
 
-    def market_trades_before(self, ticker: str, before: Cursor, limit: int) -> list[Trade]:
+    def market_trades_before(self, ticker: str, before: PageCursor, limit: int) -> list[Trade]:
         with _as_store_error("reading a market's trades", self._path):
             rows = self._reader.execute(_MARKET_PAGE, (ticker, *before, limit)).fetchall()
         return list(starmap(Trade, rows))
 
-    def trades_after(self, after: Cursor, limit: int) -> list[Trade]:
+    def trades_after(self, after: Cursor, limit: int) -> tuple[list[Trade], Cursor]:
         with _as_store_error("loading trades", self._path):
             rows = self._reader.execute(_TRADES_AFTER, (*after, limit)).fetchall()
-        return list(starmap(Trade, rows))
+        return trades_of(rows), cursor_after(rows, after)
 
     def summary_since(
         self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
@@ -161,7 +173,7 @@ class SqliteDatabase:
                 ]
             finally:
                 reader.execute("COMMIT")
-        recent = merge_recent(starmap(Trade, window), starmap(Trade, tape), starmap(Trade, markets))
+        recent = merge_recent(window, tape, markets)
         return StoredSummary(minutes, recent)
 
     def _minute_usd(self, minute_ms: int) -> int:

@@ -14,7 +14,7 @@ from flowboard.errors import StoreError
 from flowboard.model import DAY_MS, MarketMeta, Trade
 
 from ._config import StoreConfig
-from ._pending import Cursor, PendingTrades, StoreStatistics, cursor_after, page_cursor, retry_delay_s
+from ._pending import Cursor, PageCursor, PendingTrades, StoreStatistics, page_cursor, retry_delay_s
 from ._summary import StoredSummary
 
 log = logging.getLogger("flowboard.store")
@@ -39,8 +39,8 @@ class Database(Protocol):
     def migrate(self) -> int: ...
     def insert_trades(self, trades: Sequence[Trade]) -> None: ...
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int: ...
-    def market_trades_before(self, ticker: str, before: Cursor, limit: int) -> list[Trade]: ...
-    def trades_after(self, after: Cursor, limit: int) -> list[Trade]: ...
+    def market_trades_before(self, ticker: str, before: PageCursor, limit: int) -> list[Trade]: ...
+    def trades_after(self, after: Cursor, limit: int) -> tuple[list[Trade], Cursor]: ...
     def summary_since(
         self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary: ...
@@ -283,24 +283,24 @@ class BatchedStore:
     ) -> list[Trade]:
         """One market's trades, newest first, strictly before a position.
 
-        For the next page pass the last trade's ``ts_ms`` and ``trade_id``; with ``before_ms``
+        Trades of one millisecond come latest arrival first. For the next page pass the last
+        trade's ``ts_ms`` and ``trade_id``; with ``before_ms``
         alone the page starts below that millisecond, and with neither at the newest trade.
         """
         cursor = page_cursor(before_ms, before_trade_id)
         return await self._run_read(self._database.market_trades_before, ticker, cursor, limit)
 
     async def load_trades_since(self, since_ms: int) -> AsyncIterator[list[Trade]]:
-        """Every trade at or after ``since_ms`` in (ts_ms, trade_id) order, in chunks of
+        """Every trade at or after ``since_ms`` in (ts_ms, arrival) order, in chunks of
         ``load_chunk_trades``; each chunk is its own query, so nothing is held between chunks."""
         chunk_size = self._config.load_chunk_trades
-        cursor: Cursor = (since_ms, "")
+        cursor: Cursor = (since_ms, 0)
         while True:
-            chunk = await self._run_read(self._database.trades_after, cursor, chunk_size)
+            chunk, cursor = await self._run_read(self._database.trades_after, cursor, chunk_size)
             if chunk:
                 yield chunk
             if len(chunk) < chunk_size:
                 return
-            cursor = cursor_after(chunk[-1])
 
     async def load_summary_since(
         self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int

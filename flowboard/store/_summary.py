@@ -15,6 +15,8 @@ import attrs
 from flowboard.aggregate.aggregator import MinuteSummary
 from flowboard.model import MINUTE_MS, ONE_DOLLAR, Trade
 
+from ._pending import StoredRow, trades_of
+
 #: Largest count whose $ volume fits a signed 64-bit integer at any taker price, so that SQL
 #: can multiply; beyond it (or with a price outside 0..$1) the SQL gives NULL and the minute is
 #: summed again in Python, exactly.
@@ -27,7 +29,7 @@ USD_SQL = (
     f"THEN count * CASE taker_side WHEN 'yes' THEN yes_price ELSE {ONE_DOLLAR} - yes_price END END"
 )
 
-#: (ts_ms, trade_id, ticker, usd or None), in (ts_ms, trade_id) order.
+#: (ts_ms, trade_id, ticker, usd or None), in (ts_ms, arrival) order.
 SummaryRow = tuple[int, str, str, int | None]
 
 
@@ -36,7 +38,7 @@ class StoredSummary:
     """The stored trades since a time, as a restart needs them."""
 
     minutes: list[MinuteSummary]  # every trade, oldest minute first
-    recent: list[Trade]  # whole, in (ts_ms, trade_id) order: the window, the tape, each market's latest
+    recent: list[Trade]  # whole, in (ts_ms, arrival) order: the window, the tape, each market's latest
 
 
 def summarize_minutes(rows: Sequence[SummaryRow], exact_usd: Callable[[int], int]) -> list[MinuteSummary]:
@@ -66,7 +68,7 @@ def summarize_minutes(rows: Sequence[SummaryRow], exact_usd: Callable[[int], int
     return minutes
 
 
-def merge_recent(*runs: Iterable[Trade]) -> list[Trade]:
-    """The trades of every run, once each, in (ts_ms, trade_id) order."""
-    by_id = {trade.trade_id: trade for run in runs for trade in run}
-    return sorted(by_id.values(), key=lambda trade: (trade.ts_ms, trade.trade_id))
+def merge_recent(*runs: Iterable[StoredRow]) -> list[Trade]:
+    """The trades of every run of stored rows, once each, in (ts_ms, arrival) order."""
+    by_id = {row[0]: row for run in runs for row in run}
+    return trades_of(sorted(by_id.values(), key=lambda row: (row[5], row[6])))
