@@ -22,6 +22,7 @@ import httpx
 import orjson
 import trio
 
+from flowboard.model import USD_DECIMALS
 from flowboard.protocol.decoder import ViewState
 from flowboard.testing.wsclient import ConnectionClosed, WireClient, open_wire_client
 
@@ -257,7 +258,7 @@ def summarize_group(clients: Sequence[MeasuredClient], seconds: float) -> dict[s
 
 
 def _usd_units(text: str) -> int:
-    return int(Decimal(text) * 1_000_000)
+    return int(Decimal(text).scaleb(USD_DECIMALS))
 
 
 async def check_views(

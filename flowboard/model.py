@@ -3,10 +3,12 @@
 Every money and size figure is an ``int`` in the smallest unit Flowboard keeps, so
 sums are exact and the wire can send them without decimals:
 
-- prices in units of $0.0001 (``PRICE_DECIMALS``): Kalshi quotes up to 4 decimals
-  (``"0.3600"``), and some markets tick at $0.001 — never rounded to cents;
+- prices in units of $0.000001 (``PRICE_DECIMALS``): Kalshi quotes 4 decimals
+  (``"0.3600"``) and its spec allows up to 6 (``"0.36505"``); some markets tick at
+  $0.001 — never rounded to cents;
 - counts (contracts) in hundredths (``COUNT_DECIMALS``): ``count_fp`` has 2 decimals;
-- dollar volume in units of $0.000001 (``USD_DECIMALS``): price x count, exact.
+- dollar volume in units of $0.00000001 (``USD_DECIMALS`` = 6 + 2): price x count, so the
+  product of any price and any count is a whole number of units, exact.
 
 The conversion from Kalshi's decimal strings happens once, at the edge
 (``flowboard.ingest.kalshi_format``); nothing downstream sees a float.
@@ -19,7 +21,7 @@ from typing import Literal
 
 import attrs
 
-PRICE_DECIMALS = 4
+PRICE_DECIMALS = 6
 COUNT_DECIMALS = 2
 USD_DECIMALS = PRICE_DECIMALS + COUNT_DECIMALS
 
@@ -43,7 +45,7 @@ class Trade:
 
     trade_id: str
     ticker: str
-    yes_price: int  # price units ($0.0001)
+    yes_price: int  # price units ($0.000001)
     count: int  # hundredths of a contract
     taker_side: Side
     ts_ms: int  # trade time, Unix milliseconds (UTC)
@@ -59,7 +61,7 @@ class Trade:
 
     @property
     def usd(self) -> int:
-        """Premium paid, count x taker price, in $0.000001."""
+        """Premium paid, count x taker price, in $0.00000001."""
         return self.count * self.taker_price
 
 
@@ -91,3 +93,13 @@ def to_units(value: Decimal, decimals: int) -> int | None:
 def from_units(value: int, decimals: int) -> Decimal:
     """The exact decimal an integer unit count stands for."""
     return Decimal(value).scaleb(-decimals)
+
+
+def units_text(value: int, decimals: int, min_decimals: int) -> str:
+    """The exact decimal string of ``value`` units of 10**-decimals, with as many decimals as
+    it needs but at least ``min_decimals``: ``units_text(360000, 6, 4) == "0.3600"``,
+    ``units_text(365050, 6, 4) == "0.36505"``."""
+    needed = decimals
+    while needed > min_decimals and value % 10 ** (decimals - needed + 1) == 0:
+        needed -= 1
+    return f"{from_units(value, decimals):.{needed}f}"

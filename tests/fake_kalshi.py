@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from flowboard.ingest.kalshi_format import encode_envelope, encode_legacy_trade_msg, encode_trade_msg
-from flowboard.model import COUNT_SCALE, ONE_DOLLAR, PRICE_DECIMALS, Trade, from_units, series_of
+from flowboard.model import COUNT_SCALE, ONE_DOLLAR, PRICE_DECIMALS, Trade, from_units, series_of, units_text
 
 WS_PATH = "/trade-api/ws/v2"
 REST_PREFIX = "/trade-api/v2"
@@ -76,8 +76,8 @@ def rest_trade(trade: Trade) -> dict[str, Any]:
     return {
         "trade_id": trade.trade_id,
         "ticker": trade.ticker,
-        "yes_price_dollars": f"{from_units(trade.yes_price, PRICE_DECIMALS):.4f}",
-        "no_price_dollars": f"{from_units(ONE_DOLLAR - trade.yes_price, PRICE_DECIMALS):.4f}",
+        "yes_price_dollars": units_text(trade.yes_price, PRICE_DECIMALS, 4),
+        "no_price_dollars": units_text(ONE_DOLLAR - trade.yes_price, PRICE_DECIMALS, 4),
         "count_fp": f"{from_units(trade.count, 2):.2f}",
         "taker_side": trade.taker_side,
         "taker_outcome_side": trade.taker_side,
@@ -170,10 +170,10 @@ class FakeKalshi:
             ts_ms -= ts_ms % 1000
         ticker = TICKERS[min(int(rng.expovariate(0.8)), len(TICKERS) - 1)]
         if whole_cents or rng.random() < 0.5:
-            price = rng.randint(1, 99) * 100
+            price = rng.randint(1, 99) * (ONE_DOLLAR // 100)
             count = rng.randint(1, 500) * COUNT_SCALE
         else:
-            price = rng.randint(1, 999) * 10  # $0.001 ticks
+            price = rng.randint(1, 999) * (ONE_DOLLAR // 1000)  # $0.001 ticks
             count = rng.randint(1, 50_000)  # fractional contracts
         return Trade(
             trade_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),

@@ -89,15 +89,15 @@ def test_first_trade_events_come_in_contract_order() -> None:
 
 
 def test_sub_cent_prices_and_fractional_counts_stay_exact() -> None:
-    """$0.3605 YES with 1.50 contracts bought by a NO taker is $0.959250 of premium, to the unit."""
+    """$0.360505 YES with 1.50 contracts bought by a NO taker is $0.9592425 of premium, to the unit."""
     agg = Aggregator()
-    agg.add_trade(make_trade("a", T0, yes_price=3605, count=150, side="no"), T0)
-    agg.add_trade(make_trade("b", T0, yes_price=3605, count=1, side="yes"), T0)
+    agg.add_trade(make_trade("a", T0, yes_price=360_505, count=150, side="no"), T0)
+    agg.add_trade(make_trade("b", T0, yes_price=360_505, count=1, side="yes"), T0)
     assert agg.window(0) == WindowStats(
-        contracts=151, usd=150 * 6395 + 3605, trades=2, yes_flow=1, no_flow=150
+        contracts=151, usd=150 * 639_495 + 360_505, trades=2, yes_flow=1, no_flow=150
     )
     assert agg.window(0).net_flow == -149
-    assert agg.today() == (2, 959_250 + 3605)
+    assert agg.today() == (2, 95_924_250 + 360_505)
 
 
 def test_clock_moves_before_the_trade_and_its_events_come_first() -> None:

@@ -25,6 +25,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from flowboard.model import USD_DECIMALS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -243,19 +245,19 @@ def test_numbers_equal_the_api_at_the_same_seq(page: tuple[Any, Console], server
         pg.wait_for_timeout(100)
     else:
         pytest.fail("the page and the API never agreed on a seq (is the stream flowing?)")
-    assert shown["today"] == [before["today"]["trades"], _units(before["today"]["usd_volume"], 6)]
+    assert shown["today"] == [before["today"]["trades"], _units(before["today"]["usd_volume"], USD_DECIMALS)]
     assert shown["stats"] == [
-        _units(hour["total_usd_volume"], 6),
+        _units(hour["total_usd_volume"], USD_DECIMALS),
         hour["total_trades"],
-        _units(hour["peak_usd_volume"], 6),
+        _units(hour["peak_usd_volume"], USD_DECIMALS),
         hour["peak_trades"],
-        _units(hour["current"]["usd_volume"], 6),
+        _units(hour["current"]["usd_volume"], USD_DECIMALS),
     ]
     expected_cards = [
         {
             "ticker": m["ticker"],
             "rank": m["rank"],
-            "usd": _units(m["window"]["usd_volume"], 6),
+            "usd": _units(m["window"]["usd_volume"], USD_DECIMALS),
             "trades": m["window"]["trades"],
             "contracts": _units(m["window"]["contracts"], 2),
         }
@@ -386,7 +388,7 @@ def test_hour_day_toggle_switches_subscription(page: tuple[Any, Console], server
         pg.wait_for_timeout(100)
     else:
         pytest.fail("the page and the API never agreed on a seq")
-    assert shown["stats"][:2] == [_units(day["total_usd_volume"], 6), day["total_trades"]]
+    assert shown["stats"][:2] == [_units(day["total_usd_volume"], USD_DECIMALS), day["total_trades"]]
     assert pg.locator(".stat .per").first.text_content() == "hour"
     pg.click(".toggle button[data-view='h']")
     pg.wait_for_function("flowboard.state.channels.has('hour')", timeout=10_000)

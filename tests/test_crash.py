@@ -30,7 +30,7 @@ import pytest
 from test_rebuild import replayed
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.model import USD_DECIMALS, Trade, from_units
+from flowboard.model import USD_DECIMALS, Trade, units_text
 from flowboard.server.app import analytics_json, market_json, trade_json
 
 pytestmark = pytest.mark.slow
@@ -109,7 +109,7 @@ def reference_state(agg: Aggregator) -> dict[str, Any]:
     state = {
         "stats": {
             "now_ms": agg.now_ms,
-            "today": {"trades": trades, "usd_volume": str(from_units(usd, USD_DECIMALS))},
+            "today": {"trades": trades, "usd_volume": units_text(usd, USD_DECIMALS, 6)},
             "trades_total": agg.trades_total,
             "active_markets": agg.active_markets(),
             "markets": agg.markets_count(),

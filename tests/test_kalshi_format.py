@@ -13,6 +13,7 @@ from strategies import trades
 
 from flowboard.errors import MalformedMessage
 from flowboard.ingest.kalshi_format import (
+    CENT,
     FeedMessage,
     decode_message,
     encode_envelope,
@@ -34,7 +35,7 @@ CURRENT_EXAMPLE = (
 CURRENT_TRADE = Trade(
     trade_id="d91bc706-ee49-470d-82d8-11418bda6fed",
     ticker="HIGHNY-22DEC23-B53.5",
-    yes_price=3600,
+    yes_price=360_000,
     count=13600,
     taker_side="no",
     ts_ms=1669149841000,
@@ -49,7 +50,7 @@ LEGACY_EXAMPLE = (
 LEGACY_TRADE = Trade(
     trade_id="3f1c2a9e-0b7d-4c55-9a51-2f0e6c1d8b77",
     ticker="KXBTCD-25DEC3117-T101999.99",
-    yes_price=5500,
+    yes_price=550_000,
     count=1000,
     taker_side="yes",
     ts_ms=1707667200000,
@@ -80,7 +81,7 @@ def _apply(msg: dict[str, Any], changes: dict[str, object]) -> dict[str, Any]:
 
 
 def test_current_example_parses_to_exact_units() -> None:
-    """KALSHI.md's current-format message gives prices in $0.0001 and counts in hundredths, exactly."""
+    """KALSHI.md's current-format message gives prices in $0.000001 and counts in hundredths, exactly."""
     message = decode_message(CURRENT_EXAMPLE)
     assert message == FeedMessage(
         type="trade", sid=11, seq=2, id=None, msg=orjson.loads(CURRENT_EXAMPLE)["msg"]
@@ -98,16 +99,19 @@ def test_legacy_example_parses_to_exact_units() -> None:
 @pytest.mark.parametrize(
     ("yes", "no", "units"),
     [
-        ("0.4530", "0.5470", 4530),  # a $0.001-tick market
-        ("0.4535", "0.5465", 4535),  # the finest price Kalshi documents in practice
-        ("0.453000", "0.547000", 4530),  # the spec allows 6 decimals; zeros past the 4th are exact
-        ("0.01", "0.99", 100),
+        ("0.4530", "0.5470", 453_000),  # a $0.001-tick market
+        ("0.4535", "0.5465", 453_500),  # the finest price Kalshi documents in practice
+        ("0.453000", "0.547000", 453_000),  # zeros past the 4th decimal are exact
+        ("0.36505", "0.63495", 365_050),  # the spec allows 6 decimals: 5 ...
+        ("0.365051", "0.634949", 365_051),  # ... and 6 are kept exactly
+        ("0.000001", "0.999999", 1),
+        ("0.01", "0.99", 10_000),
         ("0", "1", 0),
-        ("1.0000", "0.0000", 10000),
+        ("1.0000", "0.0000", 1_000_000),
     ],
 )
 def test_sub_cent_prices_survive(yes: str, no: str, units: int) -> None:
-    """Prices are never rounded to cents: every decimal Kalshi sends is kept in $0.0001 units."""
+    """Prices are never rounded to cents: every decimal Kalshi sends (up to 6) is kept in $0.000001 units."""
     assert trade_from_msg(current_msg(yes_price_dollars=yes, no_price_dollars=no)).yes_price == units
 
 
@@ -121,9 +125,9 @@ def test_fractional_counts_survive(count_fp: str, units: int) -> None:
 
 def test_one_price_alone_implies_the_other() -> None:
     """With only one side's price present, the other is $1.00 minus it."""
-    assert trade_from_msg(current_msg(no_price_dollars=REMOVE)).yes_price == 3600
-    assert trade_from_msg(current_msg(yes_price_dollars=REMOVE)).yes_price == 3600
-    assert trade_from_msg(legacy_msg(yes_price=REMOVE)).yes_price == 5500
+    assert trade_from_msg(current_msg(no_price_dollars=REMOVE)).yes_price == 360_000
+    assert trade_from_msg(current_msg(yes_price_dollars=REMOVE)).yes_price == 360_000
+    assert trade_from_msg(legacy_msg(yes_price=REMOVE)).yes_price == 550_000
 
 
 def test_dollar_prices_win_over_legacy_cents() -> None:
@@ -132,7 +136,7 @@ def test_dollar_prices_win_over_legacy_cents() -> None:
         yes_price_dollars="0.4530", no_price_dollars="0.5470", yes_price=45, no_price=55, count=3
     )
     trade = trade_from_msg(msg)
-    assert (trade.yes_price, trade.count) == (4530, 13600)
+    assert (trade.yes_price, trade.count) == (453_000, 13600)
 
 
 def test_taker_outcome_side_is_preferred_over_deprecated_taker_side() -> None:
@@ -203,9 +207,9 @@ MALFORMED_TRADES: list[tuple[str, dict[str, Any], str]] = [
     ("price NaN", current_msg(yes_price_dollars="NaN"), "as a decimal string, got 'NaN'"),
     ("price infinite", current_msg(yes_price_dollars="Infinity"), "as a decimal string, got 'Infinity'"),
     (
-        "price finer than 4 decimals",
-        current_msg(yes_price_dollars="0.36001", no_price_dollars="0.63999"),
-        "trade.yes_price_dollars: expected a price in dollars with at most 4 decimals, got '0.36001'"
+        "price finer than 6 decimals",
+        current_msg(yes_price_dollars="0.3600001", no_price_dollars="0.6399999"),
+        "trade.yes_price_dollars: expected a price in dollars with at most 6 decimals, got '0.3600001'"
         " (finer values would have to be rounded)",
     ),
     (
@@ -376,7 +380,7 @@ def test_rest_trade_current_fields() -> None:
     assert parse_rest_trade(entry) == Trade(
         trade_id="0a6b3c1e-5d2f-4e8a-9b7c-1d2e3f4a5b6c",
         ticker="KXBTCD-25DEC3117-T101999.99",
-        yes_price=4530,
+        yes_price=453_000,
         count=347,
         taker_side="yes",
         ts_ms=1767218398123,
@@ -394,7 +398,7 @@ def test_rest_trade_legacy_fields() -> None:
         "taker_side": "yes",
         "created_time": "2023-12-13T19:00:00Z",
     }
-    assert parse_rest_trade(entry) == Trade("t-1", "FED-23DEC-T3.00", 4500, 1000, "yes", 1702494000000)
+    assert parse_rest_trade(entry) == Trade("t-1", "FED-23DEC-T3.00", 450_000, 1000, "yes", 1702494000000)
 
 
 @pytest.mark.parametrize(
@@ -448,7 +452,7 @@ def test_encode_legacy_matches_kalshi_example_exactly() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"yes_price": 4530}, {"count": 347}, {"ts_ms": 1707667200001}],
+    [{"yes_price": 453_000}, {"count": 347}, {"ts_ms": 1707667200001}],
     ids=["sub-cent price", "fractional count", "sub-second time"],
 )
 def test_encode_legacy_refuses_what_it_cannot_carry(changes: dict[str, Any]) -> None:
@@ -461,8 +465,9 @@ def test_encode_legacy_refuses_what_it_cannot_carry(changes: dict[str, Any]) -> 
 def test_round_trip_current_format(trade: Trade) -> None:
     """Any valid trade survives encode -> JSON text -> decode -> parse unchanged, in Kalshi's formats."""
     msg = encode_trade_msg(trade)
-    assert re.fullmatch(r"[01]\.\d{4}", msg["yes_price_dollars"])
-    assert re.fullmatch(r"[01]\.\d{4}", msg["no_price_dollars"])
+    # Kalshi's 4 decimals, or as many as the price needs up to 6.
+    assert re.fullmatch(r"[01]\.\d{4,6}", msg["yes_price_dollars"])
+    assert re.fullmatch(r"[01]\.\d{4,6}", msg["no_price_dollars"])
     assert re.fullmatch(r"\d+\.\d{2}", msg["count_fp"])
     message = decode_message(encode_envelope(msg, sid=1, seq=9))
     assert (message.type, message.sid, message.seq) == ("trade", 1, 9)
@@ -474,7 +479,7 @@ def test_round_trip_legacy_format_when_representable(trade: Trade) -> None:
     """A trade with whole cents, contracts and seconds survives the legacy format unchanged."""
     whole = attrs.evolve(
         trade,
-        yes_price=max(100, trade.yes_price - trade.yes_price % 100),
+        yes_price=max(CENT, trade.yes_price - trade.yes_price % CENT),
         count=max(100, trade.count - trade.count % 100),
         ts_ms=trade.ts_ms - trade.ts_ms % 1000,
     )

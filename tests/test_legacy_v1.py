@@ -109,11 +109,13 @@ def check_analytics(data: dict[str, Any], mode: str) -> None:
 
 def test_units_convert_exactly_at_the_edge() -> None:
     """Cents and contracts are integers when whole, exact-looking floats otherwise."""
-    assert v1.cents(3600) == 36 and isinstance(v1.cents(3600), int)
-    assert v1.cents(3650) == 36.5
-    assert v1.dollars(3600) == 0.36
+    assert v1.cents(360_000) == 36 and isinstance(v1.cents(360_000), int)
+    assert v1.cents(365_000) == 36.5
+    assert v1.cents(365_050) == 36.505  # a price with 5 decimals: fractional cents
+    assert v1.dollars(360_000) == 0.36
+    assert v1.dollars(365_051) == 0.365051
     assert v1.contracts(13600) == 136 and v1.contracts(347) == 3.47
-    assert v1.usd(36_000_000) == 36.0
+    assert v1.usd(3_600_000_000) == 36.0
     assert v1.iso(0) == "1970-01-01T00:00:00Z" and v1.iso(None) is None
 
 
@@ -122,7 +124,7 @@ def test_trade_message_state_is_as_of_that_trade() -> None:
     agg = Aggregator()
     agg.set_meta(MarketMeta("KX-A", title="A?", category="Crypto", close_ts_ms=BASE_MS + 3_600_000))
     events = []
-    for i, (price, side) in enumerate([(3600, "yes"), (3650, "no"), (3700, "yes")]):
+    for i, (price, side) in enumerate([(360_000, "yes"), (365_000, "no"), (370_000, "yes")]):
         trade = Trade(f"t{i}", "KX-A", price, 1000 * (i + 1), side, BASE_MS + i)  # type: ignore[arg-type]
         events += [e for e in agg.add_trade(trade, BASE_MS + 10) if type(e).__name__ == "TradeAdded"]
     totals = v1.SessionTotals(start_ms=BASE_MS)

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import hypothesis.strategies as st
+import orjson
 import pytest
 import trio
 from hypothesis import given, settings
@@ -33,6 +34,7 @@ from flowboard.server.runtime import Runtime
 from flowboard.store import StoredSummary
 from flowboard.store._store import wall_clock_ms
 from flowboard.store._summary import merge_recent, summarize_minutes
+from flowboard.testing.wsclient import open_wire_client
 
 #: 2024-03-10 00:05:00 UTC: just past a UTC midnight, so "today" is younger than the day view.
 NOW = 1_710_029_100_000
@@ -388,3 +390,47 @@ async def test_trades_of_one_millisecond_show_in_one_order_everywhere_and_after_
         after = await shown_orders(second, ticker)
         second.request_stop()
     assert after == before
+
+
+async def test_a_price_with_six_decimals_is_kept_end_to_end(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """Kalshi's spec allows 6 decimals: a trade at $0.36505 (and one at $0.000001) is kept
+    exactly in the JSON API, the v2 stream (whose hello declares the units), v1 and the store."""
+    now = wall_clock_ms()
+    five = Trade("five", "KXSIX-26JAN-A", 365_050, 347, "no", now - 2_000)
+    six = Trade("six", "KXSIX-26JAN-A", 1, 100, "yes", now - 1_000)
+    recording = tmp_path / "six.jsonl"
+    recording.write_bytes(recording_of([five, six]))
+    assert '\\"yes_price_dollars\\":\\"0.36505\\"' in recording.read_text()  # as Kalshi would write it
+
+    config = Config(port=0, source="replay", replay_file=str(recording), speed=0, db=db_url)
+    async with trio.open_nursery() as nursery:
+        server: Runtime = await nursery.start(partial(run_server, config))
+        await wait_until(lambda: server.agg.trades_total == 2)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            shown = (await http.get("/api/trades/recent")).json()["trades"]
+        ws_base = server.url.replace("http://", "ws://")
+        v2_client = await open_wire_client(ws_base + "/ws?ch=trades")
+        v2_frame = orjson.loads((await v2_client.receive()).text)
+        await v2_client.aclose()
+        v1_client = await open_wire_client(ws_base + "/ws/stream")
+        v1_snapshot = orjson.loads((await v1_client.receive()).text)
+        await v1_client.aclose()
+        server.request_stop()
+    async with running_store(db_url) as store:
+        stored = await load_all(store)
+
+    assert [(t["trade_id"], t["yes_price"], t["no_price"], t["usd_volume"]) for t in shown] == [
+        ("six", "0.000001", "0.999999", "0.000001"),
+        # 3.47 contracts x $0.63495 (the NO taker's price) = $2.2032765
+        ("five", "0.36505", "0.63495", "2.2032765"),
+    ]
+    hello = next(event[1] for event in v2_frame[1:] if event[0] == "H")
+    assert hello["units"] == {"price": 6, "count": 2, "usd": 8}
+    tape = next(event[1:] for event in v2_frame[1:] if event[0] == "T")
+    assert [(price, count) for _, price, count, _, _ in tape] == [(1, 100), (365_050, 347)]
+    v1_trades = v1_snapshot["data"]["recent_trades"]
+    assert [(t["yes_price"], t["yes_price_dollars"]) for t in v1_trades] == [
+        (0.0001, 0.000001),
+        (36.505, 0.36505),
+    ]
+    assert sorted(stored, key=trade_time) == [five, six]

@@ -97,9 +97,9 @@ def test_popularity_is_skewed_towards_crypto_sports_and_the_fed() -> None:
 def test_sub_cent_prices_and_fractional_counts_appear() -> None:
     """Some trades are priced at $0.001 ticks and some have fractional counts; prices stay in 1¢-99¢."""
     trades = [trade for _, trade in run(Simulator(11, 10.0, start_ms=START_MS), 20_000)]
-    sub_cent = [trade for trade in trades if trade.yes_price % 100]
+    sub_cent = [trade for trade in trades if trade.yes_price % (ONE_DOLLAR // 100)]
     assert sub_cent
-    assert all(trade.yes_price % 10 == 0 for trade in sub_cent)
+    assert all(trade.yes_price % (ONE_DOLLAR // 1000) == 0 for trade in sub_cent)
     assert any(trade.count % COUNT_SCALE for trade in trades)
     assert all(ONE_DOLLAR // 100 <= trade.yes_price <= ONE_DOLLAR * 99 // 100 for trade in trades)
 

@@ -209,19 +209,21 @@ def _write_at_version(db_url: str, version: int, trades: list[Trade]) -> None:
         connection.executemany(insert.replace("%s", "?"), rows)
 
 
-async def test_trades_stored_before_arrival_order_keep_the_order_they_were_inserted_in(db_url: str) -> None:
+async def test_trades_of_a_version_2_store_are_converted_exactly(db_url: str) -> None:
     """Migration 3 numbers the trades a version-2 store holds: on SQLite in the order they were
     inserted (their rowids: earlier versions inserted in arrival order), on PostgreSQL, which
-    kept no such order, by (ts_ms, trade_id) as before. New trades arrive after them."""
-    trades = make_trades(12, per_ms=4)
-    inserted = trades[::-1]
+    kept no such order, by (ts_ms, trade_id) as before. New trades arrive after them.
+    Migration 4 turns prices in $0.0001 into $0.000001, exactly."""
+    old_units = make_trades(12, per_ms=4)
+    trades = [attrs.evolve(trade, yes_price=trade.yes_price * 100) for trade in old_units]
+    inserted = old_units[::-1]
     await trio.to_thread.run_sync(_write_at_version, db_url, 2, inserted)
     later = Trade("a-later", trades[0].ticker, 5000, 100, "yes", BASE_MS)
     async with running_store(db_url) as store:
         store.offer([later])
         await wait_until(lambda: store.statistics().queued == 0)
         loaded = await load_all(store)
-    migrated = trades if db_url.startswith("postgresql://") else time_then_arrival(inserted)
+    migrated = trades if db_url.startswith("postgresql://") else time_then_arrival(trades[::-1])
     assert loaded == time_then_arrival([*migrated, later])
 
 

@@ -17,7 +17,6 @@ const CHART_EVERY_MS = 1000; // the chart redraws at most this often
 const PAINT_EVERY_MS = 200; // data repaints at most this often (5 Hz): each paint is a whole frame lifecycle, and a tape moving faster is unreadable anyway
 const TWEEN_MS = 450;
 const TWEEN_STEP_MS = 200; // numbers roll in the same frames as the data
-const USD_SCALE = 1_000_000;
 
 const byId = new Map();
 // Elements by id, looked up once (the page never replaces the ones it asks for by id).
@@ -267,6 +266,7 @@ function paint(now) {
   paintAt = Infinity;
   lastPaint = now;
   const ch = state.takeChanges();
+  if (ch.hello) fmt.setUnits(state.units);
   for (const code of ch.unknown) warnOnce(`unknown-event-${code}`, `event "${code}" is not understood; ignored`);
   for (const msg of ch.errors) warnOnce(`server-error:${msg.split(":")[0]}`, "server did not understand a command:", msg);
   const wall = Date.now();
@@ -539,7 +539,7 @@ function readFilter() {
   tape.setFilter({
     text: $("f-text").value.trim().toLowerCase(),
     category: $("f-cat").value,
-    minUsd: Number.isFinite(min) && min > 0 ? Math.round(min * USD_SCALE) : 0,
+    minUsd: Number.isFinite(min) && min > 0 ? fmt.usdUnits(min) : 0,
   });
   tape.render();
 }

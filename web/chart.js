@@ -3,8 +3,6 @@ import uPlot from "./vendor/uplot/uPlot.esm.js";
 import * as fmt from "./format.js";
 import * as time from "./time.js";
 
-const USD_SCALE = 1_000_000;
-
 function css(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
@@ -38,7 +36,7 @@ export class ActivityChart {
             values: (u, splits) => splits.map((s) => time.hm(s * 1000)) },
           { scale: "usd", stroke: muted, grid, ticks: grid, font: axisFont, size: 56,
             label: "$ volume", labelFont: axisFont, labelSize: 14,
-            values: (u, splits) => splits.map((s) => fmt.usdShort(s * USD_SCALE)) },
+            values: (u, splits) => splits.map((s) => fmt.usdShort(fmt.usdUnits(s))) },
           { scale: "n", side: 1, stroke: muted, grid: { show: false }, ticks: grid, font: axisFont, size: 44,
             label: "trades", labelFont: axisFont, labelSize: 14,
             values: (u, splits) => splits.map((s) => (Number.isInteger(s) ? fmt.count(s) : "")) },
@@ -73,7 +71,7 @@ export class ActivityChart {
     this.xMax = (view.first + n * bucketMs) / 1000;
     for (let i = 0; i < n; i++) {
       xs[i] = (view.first + (i + 0.5) * bucketMs) / 1000;
-      usd[i] = view.buckets[i][0] / USD_SCALE;
+      usd[i] = fmt.dollars(view.buckets[i][0]);
       trades[i] = view.buckets[i][1];
     }
     this.data = [xs, usd, trades];
@@ -102,7 +100,7 @@ export class ActivityChart {
     head.textContent = i === this.data[0].length - 1 ? `${label} · live` : label;
     const a = document.createElement("div");
     a.innerHTML = `<b></b> $ volume`;
-    a.firstChild.textContent = fmt.usd(Math.round(this.data[1][i] * USD_SCALE));
+    a.firstChild.textContent = fmt.usd(fmt.usdUnits(this.data[1][i]));
     const b = document.createElement("div");
     b.innerHTML = `<b></b> trades`;
     b.firstChild.textContent = fmt.count(this.data[2][i]);

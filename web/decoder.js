@@ -12,7 +12,8 @@
 export const MINUTE_MS = 60_000;
 export const HOUR_MS = 60 * MINUTE_MS;
 export const DAY_MS = 24 * HOUR_MS;
-const ONE_DOLLAR = 10_000;
+/** The units a server declares in its hello (decimals of price, count and usd) when it does not. */
+export const DEFAULT_UNITS = Object.freeze({ price: 6, count: 2, usd: 8 });
 
 /** The analytics views: wire code -> name, period, number of buckets. */
 export const MODES = {
@@ -20,9 +21,12 @@ export const MODES = {
   d: { name: "day", step: HOUR_MS, count: 24 },
 };
 
-/** A trade's $ volume in $0.000001: count (hundredths) x taker price ($0.0001). */
-export function tradeUsd(price, count, side) {
-  return count * (side ? price : ONE_DOLLAR - price);
+/**
+ * A trade's $ volume in usd units: count x taker price, `oneDollar` being $1 in price units
+ * (10 ** units.price; with the default units, count in hundredths x price in $0.000001 = $0.00000001).
+ */
+export function tradeUsd(price, count, side, oneDollar = 10 ** DEFAULT_UNITS.price) {
+  return count * (side ? price : oneDollar - price);
 }
 
 /**
@@ -43,8 +47,8 @@ export class DecodeError extends Error {
 }
 
 // Held trades: {market, price, count, side, ts, usd, arrival}; (ts, arrival) orders them.
-function trade(market, price, count, side, ts, arrival) {
-  return { market, price, count, side, ts, usd: tradeUsd(price, count, side), arrival };
+function trade(market, price, count, side, ts, arrival, oneDollar) {
+  return { market, price, count, side, ts, usd: tradeUsd(price, count, side, oneDollar), arrival };
 }
 
 function later(a, b) {
@@ -80,6 +84,8 @@ export class ViewState {
     this.detailLimit = options.detailLimit ?? 50;
     this.missed = 0;
     this.resyncs = 0;
+    this.units = DEFAULT_UNITS; // the hello's: decimals of price, count and usd
+    this.oneDollar = 10 ** DEFAULT_UNITS.price;
     this.frames = 0; // frames applied (for the bench)
     this.tradesSeen = 0; // trades received in "t" events (for the bench)
     this._changes = newChanges();
@@ -173,6 +179,13 @@ export class ViewState {
     this.sparkLen = h.spark;
     this.topLen = h.top;
     if (h.hot !== undefined) this.hotLen = h.hot;
+    const units = h.units ?? DEFAULT_UNITS;
+    // A trade's usd is count x price: its unit must be theirs multiplied.
+    if (units.usd !== units.price + units.count) {
+      throw new DecodeError("hello", `units ${JSON.stringify(units)}: usd decimals must be price + count decimals`);
+    }
+    this.units = units;
+    this.oneDollar = 10 ** units.price;
     this._forgetUnsubscribedViews();
     this._changes.hello = true;
     this._changes.channels = true;
@@ -245,7 +258,7 @@ export class ViewState {
       const ts = this._lastTs + dt;
       this._lastTs = ts;
       this._arrival += 1;
-      const t = trade(id, price, count, side, ts, this._arrival);
+      const t = trade(id, price, count, side, ts, this._arrival, this.oneDollar);
       if (folds) {
         this._insertTape(t);
         this._insertTop(t);
@@ -375,7 +388,7 @@ export class ViewState {
   _rows(rows) {
     return rows.map(([id, price, count, side, ts]) => {
       this._arrival += 1;
-      return trade(id, price, count, side, ts + this.t0, this._arrival);
+      return trade(id, price, count, side, ts + this.t0, this._arrival, this.oneDollar);
     });
   }
 

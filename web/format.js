@@ -1,9 +1,29 @@
 // Number and time formatting for the page. Values arrive as exact integers in the
-// protocol's units (price $0.0001, count 0.01 contract, usd $0.000001); they are
-// only turned into decimals here, for display.
+// units the server's hello declares (by default price $0.000001, count 0.01 contract,
+// usd $0.00000001: setUnits); they are only turned into decimals here, for display.
 
-const USD_SCALE = 1_000_000;
-const COUNT_SCALE = 100;
+let USD_SCALE = 10 ** 8;
+let COUNT_SCALE = 100;
+let PRICE_PER_CENT = 10 ** 4;
+let CENT_DECIMALS = 4; // the decimals of a price in cents
+
+/** Take the units of a hello ({price, count, usd}: decimals of each). */
+export function setUnits(units) {
+  USD_SCALE = 10 ** units.usd;
+  COUNT_SCALE = 10 ** units.count;
+  CENT_DECIMALS = Math.max(0, units.price - 2);
+  PRICE_PER_CENT = 10 ** CENT_DECIMALS;
+}
+
+/** Dollars as a float, for charts (display only). */
+export function dollars(units) {
+  return units / USD_SCALE;
+}
+
+/** Usd units from dollars (a filter's threshold). */
+export function usdUnits(dollarsValue) {
+  return Math.round(dollarsValue * USD_SCALE);
+}
 
 const int = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
 const cents = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
@@ -38,11 +58,11 @@ export function count(n) {
   return int.format(n);
 }
 
-/** A YES price as cents: "36¢", "36.5¢", "0.25¢"; sub-cent ticks survive. */
+/** A price as cents: "36¢", "36.5¢", "36.505¢", "0.25¢"; sub-cent ticks survive. */
 export function price(p) {
   if (p === null || p === undefined) return "–";
-  const c = p / 100;
-  return `${Number.isInteger(c) ? c : +c.toFixed(2)}¢`;
+  const c = p / PRICE_PER_CENT;
+  return `${Number.isInteger(c) ? c : +c.toFixed(CENT_DECIMALS)}¢`;
 }
 
 /** Time left until `ms`: "3d 4h", "5h 12m", "14m", "closed". */

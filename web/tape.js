@@ -9,7 +9,7 @@ import * as time from "./time.js";
 import { takerPrice } from "./decoder.js";
 
 const MARGIN_ROWS = 6;
-const BIG_USD = 1_000 * 1_000_000; // $1,000: highlighted
+const BIG_DOLLARS = 1_000; // highlighted from here
 
 export class Tape {
   constructor({ view, spacer, pill, counter, limit, onOpen }) {
@@ -204,7 +204,7 @@ export class Tape {
     el._trade = t;
     el.dataset.ticker = m ? m.ticker : "";
     el.dataset.usd = String(t.usd);
-    el.classList.toggle("big", t.usd >= BIG_USD);
+    el.classList.toggle("big", t.usd >= fmt.usdUnits(BIG_DOLLARS));
     el.title = m && m.title ? m.title : "";
     c[0].textContent = time.clock(t.ts);
     c[1].textContent = m ? m.ticker : "?";

@@ -32,8 +32,11 @@ from flowboard.model import (
     Trade,
     from_units,
     to_units,
+    units_text,
 )
 
+#: Decimals Kalshi writes its prices with today ("0.3600"); its spec allows up to PRICE_DECIMALS.
+KALSHI_PRICE_DECIMALS = 4
 #: Legacy prices are integer cents; one cent in Flowboard's price units.
 CENT = ONE_DOLLAR // 100
 #: Legacy counts are whole contracts; one contract in Flowboard's count units.
@@ -98,8 +101,9 @@ def encode_trade_msg(trade: Trade) -> dict[str, Any]:
     return {
         "trade_id": trade.trade_id,
         "market_ticker": trade.ticker,
-        "yes_price_dollars": _format_units(trade.yes_price, PRICE_DECIMALS),
-        "no_price_dollars": _format_units(trade.no_price, PRICE_DECIMALS),
+        # Kalshi's own 4 decimals, and the 5th and 6th where a price has them.
+        "yes_price_dollars": units_text(trade.yes_price, PRICE_DECIMALS, KALSHI_PRICE_DECIMALS),
+        "no_price_dollars": units_text(trade.no_price, PRICE_DECIMALS, KALSHI_PRICE_DECIMALS),
         "count_fp": _format_units(trade.count, COUNT_DECIMALS),
         "taker_side": trade.taker_side,
         "taker_outcome_side": trade.taker_side,
@@ -180,7 +184,8 @@ def _yes_price(obj: Mapping[str, object], where: str) -> int:
     if yes is not None and no is not None and yes + no != ONE_DOLLAR:
         raise MalformedMessage(
             f"{where}.{pair}: expected $1.00 exactly, got"
-            f" {from_units(yes, PRICE_DECIMALS)} + {from_units(no, PRICE_DECIMALS)}"
+            f" {units_text(yes, PRICE_DECIMALS, KALSHI_PRICE_DECIMALS)}"
+            f" + {units_text(no, PRICE_DECIMALS, KALSHI_PRICE_DECIMALS)}"
         )
     if yes is not None:
         return yes

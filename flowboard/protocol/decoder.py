@@ -36,8 +36,9 @@ class MarketView:
     spark: list[tuple[int, int, int, int, int]] = attrs.Factory(list)
 
 
-def trade_usd(price: int, count: int, side: int) -> int:
-    return count * (price if side else ONE_DOLLAR - price)
+def trade_usd(price: int, count: int, side: int, one_dollar: int = ONE_DOLLAR) -> int:
+    """count x the taker's price; ``one_dollar`` is $1 in the hello's price units."""
+    return count * (price if side else one_dollar - price)
 
 
 @attrs.define
@@ -53,6 +54,7 @@ class ViewState:
     window_ms: int = 600_000
     spark_len: int = 20
     top_len: int = 10
+    one_dollar: int = ONE_DOLLAR  # $1 in the price units the hello declared
     markets: dict[int, MarketView] = attrs.Factory(dict)
     hot: list[int] = attrs.Factory(list)
     detail: int | None = None
@@ -112,6 +114,11 @@ class ViewState:
         self.window_ms = hello["window_ms"]
         self.spark_len = hello["spark"]
         self.top_len = hello["top"]
+        units = hello["units"]
+        # A trade's usd is count x price, so its unit must be theirs multiplied.
+        if units["usd"] != units["price"] + units["count"]:
+            raise DecodeError(f"units {units}: usd decimals must be price + count decimals")
+        self.one_dollar = 10 ** units["price"]
 
     def _resync(self, event: list[Any]) -> None:
         self.resyncs += 1
@@ -165,7 +172,7 @@ class ViewState:
             self._last_ts = ts
             self._arrival += 1
             row: Row = (market, price, count, side, ts)
-            usd = trade_usd(price, count, side)
+            usd = trade_usd(price, count, side, self.one_dollar)
             if folds:
                 _insert_newest_first(self.tape, (ts, self._arrival, row))
                 del self.tape[self.tape_limit :]
@@ -239,7 +246,8 @@ class ViewState:
 
     def _top(self, event: list[Any]) -> None:
         self.top = [
-            (trade_usd(row[1], row[2], row[3]), arrival, row) for _, arrival, row in self._rows(event[1:])
+            (trade_usd(row[1], row[2], row[3], self.one_dollar), arrival, row)
+            for _, arrival, row in self._rows(event[1:])
         ]
 
     def _analytics(self, event: list[Any]) -> None:

@@ -18,7 +18,7 @@ from werkzeug.exceptions import NotFound
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.errors import BadRequest, StoreError
-from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units
+from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units, units_text
 from flowboard.server import direct, guards, legacy, page_policy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
@@ -31,7 +31,8 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 def _price(units: int) -> str:
-    return str(from_units(units, PRICE_DECIMALS))
+    # "0.3600" as Kalshi writes prices, "0.36505" where a price has more decimals.
+    return units_text(units, PRICE_DECIMALS, 4)
 
 
 def _count(units: int) -> str:
@@ -39,7 +40,8 @@ def _count(units: int) -> str:
 
 
 def _usd(units: int) -> str:
-    return str(from_units(units, USD_DECIMALS))
+    # At least 6 decimals, all 8 where a sub-cent price makes them non-zero.
+    return units_text(units, USD_DECIMALS, 6)
 
 
 def _iso(ms: int | None) -> str | None:

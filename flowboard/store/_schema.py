@@ -70,6 +70,9 @@ def _arrival_order(existing_arrivals: str) -> tuple[str, ...]:
     )
 
 
+# Exact: every stored price was a whole number of $0.0001.
+_PRICES_TO_MICRODOLLARS = "UPDATE trades SET yes_price = yes_price * 100"
+
 _SOURCE_STATE = "CREATE TABLE source_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -98,6 +101,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "numbered.arrival FROM (SELECT trade_id, row_number() OVER (ORDER BY ts_ms, trade_id) AS arrival "
             "FROM trades) AS numbered WHERE trades.trade_id = numbered.trade_id"
         ),
+    ),
+    Migration(
+        version=4,
+        summary="prices in $0.000001 (were $0.0001): Kalshi's spec allows 6 decimals",
+        sqlite=(_PRICES_TO_MICRODOLLARS,),
+        postgres=(_PRICES_TO_MICRODOLLARS,),
     ),
 )
 

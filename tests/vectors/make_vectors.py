@@ -27,11 +27,20 @@ HOUR = 60 * MINUTE
 # 2025-12-31T23:59:30Z: thirty seconds before a UTC day (and hour) boundary.
 T0 = 1_767_225_570_000
 ALL = ["day", "hot", "hour", "today", "top", "trades"]
+# The hand-made vectors were written when prices were in $0.0001: their hellos say so, which
+# also pins that a decoder takes the units from the hello. ``micro_prices`` uses today's units.
 UNITS = {"price": 4, "count": 2, "usd": 6}
+MICRO_UNITS = {"price": 6, "count": 2, "usd": 8}
 
 
 def hello(
-    epoch: str, t0: int, ch: list[str], *, resumed: bool = False, detail: str | None = None
+    epoch: str,
+    t0: int,
+    ch: list[str],
+    *,
+    resumed: bool = False,
+    detail: str | None = None,
+    units: dict[str, int] = UNITS,
 ) -> list[Any]:
     return [
         "H",
@@ -39,7 +48,7 @@ def hello(
             "v": 2,
             "epoch": epoch,
             "t0": t0,
-            "units": UNITS,
+            "units": units,
             "window_ms": 600_000,
             "spark": 20,
             "hot": 12,
@@ -215,6 +224,28 @@ def no_fold() -> list[list[Any]]:
     ]
 
 
+def micro_prices() -> list[list[Any]]:
+    """Prices with 5 and 6 decimals ($0.36505, $0.000001) in $0.000001, $ volume in $0.00000001."""
+    return [
+        [
+            200,
+            hello("e1", T0, ALL, units=MICRO_UNITS),
+            *MARKETS[:2],
+            ["k", 1],
+            ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
+            # 100 contracts at $0.36505 (YES taker): $36.505.
+            ["w", 1, 10_000, 3_650_500_000, 1, 10_000, 0],
+            ["s", 1, 0, [365_050, 10_000, 1, -10_000]],
+            ["x", [1, 365_050, 10_000, 1, -10_000]],
+            ["T", [1, 365_050, 10_000, 1, -10_000]],
+            ["d", 1, 3_650_500_000],
+        ],
+        # A NO taker at YES $0.365051 pays $0.634949 per contract; 3.47 contracts at $0.000001.
+        [201, ["t", [1, 365_051, 10_000, 0, 1_000], [2, 1, 347, 1, 10]]],
+        [202, ["t", [2, 999_999, 1, 0, 5]]],
+    ]
+
+
 VECTORS = {
     "basics": (
         "Snapshot, trades (batched, late, tied), keyed state, midnight clock, channels, detail",
@@ -222,6 +253,7 @@ VECTORS = {
     ),
     "resume": ("Resume with a new t0, then resync into a new epoch with reused market ids", resume),
     "no_fold": ("A client that does not fold trades: detail-only trades, p/a/d updates", no_fold),
+    "micro_prices": ("Prices with 5 and 6 decimals, exact $ volume in $0.00000001", micro_prices),
 }
 
 
