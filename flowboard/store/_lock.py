@@ -24,6 +24,9 @@ from flowboard.errors import ConfigError, StoreError
 #: First half of the PostgreSQL advisory lock key; the second is a hash of the schema.
 WRITER_LOCK_CLASS = 0x466C6F62  # "Flob"
 
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))"
+
 _IN_USE = (
     "--db {db} is in use by another Flowboard server (one ingest per database): stop it, "
     "give this one its own --db, or run it with --role edge to serve from the same data"
@@ -59,9 +62,7 @@ class PostgresWriterLock:
     def __init__(self, conninfo: str, description: str) -> None:
         try:
             self._connection: psycopg.Connection[TupleRow] | None = psycopg.connect(conninfo, autocommit=True)
-            row = self._connection.execute(
-                "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (WRITER_LOCK_CLASS,)
-            ).fetchone()
+            row = self._connection.execute(_TRY_LOCK, (WRITER_LOCK_CLASS,)).fetchone()
         except psycopg.Error as error:
             self.release()
             raise StoreError(f"PostgreSQL {description}: taking the writer lock failed: {error}") from error
@@ -70,6 +71,14 @@ class PostgresWriterLock:
             raise ConfigError(_IN_USE.format(db=description))
 
     def release(self) -> None:
-        if self._connection is not None:
-            self._connection.close()  # ending the session releases the lock
+        if self._connection is None:
+            return
+        try:
+            # Unlocked before closing: the server ends a closed session in its own time, and a
+            # server restarted at once must find the lock free.
+            self._connection.execute(_UNLOCK, (WRITER_LOCK_CLASS,))
+        except psycopg.Error:
+            pass  # the session is gone already, and its lock with it
+        finally:
+            self._connection.close()
             self._connection = None
