@@ -75,6 +75,8 @@ class MarketMeta:
     close_ts_ms: int | None = None  # Unix ms; None when unknown
     event_ticker: str = ""
     series_ticker: str = ""
+    open_interest: int | None = None  # contracts held open, in hundredths; None when unknown
+    liquidity: int | None = None  # dollars, in USD units (Kalshi's liquidity_dollars); None when unknown
 
 
 def series_of(ticker: str) -> str:

@@ -132,6 +132,21 @@ def test_build_meta_without_event_falls_back() -> None:
     assert meta == MarketMeta(ticker="FED-23DEC-T3.00", title="Fed above 3%?", series_ticker="FED")
 
 
+def test_build_meta_keeps_open_interest_and_liquidity_exactly() -> None:
+    """``open_interest_fp`` (or the legacy integer) and ``liquidity_dollars`` become exact units;
+    a figure that is missing or not an exact decimal stays unknown rather than rounded."""
+    market = {
+        "ticker": "FED-23DEC-T3.00",
+        "open_interest_fp": "12345.67",
+        "liquidity_dollars": "1520.12345678",
+    }
+    meta = build_meta(market, None, None)
+    assert (meta.open_interest, meta.liquidity) == (1_234_567, 152_012_345_678)
+    assert build_meta({"ticker": "X-1", "open_interest": 42}, None, None).open_interest == 4_200
+    odd = build_meta({"ticker": "X-1", "open_interest_fp": "1.001", "liquidity_dollars": 12.5}, None, None)
+    assert (odd.open_interest, odd.liquidity) == (None, None)
+
+
 def test_token_bucket_spaces_requests() -> None:
     """The bucket lets a burst through and then spaces reservations at 1/rate, queueing in order."""
     bucket = TokenBucket(rate=10.0, burst=2.0)

@@ -127,13 +127,12 @@ def test_trade_message_state_is_as_of_that_trade() -> None:
     for i, (price, side) in enumerate([(360_000, "yes"), (365_000, "no"), (370_000, "yes")]):
         trade = Trade(f"t{i}", "KX-A", price, 1000 * (i + 1), side, BASE_MS + i)  # type: ignore[arg-type]
         events += [e for e in agg.add_trade(trade, BASE_MS + 10) if type(e).__name__ == "TradeAdded"]
-    totals = v1.SessionTotals(start_ms=BASE_MS)
-    first = v1.trade_message(agg, events[0], v1.global_stats(agg, totals))  # type: ignore[arg-type]
+    first = v1.trade_message(agg, events[0], v1.global_stats(agg))  # type: ignore[arg-type]
     state = first["data"]["ticker_state"]
     check_ticker_state(state)
     assert state["last_yes_price"] == 36 and state["volume_window"] == 10
     assert [p["price"] for p in state["price_points"]] == [0.36]
-    last = v1.trade_message(agg, events[2], v1.global_stats(agg, totals))  # type: ignore[arg-type]
+    last = v1.trade_message(agg, events[2], v1.global_stats(agg))  # type: ignore[arg-type]
     state = last["data"]["ticker_state"]
     assert state["volume_window"] == 60 and state["yes_flow"] == 40 and state["no_flow"] == 20
     assert state["latest_expiration_time"] == v1.iso(BASE_MS + 3_600_000)
@@ -147,6 +146,23 @@ def test_trade_message_state_is_as_of_that_trade() -> None:
         "taker_side": "yes",
         "ts": BASE_MS,
     }
+
+
+def test_global_stats_count_the_utc_day_and_markets_show_their_book_figures() -> None:
+    """v1's session is the current UTC day: trades, contracts and net flow all count today's
+    trades (not yesterday's, nor only those since a v1 client connected), and open interest and
+    liquidity come from the market's metadata."""
+    midnight = BASE_MS - BASE_MS % 86_400_000
+    agg = Aggregator()
+    agg.set_meta(MarketMeta("KX-A", title="A?", open_interest=1_234_567, liquidity=152_012_345_678))
+    agg.add_trade(Trade("yesterday", "KX-A", 500_000, 10_000, "yes", midnight - 60_000), midnight - 60_000)
+    agg.add_trade(Trade("t1", "KX-A", 500_000, 250, "yes", midnight + 1_000), midnight + 1_000)
+    agg.add_trade(Trade("t2", "KX-A", 500_000, 100, "no", midnight + 2_000), midnight + 2_000)
+    stats = v1.global_stats(agg)
+    assert stats["session_start_time"] == v1.iso(midnight)
+    assert (stats["daily_trades_count"], stats["total_volume"], stats["total_net_flow"]) == (2, 3.5, 1.5)
+    state = v1.ticker_state(agg, 0)
+    assert (state["open_interest"], state["liquidity_dollars"]) == (12_345.67, 1_520.12345678)
 
 
 def test_queue_conflates_state_keeps_trades_and_gives_up_past_its_bound() -> None:
@@ -222,7 +238,18 @@ async def test_snapshot_on_connect_has_the_documented_shape(
     volumes = [state["volume_window"] for state in hot]
     assert volumes == sorted(volumes, reverse=True)
     assert set(data["global_stats"]) == GLOBAL_STATS_KEYS
-    assert data["global_stats"]["daily_trades_count"] == server.agg.today()[0]
+    stats = data["global_stats"]
+    # The session is the UTC day, not "since this client connected": the day's trades so far count.
+    day_contracts, day_net_flow = server.agg.today_flow()
+    assert stats["daily_trades_count"] == server.agg.today()[0] > 0
+    assert (stats["total_volume"], stats["total_net_flow"]) == (
+        v1.contracts(day_contracts),
+        v1.contracts(day_net_flow),
+    )
+    assert day_contracts > 0
+    assert stats["session_start_time"] == v1.iso(server.agg.now_ms - server.agg.now_ms % 86_400_000)
+    # The simulator's markets carry open interest and liquidity, as Kalshi's do.
+    assert all(state["open_interest"] > 0 and state["liquidity_dollars"] > 0 for state in hot)
     check_analytics(data["analytics_data"]["hour_mode"], "hour")
     check_analytics(data["analytics_data"]["day_mode"], "day")
     await client.aclose()

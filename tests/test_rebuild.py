@@ -45,6 +45,10 @@ def trade_time(trade: Trade) -> int:
     return trade.ts_ms
 
 
+def flow(trade: Trade) -> int:
+    return trade.count if trade.taker_side == "yes" else -trade.count
+
+
 def replayed(agg: Aggregator, stored: Sequence[Trade], now_ms: int) -> Aggregator:
     """The slow definition of a rebuild: every stored trade since the retention start, in
     (ts_ms, arrival) order, at its own time (never later than now), then the clock to now.
@@ -71,7 +75,9 @@ def summary_of(
     def minute_usd(minute_ms: int) -> int:
         return sum(t.usd for t in kept if minute_ms <= t.ts_ms < minute_ms + MINUTE_MS)
 
-    summary_rows = [(t.ts_ms, t.trade_id, t.ticker, t.usd if t.count < 10**12 else None) for t in kept]
+    summary_rows = [
+        (t.ts_ms, t.trade_id, t.ticker, t.usd if t.count < 10**12 else None, t.count, flow(t)) for t in kept
+    ]
     per_market = [[t for t in kept if t.ticker == ticker][-agg.history_len :] for ticker in TICKERS]
     recent = merge_recent(
         rows([t for t in kept if t.ts_ms >= recent_since_ms]),
@@ -114,6 +120,7 @@ def reads(agg: Aggregator) -> dict[str, Any]:
         "hour": agg.analytics("hour"),
         "day": agg.analytics("day"),
         "today": agg.today(),
+        "today_flow": agg.today_flow(),
         "active": agg.active_markets(),
     }
 

@@ -349,18 +349,16 @@ async def test_last_trade_time_and_known_ids(store: Store) -> None:
 
 async def test_market_metadata_is_saved_replaced_and_loaded(store: Store) -> None:
     """save_meta inserts or replaces by ticker; load_meta returns every market, unknown close
-    times staying None."""
+    times, open interest and liquidity staying None."""
     await store.save_meta(
         [
-            MarketMeta("KXB-1", "Will B?", "Economics", BASE_MS, "KXB-EV", "KXB"),
+            MarketMeta("KXB-1", "Will B?", "Economics", BASE_MS, "KXB-EV", "KXB", 1_234_567, 10**15 + 1),
             MarketMeta("KXA-1", title="Will A?"),
         ]
     )
-    await store.save_meta([MarketMeta("KXB-1", "Will B, really?", "Economics", None, "KXB-EV", "KXB")])
-    assert await store.load_meta() == [
-        MarketMeta("KXA-1", title="Will A?"),
-        MarketMeta("KXB-1", "Will B, really?", "Economics", None, "KXB-EV", "KXB"),
-    ]
+    replaced = MarketMeta("KXB-1", "Will B, really?", "Economics", None, "KXB-EV", "KXB", 42, None)
+    await store.save_meta([replaced])
+    assert await store.load_meta() == [MarketMeta("KXA-1", title="Will A?"), replaced]
 
 
 # -- retention -----------------------------------------------------------------------------

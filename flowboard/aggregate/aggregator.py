@@ -107,6 +107,8 @@ class MinuteSummary:
     start_ms: int  # a multiple of MINUTE_MS
     usd: int  # sum of the trades' usd
     trades: int
+    contracts: int  # sum of the trades' counts
+    net_flow: int  # YES takers' counts - NO takers' counts
     trade_ids: Sequence[str]
     tickers: Sequence[str]  # the markets traded in the minute, in the order of their first trade in it
 
@@ -172,10 +174,13 @@ class _LatestTrades:
 
 @attrs.define(slots=True)
 class _Totals:
-    """Running $ volume and trade count of one analytics bucket."""
+    """Running $ volume and trade count of one analytics bucket, and its contracts and net flow
+    (for v1's day totals)."""
 
     usd: int = 0
     trades: int = 0
+    contracts: int = 0  # hundredths
+    net_flow: int = 0  # hundredths, YES takers +, NO takers -
 
 
 @attrs.define(slots=True)
@@ -322,11 +327,15 @@ class Aggregator:
             self._seen_ids.update(minute.trade_ids)
             self._trades_total += minute.trades
             if minute.start_ms >= hour_view_start:
-                minute_totals[minute.start_ms] = _Totals(minute.usd, minute.trades)
+                minute_totals[minute.start_ms] = _Totals(
+                    minute.usd, minute.trades, minute.contracts, minute.net_flow
+                )
             if minute.start_ms >= day_view_start:
                 hour = hour_totals.setdefault(floor_to(minute.start_ms, HOUR_MS), _Totals())
                 hour.usd += minute.usd
                 hour.trades += minute.trades
+                hour.contracts += minute.contracts
+                hour.net_flow += minute.net_flow
         kept = [trade for trade in recent if trade.ts_ms >= retained_from]
         # The order of adding one by one, but not its numbers: only the order of arrivals is
         # ever compared, and the next trade is still number trades_total.
@@ -464,6 +473,18 @@ class Aggregator:
             usd += bucket.usd
         return trades, usd
 
+    def today_flow(self) -> tuple[int, int]:
+        """(contracts, net flow) of the trades timed on the UTC date of ``now_ms``, in hundredths;
+        net flow is YES takers' contracts minus NO takers'."""
+        day_start = floor_to(self._now_ms, DAY_MS)
+        contracts = net_flow = 0
+        hours = self._buckets["day"]
+        for hour in hours.irange(day_start, day_start + DAY_MS, inclusive=(True, False)):
+            bucket = hours[hour]
+            contracts += bucket.contracts
+            net_flow += bucket.net_flow
+        return contracts, net_flow
+
     def active_markets(self) -> int:
         """Markets with at least one trade in the window."""
         return self._active_markets
@@ -558,6 +579,8 @@ class Aggregator:
                 bucket = totals[bucket_start] = _Totals()
             bucket.usd += trade.usd
             bucket.trades += 1
+            bucket.contracts += trade.count
+            bucket.net_flow += trade.count if trade.taker_side == "yes" else -trade.count
 
     def _forget_before(self, start_ms: int) -> None:
         while self._retained and self._retained.peekitem(0)[0] < start_ms:

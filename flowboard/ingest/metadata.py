@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import attrs
@@ -25,7 +26,7 @@ import trio
 
 from flowboard.ingest.kalshi import KalshiConfig
 from flowboard.ingest.kalshi_rest import RestClient, RestUnavailable, open_rest_client
-from flowboard.model import MarketMeta, series_of
+from flowboard.model import COUNT_DECIMALS, USD_DECIMALS, MarketMeta, series_of, to_units
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,29 @@ def _parse_time_ms(value: object) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+def _decimal_units(value: object, decimals: int) -> int | None:
+    """An exact decimal string as units of 10**-decimals; None when absent or not exact (a
+    figure we cannot show exactly is better left unknown than rounded)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or number < 0:
+        return None
+    return to_units(number, decimals)
+
+
+def _open_interest(market: dict[str, Any]) -> int | None:
+    """Contracts held open, in hundredths: ``open_interest_fp``, else the legacy integer."""
+    units = _decimal_units(market.get("open_interest_fp"), COUNT_DECIMALS)
+    legacy = market.get("open_interest")
+    if units is None and isinstance(legacy, int) and not isinstance(legacy, bool) and legacy >= 0:
+        units = legacy * 10**COUNT_DECIMALS
+    return units
+
+
 def _text(obj: dict[str, Any] | None, field: str) -> str:
     value = (obj or {}).get(field)
     return value if isinstance(value, str) else ""
@@ -79,6 +103,9 @@ def build_meta(
         close_ts_ms=_parse_time_ms(market.get("close_time")),
         event_ticker=event_ticker,
         series_ticker=series_ticker,
+        open_interest=_open_interest(market),
+        # Deprecated by Kalshi (KALSHI.md: always "0.0000" today), shown as it comes.
+        liquidity=_decimal_units(market.get("liquidity_dollars"), USD_DECIMALS),
     )
 
 

@@ -78,12 +78,15 @@ def decode_meta_line(line: bytes) -> MarketMeta | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("ticker"), str) or not meta["ticker"]:
         return None
     texts = {name: meta.get(name, "") for name in ("title", "category", "event_ticker", "series_ticker")}
-    close = meta.get("close_ts_ms")
+    numbers: dict[str, Any] = {name: meta.get(name) for name in ("close_ts_ms", "open_interest", "liquidity")}
     if not all(isinstance(value, str) for value in texts.values()):
         return None
-    if close is not None and (not isinstance(close, int) or isinstance(close, bool)):
+    if any(
+        value is not None and (not isinstance(value, int) or isinstance(value, bool))
+        for value in numbers.values()
+    ):
         return None
-    return MarketMeta(ticker=meta["ticker"], close_ts_ms=close, **texts)
+    return MarketMeta(ticker=meta["ticker"], **texts, **numbers)
 
 
 class ReplayClock:

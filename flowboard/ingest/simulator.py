@@ -25,7 +25,7 @@ from decimal import Decimal
 
 import attrs
 
-from flowboard.model import COUNT_SCALE, ONE_DOLLAR, MarketMeta, Side, Trade
+from flowboard.model import COUNT_SCALE, ONE_DOLLAR, USD_SCALE, MarketMeta, Side, Trade
 
 #: The most markets a simulator makes: the families have a finite (if large) number of distinct
 #: events, and a dashboard of more markets than this shows nothing the simulator could add.
@@ -42,6 +42,10 @@ BURST_SECONDS = (0.3, 1.0)  # how long a burst lasts, uniform
 ZIPF_EXPONENT = 1.2
 # Spread of a market's hotness within its family, so that ranks mix families.
 HOTNESS_SIGMA = 1.0
+
+# Open interest and resting liquidity per market: log-normal, medians 20,000 contracts and $15,000.
+OPEN_INTEREST_MEDIAN_LOG = math.log(20_000)
+LIQUIDITY_MEDIAN_CENTS_LOG = math.log(1_500_000)
 
 SUB_CENT_SHARE = 0.10  # markets that tick at $0.001
 FRACTIONAL_SHARE = 0.15  # markets that trade fractional contracts
@@ -116,6 +120,7 @@ class Simulator:
         self._clock_ms = -math.inf
         self._bursts: list[_Burst] = []
         metas, hotness = _make_markets(self._rng, n_markets, start_ms)
+        metas = [_with_book_figures(meta) for meta in metas]
         self._cum_weights = _popularity(self._rng, hotness)
         self._states = _initial_states(self._rng, metas)
         if trade_seed is not None:
@@ -231,6 +236,17 @@ class Simulator:
             taker_side=side,
             ts_ms=at_ms,
         )
+
+
+def _with_book_figures(meta: MarketMeta) -> MarketMeta:
+    """``meta`` with an open interest and a liquidity such as Kalshi's market objects carry,
+    drawn from the ticker alone so that adding them leaves every other seeded draw as it was."""
+    rng = random.Random(meta.ticker)
+    open_contracts = round(rng.lognormvariate(OPEN_INTEREST_MEDIAN_LOG, 1.5))
+    liquidity_cents = round(rng.lognormvariate(LIQUIDITY_MEDIAN_CENTS_LOG, 1.2))
+    return attrs.evolve(
+        meta, open_interest=open_contracts * COUNT_SCALE, liquidity=liquidity_cents * (USD_SCALE // 100)
+    )
 
 
 def _initial_states(rng: random.Random, metas: Sequence[MarketMeta]) -> list[_MarketState]:

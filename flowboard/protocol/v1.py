@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import attrs
 
-from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode
+from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode, floor_to
 from flowboard.aggregate.events import TradeAdded
 from flowboard.errors import ProtocolError
-from flowboard.model import COUNT_SCALE, PRICE_SCALE, USD_SCALE, Trade
+from flowboard.model import COUNT_SCALE, DAY_MS, PRICE_SCALE, USD_SCALE, Trade
 
 Message = dict[str, Any]
 Number = int | float
@@ -76,20 +76,6 @@ def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-
-
-@attrs.define
-class SessionTotals:
-    """The v1 "session" figures our aggregator does not keep: contracts and net flow since
-    ``start_ms`` (when the v1 feed started)."""
-
-    start_ms: int
-    contracts: int = 0  # hundredths
-    net_flow: int = 0  # hundredths, YES takers +, NO takers -
-
-    def add(self, trade: Trade) -> None:
-        self.contracts += trade.count
-        self.net_flow += trade.count if trade.taker_side == "yes" else -trade.count
 
 
 def trade_json(trade: Trade) -> Message:
@@ -150,9 +136,9 @@ def ticker_state(agg: Aggregator, market: int, *, as_of: TradeAdded | None = Non
         ],
         "title": meta.title,
         "category": meta.category,
-        # Not known to Flowboard (no order book, no market snapshot): null, never a made-up 0.
-        "liquidity_dollars": None,
-        "open_interest": None,
+        # From the market's metadata; null while unknown, never a made-up 0.
+        "liquidity_dollars": None if meta.liquidity is None else usd(meta.liquidity),
+        "open_interest": None if meta.open_interest is None else contracts(meta.open_interest),
         "latest_expiration_time": iso(meta.close_ts_ms),
         "net_flow": contracts(window.net_flow),
         "last_yes_price_dollars": None if yes is None else dollars(yes),
@@ -162,13 +148,18 @@ def ticker_state(agg: Aggregator, market: int, *, as_of: TradeAdded | None = Non
     }
 
 
-def global_stats(agg: Aggregator, totals: SessionTotals) -> Message:
+def global_stats(agg: Aggregator) -> Message:
+    """The market-wide figures. The session is the current UTC day, for all of them but the two
+    window figures: ``daily_trades_count``, ``total_volume`` and ``total_net_flow`` count the
+    trades of the day that started at ``session_start_time`` (midnight UTC), so they agree with
+    each other, with "today" everywhere else, across restarts and on every edge."""
     window_contracts = sum(agg.window(market).contracts for market in range(agg.markets_count()))
+    day_contracts, day_net_flow = agg.today_flow()
     return {
         "daily_trades_count": agg.today()[0],
-        "total_volume": contracts(totals.contracts),
-        "total_net_flow": contracts(totals.net_flow),
-        "session_start_time": iso(totals.start_ms),
+        "total_volume": contracts(day_contracts),
+        "total_net_flow": contracts(day_net_flow),
+        "session_start_time": iso(floor_to(agg.now_ms, DAY_MS)),
         "active_markets_count": agg.active_markets(),
         "total_window_volume": contracts(window_contracts),
     }
@@ -227,13 +218,13 @@ def hot_message(agg: Aggregator) -> Message:
     return {"type": HOT, "data": {"hot_markets": [ticker_state(agg, m) for m in markets]}}
 
 
-def snapshot_message(agg: Aggregator, totals: SessionTotals, now_ms: int) -> Message:
+def snapshot_message(agg: Aggregator, now_ms: int) -> Message:
     return {
         "type": SNAPSHOT,
         "data": {
             "recent_trades": [trade_json(t) for t in agg.recent_trades(SNAPSHOT_TRADES)],
             "hot_markets": [ticker_state(agg, m) for m in hot_markets(agg, limit=agg.hot_size)],
-            "global_stats": global_stats(agg, totals),
+            "global_stats": global_stats(agg),
             "analytics_data": {
                 "hour_mode": analytics_data(agg, "hour", now_ms),
                 "day_mode": analytics_data(agg, "day", now_ms),

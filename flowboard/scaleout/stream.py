@@ -115,7 +115,17 @@ def _encode_input(item: Input) -> list[Any]:
     if isinstance(item, Advance):
         return ["a", item.now_ms]
     m = item.meta
-    return ["m", m.ticker, m.title, m.category, m.close_ts_ms, m.event_ticker, m.series_ticker]
+    return [
+        "m",
+        m.ticker,
+        m.title,
+        m.category,
+        m.close_ts_ms,
+        m.event_ticker,
+        m.series_ticker,
+        m.open_interest,
+        m.liquidity,
+    ]
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -131,8 +141,11 @@ def _decode_input(raw: Any) -> Input:
     if code == "a":
         return Advance(raw[1])
     if code == "m":
-        _, ticker, title, category, close_ts_ms, event_ticker, series_ticker = raw
-        return SetMeta(MarketMeta(ticker, title, category, close_ts_ms, event_ticker, series_ticker))
+        # Entries of ingests before open interest and liquidity have 7 fields.
+        _, ticker, title, category, close_ts_ms, event_ticker, series_ticker, *book = raw
+        return SetMeta(
+            MarketMeta(ticker, title, category, close_ts_ms, event_ticker, series_ticker, *book[:2])
+        )
     raise StreamFormatError(f"unknown input code {code!r}")
 
 

@@ -68,15 +68,13 @@ class V1Feed:
     """Encodes v1 messages once for every v1 connection of a runtime.
 
     It is in ``hub.clients`` only while at least one v1 client is connected, so a server
-    without v1 clients pays nothing. The v1 "session" (``session_start_time`` and the
-    totals since it) starts when the feed joins the hub.
+    without v1 clients pays nothing.
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.session = _FeedListener()
         self.connections: set[V1Connection] = set()
-        self.totals = v1.SessionTotals(start_ms=runtime.wall_ms())
         # kind -> (period key, text): the last encoding of each timed message.
         self._cache: dict[str, tuple[object, str]] = {}
 
@@ -87,9 +85,7 @@ class V1Feed:
         trades, self.session.trades = self.session.trades, []
         if trades:
             agg = self.runtime.agg
-            for event in trades:
-                self.totals.add(event.trade)
-            stats = v1.global_stats(agg, self.totals)
+            stats = v1.global_stats(agg)
             for event in trades:
                 text = v1.dumps(v1.trade_message(agg, event, stats))
                 for connection in self.connections:
@@ -101,7 +97,6 @@ class V1Feed:
 
     def connect(self, limits: v1.QueueLimits) -> V1Connection:
         if not self.connections:
-            self.totals = v1.SessionTotals(start_ms=self.runtime.wall_ms())
             # The hub only needs session.offer/has_pending/pending_trades and wake().
             self.runtime.hub.clients.add(cast(Client, self))
         connection = V1Connection(limits)
@@ -125,7 +120,7 @@ class V1Feed:
         # Keyed by seq: a snapshot built before the latest event would miss a trade.
         key = (self.runtime.hub.seq, now_ms // ANALYTICS_EVERY_MS)
         agg = self.runtime.agg
-        return self.cached(v1.SNAPSHOT, key, partial(v1.snapshot_message, agg, self.totals, now_ms))
+        return self.cached(v1.SNAPSHOT, key, partial(v1.snapshot_message, agg, now_ms))
 
 
 _feeds: weakref.WeakKeyDictionary[Runtime, V1Feed] = weakref.WeakKeyDictionary()

@@ -73,6 +73,11 @@ def _arrival_order(existing_arrivals: str) -> tuple[str, ...]:
 # Exact: every stored price was a whole number of $0.0001.
 _PRICES_TO_MICRODOLLARS = "UPDATE trades SET yes_price = yes_price * 100"
 
+_BOOK_FIGURES = (
+    "ALTER TABLE markets ADD COLUMN open_interest BIGINT",
+    "ALTER TABLE markets ADD COLUMN liquidity BIGINT",
+)
+
 _SOURCE_STATE = "CREATE TABLE source_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -107,6 +112,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         summary="prices in $0.000001 (were $0.0001): Kalshi's spec allows 6 decimals",
         sqlite=(_PRICES_TO_MICRODOLLARS,),
         postgres=(_PRICES_TO_MICRODOLLARS,),
+    ),
+    Migration(
+        version=5,
+        summary="market open interest (hundredths of a contract) and liquidity (USD units), when known",
+        sqlite=_BOOK_FIGURES,
+        postgres=_BOOK_FIGURES,
     ),
 )
 

@@ -22,12 +22,12 @@ from ._lock import SqliteWriterLock
 from ._pending import Cursor, PageCursor, cursor_after, trades_of
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
-from ._summary import USD_SQL, StoredSummary, merge_recent, summarize_minutes
+from ._summary import FLOW_SQL, USD_SQL, StoredSummary, merge_recent, summarize_minutes
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
 # What orders the trades of one millisecond: the order they arrived in (``_schema`` v3).
 _STORED_COLUMNS = f"{_TRADE_COLUMNS}, arrival"
-_META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker"
+_META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker, open_interest, liquidity"
 
 _INSERT_TRADE = (
     f"INSERT INTO trades ({_STORED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
@@ -44,7 +44,8 @@ _TRADES_AFTER = (
     f"SELECT {_STORED_COLUMNS} FROM trades WHERE (ts_ms, arrival) > (?, ?) ORDER BY ts_ms, arrival LIMIT ?"
 )
 _SUMMARY_ROWS = (
-    f"SELECT ts_ms, trade_id, ticker, {USD_SQL} FROM trades WHERE ts_ms >= ? ORDER BY ts_ms, arrival"
+    f"SELECT ts_ms, trade_id, ticker, {USD_SQL}, count, {FLOW_SQL} FROM trades WHERE ts_ms >= ? "
+    "ORDER BY ts_ms, arrival"
 )
 _TRADES_SINCE = f"SELECT {_STORED_COLUMNS} FROM trades WHERE ts_ms >= ?"
 _MINUTE_TRADES = f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ts_ms >= ? AND ts_ms < ?"
@@ -54,9 +55,11 @@ _MARKET_LATEST = (
     "ORDER BY ts_ms DESC, arrival DESC LIMIT ?"
 )
 _UPSERT_META = (
-    f"INSERT INTO markets ({_META_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ticker) DO UPDATE SET "
+    f"INSERT INTO markets ({_META_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (ticker) DO UPDATE SET "
     "title = excluded.title, category = excluded.category, close_ts_ms = excluded.close_ts_ms, "
-    "event_ticker = excluded.event_ticker, series_ticker = excluded.series_ticker"
+    "event_ticker = excluded.event_ticker, series_ticker = excluded.series_ticker, "
+    "open_interest = excluded.open_interest, liquidity = excluded.liquidity"
 )
 
 _UPSERT_SOURCE_STATE = (
@@ -194,7 +197,17 @@ class SqliteDatabase:
 
     def save_meta(self, metas: Sequence[MarketMeta]) -> None:
         rows = (
-            (m.ticker, m.title, m.category, m.close_ts_ms, m.event_ticker, m.series_ticker) for m in metas
+            (
+                m.ticker,
+                m.title,
+                m.category,
+                m.close_ts_ms,
+                m.event_ticker,
+                m.series_ticker,
+                m.open_interest,
+                m.liquidity,
+            )
+            for m in metas
         )
         with self._write_transaction("saving market metadata") as connection:
             connection.executemany(_UPSERT_META, rows)

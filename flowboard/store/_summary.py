@@ -29,8 +29,11 @@ USD_SQL = (
     f"THEN count * CASE taker_side WHEN 'yes' THEN yes_price ELSE {ONE_DOLLAR} - yes_price END END"
 )
 
-#: (ts_ms, trade_id, ticker, usd or None), in (ts_ms, arrival) order.
-SummaryRow = tuple[int, str, str, int | None]
+#: A trade's signed contracts, YES takers +, NO takers - (for the net flow), in SQL.
+FLOW_SQL = "CASE taker_side WHEN 'yes' THEN count ELSE -count END"
+
+#: (ts_ms, trade_id, ticker, usd or None, count, signed count), in (ts_ms, arrival) order.
+SummaryRow = tuple[int, str, str, int | None, int, int]
 
 
 @attrs.frozen
@@ -47,7 +50,7 @@ def summarize_minutes(rows: Sequence[SummaryRow], exact_usd: Callable[[int], int
     if not rows:
         return []
     # Columns, then slices per minute: the work per trade stays in C.
-    ts_column, ids, tickers, usds = zip(*rows, strict=True)
+    ts_column, ids, tickers, usds, counts, flows = zip(*rows, strict=True)
     minutes = []
     start = 0
     while start < len(ts_column):
@@ -60,6 +63,8 @@ def summarize_minutes(rows: Sequence[SummaryRow], exact_usd: Callable[[int], int
                 start_ms=minute_ms,
                 usd=usd,
                 trades=end - start,
+                contracts=sum(counts[start:end]),
+                net_flow=sum(flows[start:end]),
                 trade_ids=ids[start:end],
                 tickers=tuple(dict.fromkeys(tickers[start:end])),
             )
