@@ -50,6 +50,16 @@ class Metrics:
         self.bad_commands = Counter(
             "flowboard_client_bad_commands", "Client frames that were not valid commands", registry=r
         )
+        self.deflate_offers_declined = Counter(
+            "flowboard_client_deflate_offers_declined",
+            "Malformed permessage-deflate offers declined (served uncompressed)",
+            registry=r,
+        )
+        self.inflate_refused = Counter(
+            "flowboard_client_inflate_refused",
+            "Compressed client messages refused with 1009 as they inflated past the command limit",
+            registry=r,
+        )
         self.connections = Counter(
             "flowboard_client_connections",
             "WebSocket connections accepted, by protocol",

@@ -344,7 +344,7 @@ async def _run(
             agg, Outbox(redis.backlog), epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits
         )
     runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
-    _install_deflate(config)
+    _install_deflate(runtime)
     send, receive = trio.open_memory_channel[RawMessage](config.ingest_buffer)
     _register_gauges(runtime, receive)
     meta_send, meta_receive = trio.open_memory_channel[str](10_000)
@@ -473,11 +473,16 @@ def _session_limits(config: Config) -> SessionLimits:
     return SessionLimits(max_pending_trades=config.max_pending_trades, max_resyncs=config.max_resyncs)
 
 
-def _install_deflate(config: Config) -> None:
+def _install_deflate(runtime: Runtime) -> None:
+    config = runtime.config
     deflate.install(
         deflate.DeflateSettings(
             enabled=config.deflate, window_bits=config.deflate_window_bits, mem_level=config.deflate_mem_level
-        )
+        ),
+        deflate.DeflateCounters(
+            declined_offer=runtime.metrics.deflate_offers_declined.inc,
+            oversized_message=runtime.metrics.inflate_refused.inc,
+        ),
     )
 
 
@@ -506,7 +511,7 @@ async def _run_edge(
     # The epoch and seq are the ingest's, from its snapshot (Follower -> Hub.restart).
     hub = Hub(agg, epoch="", ring_size=config.ring_size, limits=_session_limits(config))
     runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
-    _install_deflate(config)
+    _install_deflate(runtime)
     _register_gauges(runtime, None)
     follower = Follower(redis, runtime)
     _register_follower_gauges(runtime, follower)

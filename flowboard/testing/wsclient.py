@@ -121,6 +121,10 @@ class WireClient:
     async def send_text(self, text: str) -> None:
         await self._stream.send_all(self._ws.send(TextMessage(data=text)))
 
+    async def send_raw(self, data: bytes) -> None:
+        """Write ``data`` to the socket as it is: frames a test built by hand (e.g. a deflate bomb)."""
+        await self._stream.send_all(data)
+
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
             scope.shield = True
