@@ -542,6 +542,11 @@ def _register_publisher_gauges(runtime: Runtime, stats: PublisherStats) -> None:
     metrics.gauge("flowboard_snapshots_written", "Snapshots written to Redis", lambda: stats.snapshots)
     metrics.gauge("flowboard_snapshot_bytes", "Size of the latest snapshot", lambda: stats.snapshot_bytes)
     metrics.gauge("flowboard_snapshot_seconds", "Time to take the latest snapshot", lambda: stats.snapshot_s)
+    metrics.gauge(
+        "flowboard_snapshot_pause_seconds",
+        "How long the event loop stopped for the latest snapshot (the fork)",
+        lambda: stats.snapshot_pause_s,
+    )
 
 
 def _register_follower_gauges(runtime: Runtime, follower: Follower) -> None:
