@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import coredis
 import httpx
 import orjson
@@ -39,7 +40,14 @@ from flowboard.config import Config
 from flowboard.ingest.simulator import Simulator
 from flowboard.model import MarketMeta
 from flowboard.protocol.decoder import ViewState, expected_summary
-from flowboard.scaleout.redis_io import RedisSettings
+from flowboard.scaleout.redis_io import (
+    JournalingHub,
+    PublisherStats,
+    RedisSettings,
+    _write_snapshot,
+    open_redis,
+    parse_snapshot,
+)
 from flowboard.scaleout.stream import (
     AddTrade,
     Advance,
@@ -388,6 +396,42 @@ async def test_edges_and_a_single_process_give_identical_views(
         for viewer in viewers.values():
             await viewer.aclose()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.redis
+async def test_the_snapshot_is_the_ingests_state_at_the_moment_it_was_taken(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, redis_url: str
+) -> None:
+    """The forked snapshot, read back from Redis as an edge loads it, equals the ingest's state,
+    seq and offset at the call, though trades went on arriving while the child pickled."""
+    settings = _settings(redis_url)
+    async with trio.open_nursery() as nursery:
+        config = _config(tmp_path, "ingest", "ingest", redis_url)
+        ingest: Runtime = await nursery.start(
+            partial(run_server, config, wall_ms=virtual_wall_ms, redis=settings)
+        )
+        await trio.sleep(30)
+        hub = ingest.hub
+        assert isinstance(hub, JournalingHub)
+        mine = attrs.evolve(settings, prefix=settings.prefix + "-mine")  # not the ingest's own key
+        async with open_redis(mine) as redis:
+            # Synchronous from here to the fork inside _write_snapshot: the same moment.
+            expected = dump_state(ingest.agg)
+            seq, batch, trades = hub.seq, hub.outbox.last, ingest.agg.trades_total
+            await _write_snapshot(redis, mine, ingest, 7, PublisherStats())
+            assert ingest.agg.trades_total > trades  # the ingest went on meanwhile
+            snapshot = parse_snapshot(await redis.hgetall(mine.snapshot_key))
+        nursery.cancel_scope.cancel()
+    assert (snapshot.epoch, snapshot.seq, snapshot.offset) == (hub.epoch, seq, Offset(7, batch))
+    loaded, at_call = Aggregator(), Aggregator()
+    load_state(loaded, snapshot.state)
+    load_state(at_call, expected)
+    assert loaded.statistics() == at_call.statistics()
+    assert loaded.trades_total == at_call.trades_total == trades
+    assert loaded.hot() == at_call.hot()
+    assert loaded.top_trades() == at_call.top_trades()
+    assert loaded.analytics("day") == at_call.analytics("day")
+    assert loaded.analytics("hour") == at_call.analytics("hour")
 
 
 @pytest.mark.redis
