@@ -339,6 +339,18 @@ async def settle(
     return summaries
 
 
+async def snapshot_in_redis(settings: RedisSettings, timeout_s: float = 30.0) -> None:
+    """Wait (real time) until the ingest's snapshot is in Redis. A forked child writes it in real
+    time while virtual time runs on, and an edge started under a frozen clock would wait for it
+    in virtual time, that is for ever."""
+    async with coredis.Redis.from_url(settings.url) as redis:
+        deadline = time.monotonic() + timeout_s
+        while not await redis.exists([settings.snapshot_key]):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no snapshot in Redis within {timeout_s} s (real time)")
+            await real_sleep(0.01)
+
+
 async def start_together(clock: trio.testing.MockClock, starts: list[Callable[[], Awaitable[None]]]) -> None:
     """Start servers at the same virtual instant (store and Redis I/O take real time)."""
     with frozen(clock):
@@ -369,6 +381,7 @@ async def test_edges_and_a_single_process_give_identical_views(
             autojump_clock, [partial(start, "single", "all"), partial(start, "ingest", "ingest")]
         )
         await trio.sleep(3)
+        await snapshot_in_redis(settings)
         await start_together(
             autojump_clock, [partial(start, "edge1", "edge"), partial(start, "edge2", "edge")]
         )
@@ -463,6 +476,7 @@ async def test_redis_restart_and_a_killed_edge_lose_nothing(
             autojump_clock, [partial(start, "single", "all"), partial(start, "ingest", "ingest")]
         )
         await trio.sleep(3)
+        await snapshot_in_redis(settings)
         await start_together(
             autojump_clock, [partial(start, "edge1", "edge"), partial(start, "edge2", "edge")]
         )
@@ -480,6 +494,7 @@ async def test_redis_restart_and_a_killed_edge_lose_nothing(
         assert "redis unreachable" in runtimes["edge1"].readiness_problems()
         assert ingest.agg.trades_total > held_before, "the ingest goes on without Redis"
         await trio.to_thread.run_sync(private_redis.start)
+        await snapshot_in_redis(settings)  # the edges have something to read on from
         for viewer in viewers.values():
             await viewer.read_for(5)
 
@@ -487,6 +502,7 @@ async def test_redis_restart_and_a_killed_edge_lose_nothing(
         scopes["edge2"].cancel()
         await viewers["edge2"].client.aclose()  # type: ignore[union-attr]
         await trio.sleep(2)
+        await snapshot_in_redis(settings)
         await start_together(autojump_clock, [partial(start, "edge3", "edge")])
         await viewers["edge2"].connect(runtimes["edge3"])
         for viewer in viewers.values():

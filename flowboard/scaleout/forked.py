@@ -98,6 +98,9 @@ def _run_child(dump: Callable[[], bytes], read_fd: int, write_fd: int) -> NoRetu
         # meanwhile must really close, not stay open in this copy until the child exits.
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        # Background work: on a busy machine the loop (and every other process) goes first, so
+        # the child's CPU never delays a client; the snapshot just takes longer.
+        os.nice(19)
         # A collection would touch every tracked object, copying pages for nothing.
         gc.disable()
         view = memoryview(dump())

@@ -8,8 +8,9 @@ Redis holds two keys (in ``--redis``'s database, under ``--redis-prefix``, ``flo
   behind than that (or finds a gap after a Redis restart) reloads the snapshot.
 - ``flowboard:snapshot``, a hash written whole by one HSET: the aggregator's state, the hub's
   ``epoch`` and ``seq``, and the ``offset`` (stream entry id) it is the state after. The ingest
-  rewrites it every ``snapshot_s`` seconds (more rarely when the state is so large that writing
-  it would take more than 2% of the loop) and at once after each (re)connection.
+  rewrites it every ``snapshot_s`` seconds (more rarely when the state is so large that forking
+  for it would take more than 2% of the loop) and at once after each (re)connection. A forked
+  child pickles the state (``forked.py``), so the loop stops only for the fork.
 - ``flowboard:snapshot:0`` and ``:1``: the same, written alternately once per ``resume_horizon_s``,
   so one of them is always between one and two horizons old. An edge that starts loads that one
   and replays the stream from there: its ring then reaches back far enough for the clients of an
@@ -295,7 +296,8 @@ async def _snapshots_forever(
     redis: coredis.Redis[bytes], runtime: Runtime, stamp: int, stats: PublisherStats, settings: RedisSettings
 ) -> None:
     while True:
-        await trio.sleep(max(settings.snapshot_s, stats.snapshot_s / _MAX_SNAPSHOT_SHARE))
+        # The loop's share is the fork's pause; the child's pickling is background work (nice 19).
+        await trio.sleep(max(settings.snapshot_s, stats.snapshot_pause_s / _MAX_SNAPSHOT_SHARE))
         await _write_snapshot(redis, settings, runtime, stamp, stats)
 
 
