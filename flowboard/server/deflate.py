@@ -42,9 +42,12 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
 from flowboard.errors import FlowboardError
+from flowboard.logs import ThrottledLog
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 
 log = logging.getLogger(__name__)
+#: A client chooses how often it sends a malformed offer; the log does not follow it.
+_offer_log = ThrottledLog(log, "client")
 
 #: The names hypercorn's handshake looks up, in its module, each time it accepts a WebSocket.
 _HOOK = "PerMessageDeflate"
@@ -168,7 +171,9 @@ class BoundedDeflate(PerMessageDeflate):
         try:
             parsed = parse_offer(offer)
         except DeflateOfferError as exc:
-            log.info("declined a permessage-deflate offer (%s): serving this WebSocket uncompressed", exc)
+            _offer_log.info(
+                "declined a permessage-deflate offer (%s): serving this WebSocket uncompressed", exc
+            )
             self.counters.declined_offer()
             return None
         ours = self.settings.window_bits
