@@ -212,6 +212,14 @@ def test_offsets_tell_gaps_and_new_ingests() -> None:
         Offset.parse("nope")
 
 
+def test_entries_of_an_ingest_with_prices_in_the_old_unit_are_refused() -> None:
+    """Format 1 carried prices in $0.0001: an edge that read its 3600 as $0.0036 (100 times too
+    little) would show wrong prices, so it refuses the entry and says why."""
+    old_trade = b'[1, 1000, 7, ["t", 1000, "id", "KXBTC-X", 3600, 100, "y", 1000]]'
+    with pytest.raises(StreamFormatError, match="format 1"):
+        decode_batch(old_trade)
+
+
 def test_unreadable_entries_and_snapshots_are_refused_with_a_reason() -> None:
     """A future format, garbage, or a pickle naming os.system are refused, never run."""
     with pytest.raises(StreamFormatError, match="format 9"):

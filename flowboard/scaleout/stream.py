@@ -29,7 +29,8 @@ from flowboard.errors import FlowboardError
 from flowboard.model import MarketMeta, Trade
 
 #: Bumped when the entry or snapshot format changes; an edge refuses what it cannot read.
-FORMAT_VERSION = 1
+#: 2: prices in $0.000001 (were $0.0001), market metadata with open interest and liquidity.
+FORMAT_VERSION = 2
 
 
 class StreamFormatError(FlowboardError):
@@ -104,7 +105,8 @@ def apply(agg: Aggregator, batch: Batch) -> list[Event]:
 # [version, now_ms, seq, input...] with each input one of
 #   ["t", now_ms, trade_id, ticker, yes_price, count, "y"|"n", ts_ms]
 #   ["a", now_ms]
-#   ["m", ticker, title, category, close_ts_ms|null, event_ticker, series_ticker]
+#   ["m", ticker, title, category, close_ts_ms|null, event_ticker, series_ticker,
+#    open_interest|null, liquidity|null]
 
 
 def _encode_input(item: Input) -> list[Any]:
@@ -141,11 +143,8 @@ def _decode_input(raw: Any) -> Input:
     if code == "a":
         return Advance(raw[1])
     if code == "m":
-        # Entries of ingests before open interest and liquidity have 7 fields.
-        _, ticker, title, category, close_ts_ms, event_ticker, series_ticker, *book = raw
-        return SetMeta(
-            MarketMeta(ticker, title, category, close_ts_ms, event_ticker, series_ticker, *book[:2])
-        )
+        # MarketMeta's fields, in the order _encode_input writes them.
+        return SetMeta(MarketMeta(*raw[1:]))
     raise StreamFormatError(f"unknown input code {code!r}")
 
 
