@@ -20,7 +20,7 @@ class WindowStats:
     """A market's trailing-window sums (DESIGN.md: "Market window")."""
 
     contracts: int = 0  # hundredths of a contract
-    usd: int = 0  # $0.000001
+    usd: int = 0  # $0.00000001 (USD_DECIMALS)
     trades: int = 0
     yes_flow: int = 0  # contracts bought by YES takers, hundredths
     no_flow: int = 0  # contracts bought by NO takers, hundredths
