@@ -79,6 +79,10 @@ class MarketMeta:
     liquidity: int | None = None  # dollars, in USD units (Kalshi's liquidity_dollars); None when unknown
 
 
+#: Longest ticker or trade id taken from a feed or named in a request (Kalshi's are far shorter).
+MAX_NAME_CHARS = 200
+
+
 def series_of(ticker: str) -> str:
     """Kalshi's series is the ticker up to its first ``-``."""
     return ticker.split("-", 1)[0]

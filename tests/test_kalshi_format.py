@@ -172,6 +172,19 @@ MALFORMED_TRADES: list[tuple[str, dict[str, Any], str]] = [
     ("empty trade_id", current_msg(trade_id=""), "trade.trade_id: expected a non-empty string, got ''"),
     ("numeric trade_id", current_msg(trade_id=7), "trade.trade_id: expected a non-empty string, got 7"),
     ("no ticker", current_msg(market_ticker=REMOVE), "trade.market_ticker: expected a non-empty string"),
+    # PostgreSQL refuses a NUL in text (a refused trade is logged one by one), and the API
+    # answers 400 for a ticker it could not name: such names stop at the edge, counted.
+    (
+        "NUL in the ticker",
+        current_msg(market_ticker="KXBTC\x00"),
+        "trade.market_ticker: expected 1 to 200 printable characters, got 'KXBTC\\x00'",
+    ),
+    (
+        "newline in the trade id",
+        current_msg(trade_id="a\nb"),
+        "trade.trade_id: expected 1 to 200 printable characters, got 'a\\nb'",
+    ),
+    ("ticker too long", current_msg(market_ticker="K" * 201), "expected 1 to 200 printable characters"),
     (
         "empty ticker",
         current_msg(market_ticker=""),

@@ -26,6 +26,7 @@ from flowboard.errors import MalformedMessage
 from flowboard.model import (
     COUNT_DECIMALS,
     COUNT_SCALE,
+    MAX_NAME_CHARS,
     ONE_DOLLAR,
     PRICE_DECIMALS,
     Side,
@@ -154,8 +155,8 @@ def _trade(
     ts_ms: Callable[[Mapping[str, object], str], int],
 ) -> Trade:
     return Trade(
-        trade_id=_nonempty_str(obj, "trade_id", where),
-        ticker=_nonempty_str(obj, ticker_field, where),
+        trade_id=_name(obj, "trade_id", where),
+        ticker=_name(obj, ticker_field, where),
         yes_price=_yes_price(obj, where),
         count=_count(obj, where),
         taker_side=_taker_side(obj, where),
@@ -306,6 +307,15 @@ def _nonempty_str(obj: Mapping[str, object], field: str, where: str) -> str:
     value = obj.get(field)
     if not isinstance(value, str) or not value:
         raise _malformed(f"{where}.{field}", "a non-empty string", value)
+    return value
+
+
+def _name(obj: Mapping[str, object], field: str, where: str) -> str:
+    """A ticker or trade id: printable (PostgreSQL refuses a NUL in text, and the API cannot be
+    asked for a name with control characters) and of reasonable length."""
+    value = _nonempty_str(obj, field, where)
+    if len(value) > MAX_NAME_CHARS or not value.isprintable():
+        raise _malformed(f"{where}.{field}", f"1 to {MAX_NAME_CHARS} printable characters", value)
     return value
 
 

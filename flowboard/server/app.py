@@ -18,7 +18,15 @@ from werkzeug.exceptions import NotFound
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.errors import BadRequest, StoreError
-from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade, from_units, units_text
+from flowboard.model import (
+    COUNT_DECIMALS,
+    MAX_NAME_CHARS,
+    PRICE_DECIMALS,
+    USD_DECIMALS,
+    Trade,
+    from_units,
+    units_text,
+)
 from flowboard.server import direct, guards, legacy, page_policy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
@@ -117,9 +125,6 @@ _ASCII_INTEGER = re.compile(r"[0-9]{1,19}")
 #: Latest time a ``before=`` cursor can name: the store's times are signed 64-bit.
 _MAX_TS_MS = 2**63 - 1
 
-#: Longest ticker or trade id a request may name (Kalshi's are far shorter).
-_MAX_NAME_CHARS = 200
-
 
 def _shown(text: str) -> str:
     """A client's value, quoted and cut short, for an error message."""
@@ -143,10 +148,8 @@ def _limit(default: int, maximum: int) -> int:
 
 def _name(kind: str, text: str) -> str:
     """A ticker or trade id as the store can take it: printable and of reasonable length."""
-    if not text or len(text) > _MAX_NAME_CHARS or not text.isprintable():
-        raise BadRequest(
-            f"{kind} must be 1 to {_MAX_NAME_CHARS} printable characters, got {_shown(text)}"
-        )
+    if not text or len(text) > MAX_NAME_CHARS or not text.isprintable():
+        raise BadRequest(f"{kind} must be 1 to {MAX_NAME_CHARS} printable characters, got {_shown(text)}")
     return text
 
 
