@@ -265,6 +265,21 @@ async def test_sequence_gap_is_backfilled(tmp_path: Path, autojump_clock: Any) -
         assert decode_message(h.raw[-1].text).sid == 0 and decode_message(h.raw[-1].text).seq is None
 
 
+async def test_a_feed_full_of_gaps_cannot_flood_the_log(
+    tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sequence gaps are the feed's doing: each is counted, but their log lines are rate-limited
+    (10, then the rest held back), like every other line bad input causes."""
+    caplog.set_level(logging.INFO, logger="flowboard.ingest.kalshi")
+    async with running(tmp_path) as h:
+        for _ in range(25):
+            await h.trade(delivery="gap")  # never sent: the next trade's seq shows the gap
+            await h.trade()
+        await h.settle()
+        assert h.ingest.statistics().gaps == 25
+    assert caplog.text.count("sequence gap") == 10
+
+
 async def test_duplicates_are_removed(tmp_path: Path, autojump_clock: Any) -> None:
     """The same trade twice on the stream, and again in a backfill, reaches the pipeline once."""
     async with running(tmp_path) as h:

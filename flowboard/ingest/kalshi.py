@@ -255,8 +255,9 @@ class KalshiIngest:
         self._gaps = 0
         self._auth_failures = 0
         self._resubscribes = 0
-        # Kalshi's error messages are its input to us: logged, but never faster than the limit.
-        self._error_log = ThrottledLog(log, "feed")
+        # What the feed does to us (error messages, ended subscriptions, sequence gaps) is its
+        # input: logged, but never faster than the limit.
+        self._feed_log = ThrottledLog(log, "feed")
         self._stalls = 0
 
     def statistics(self) -> KalshiStatistics:
@@ -477,7 +478,7 @@ class KalshiIngest:
         text = body.get("msg", "")
         if code in RESUBSCRIBE_CODES:
             self._resubscribes += 1
-            log.warning("Kalshi: subscription ended (code %s: %s); resubscribing", code, text)
+            self._feed_log.warning("Kalshi: subscription ended (code %s: %.200s); resubscribing", code, text)
             self._stream_lost(self._wall_ms())
             await self._subscribe(ws)
         elif code == AUTH_REQUIRED_CODE:
@@ -489,14 +490,14 @@ class KalshiIngest:
             )
             raise _AuthRefused
         else:
-            self._error_log.warning("Kalshi: error code %s: %.200s", code, text)
+            self._feed_log.warning("Kalshi: error code %s: %.200s", code, text)
 
     def _check_seq(self, sid: int, seq: int) -> None:
         last = self._seq.get(sid)
         self._seq[sid] = max(seq, last or 0)
         if last is not None and seq > last + 1:
             self._gaps += 1
-            log.info("Kalshi: sequence gap on sid %d (%d -> %d); backfilling", sid, last, seq)
+            self._feed_log.info("Kalshi: sequence gap on sid %d (%d -> %d); backfilling", sid, last, seq)
             self._want_backfill(self._resume_point())
 
     # ------------------------------------------------------------------ forwarding
