@@ -116,18 +116,7 @@ def _encode_input(item: Input) -> list[Any]:
         return ["t", item.now_ms, t.trade_id, t.ticker, t.yes_price, t.count, side, t.ts_ms]
     if isinstance(item, Advance):
         return ["a", item.now_ms]
-    m = item.meta
-    return [
-        "m",
-        m.ticker,
-        m.title,
-        m.category,
-        m.close_ts_ms,
-        m.event_ticker,
-        m.series_ticker,
-        m.open_interest,
-        m.liquidity,
-    ]
+    return ["m", *attrs.astuple(item.meta, recurse=False)]
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -143,7 +132,7 @@ def _decode_input(raw: Any) -> Input:
     if code == "a":
         return Advance(raw[1])
     if code == "m":
-        # MarketMeta's fields, in the order _encode_input writes them.
+        # MarketMeta's fields in order, as _encode_input writes them.
         return SetMeta(MarketMeta(*raw[1:]))
     raise StreamFormatError(f"unknown input code {code!r}")
 

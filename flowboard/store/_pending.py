@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from flowboard.model import Trade
+from flowboard.model import MarketMeta, Trade
 
 #: A position in (ts_ms, arrival) order, the order of trades everywhere: by time, and the trades
 #: of one millisecond in the order they arrived. Arrival numbers start at 1, so "strictly after
@@ -44,6 +44,12 @@ def cursor_after(rows: Sequence[StoredRow], previous: Cursor) -> Cursor:
 
 def trades_of(rows: Iterable[StoredRow]) -> list[Trade]:
     return [Trade(*row[:6]) for row in rows]
+
+
+def meta_row(meta: MarketMeta) -> tuple[Any, ...]:
+    """A ``markets`` row: MarketMeta's fields in their order, the order of the stores' metadata
+    columns (``load_meta`` reads a row back as ``MarketMeta(*row)``)."""
+    return attrs.astuple(meta, recurse=False)
 
 
 def retry_delay_s(failures_in_a_row: int, initial_s: float, max_s: float) -> float:

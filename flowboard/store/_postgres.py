@@ -19,7 +19,7 @@ from flowboard.model import MINUTE_MS, MarketMeta, Trade
 
 from ._config import PostgresTarget, StoreConfig
 from ._lock import PostgresWriterLock
-from ._pending import Cursor, PageCursor, cursor_after, trades_of
+from ._pending import Cursor, PageCursor, cursor_after, meta_row, trades_of
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
 from ._store import BatchedStore, TradesRejected, wall_clock_ms
 from ._summary import FLOW_SQL, USD_SQL, StoredSummary, merge_recent, summarize_minutes
@@ -212,19 +212,7 @@ class PostgresDatabase:
         return {str(trade_id) for (trade_id,) in rows}
 
     def save_meta(self, metas: Sequence[MarketMeta]) -> None:
-        rows = [
-            (
-                m.ticker,
-                m.title,
-                m.category,
-                m.close_ts_ms,
-                m.event_ticker,
-                m.series_ticker,
-                m.open_interest,
-                m.liquidity,
-            )
-            for m in metas
-        ]
+        rows = [meta_row(m) for m in metas]
         with self._transaction("saving market metadata") as connection, connection.cursor() as cursor:
             cursor.executemany(_UPSERT_META, rows)
 
