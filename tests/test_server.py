@@ -7,21 +7,29 @@ from it, so minutes of feed pass in milliseconds and every run is the same.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import httpx
 import orjson
 import pytest
 import trio
+import trio.testing
 from wsproto import ConnectionType, WSConnection
 
+from flowboard.aggregate.aggregator import Aggregator
 from flowboard.config import Config
+from flowboard.errors import StoreError
+from flowboard.model import MarketMeta
 from flowboard.protocol import v2
 from flowboard.protocol.decoder import ViewState, expected_summary
-from flowboard.server.pipeline import Ingestor, run_server
+from flowboard.server.hub import Hub
+from flowboard.server.metrics import Metrics
+from flowboard.server.pipeline import Ingestor, _save_meta_periodically, run_server
 from flowboard.server.runtime import Runtime
+from flowboard.store import Store
 from flowboard.testing.wsclient import ConnectionClosed, WireClient, open_wire_client
 
 BASE_MS = 1_795_800_000_000
@@ -273,3 +281,45 @@ def test_malformed_feed_messages_are_counted_and_skipped() -> None:
         assert ingestor.ingest(text, BASE_MS) == []
     assert metrics.malformed._value.get() == 3
     assert metrics.feed_messages.labels("ticker")._value.get() == 1
+
+
+class _MetaStoreDownOnce:
+    """A store whose first metadata write fails as an outage does; the rest are kept."""
+
+    def __init__(self) -> None:
+        self.failures_left = 1
+        self.saved: list[MarketMeta] = []
+
+    async def save_meta(self, metas: Sequence[MarketMeta]) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise StoreError("PostgreSQL db: saving market metadata failed: server closed the connection")
+        self.saved.extend(metas)
+
+
+async def test_metadata_waits_out_a_store_outage(autojump_clock: trio.testing.MockClock) -> None:
+    """A database that fails while market metadata is saved must not stop the server: the
+    metadata is kept and saved at the next attempt, so the newest description of each market
+    ends up stored."""
+    store = _MetaStoreDownOnce()
+    runtime = Runtime(
+        config=Config(),
+        agg=Aggregator(),
+        hub=cast(Hub, None),
+        metrics=Metrics(),
+        wall_ms=lambda: 0,
+        store=cast(Store, store),
+    )
+    runtime.metas_to_save.append(MarketMeta("KXA-1", title="old title"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_save_meta_periodically, runtime)
+        await trio.sleep(7)  # the first attempt failed
+        runtime.metas_to_save += [MarketMeta("KXA-1", title="new title"), MarketMeta("KXB-2", title="B")]
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    stored = {meta.ticker: meta for meta in store.saved}  # each save overwrites the market's row
+    assert stored == {
+        "KXA-1": MarketMeta("KXA-1", title="new title"),
+        "KXB-2": MarketMeta("KXB-2", title="B"),
+    }
+    assert runtime.metas_to_save == []

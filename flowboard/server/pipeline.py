@@ -25,7 +25,7 @@ from hypercorn.utils import wrap_app
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
 from flowboard.aggregate.events import Event, MarketAdded, TradeAdded
 from flowboard.config import Config
-from flowboard.errors import ConfigError, MalformedMessage
+from flowboard.errors import ConfigError, MalformedMessage, StoreError
 from flowboard.ingest.kalshi import KalshiConfig, serve_kalshi
 from flowboard.ingest.kalshi_format import decode_message, encode_envelope, encode_trade_msg, trade_from_msg
 from flowboard.ingest.metadata import serve_metadata
@@ -48,6 +48,8 @@ from flowboard.server.runtime import PROTOCOLS, Runtime
 from flowboard.store import Store, StoreConfig, open_store, serve_writer
 
 log = logging.getLogger(__name__)
+#: Store failures outside the trade writer (which logs its own): an outage must not flood the log.
+_store_log = ThrottledLog(log, "store")
 
 #: Raw messages taken from the channel per aggregation pass: one publish (one wake-up per
 #: client) covers them all, which is what batches a burst.
@@ -579,10 +581,19 @@ def _on_meta(runtime: Runtime, meta: MarketMeta) -> None:
 
 
 async def _save_meta_periodically(runtime: Runtime) -> None:
-    """Metadata reaches the store in batches, off the hot path."""
+    """Metadata reaches the store in batches, off the hot path. A store that fails keeps the
+    batch for the next attempt: the dashboard has the metadata already, only a restart needs it
+    stored, and a database outage must not stop the server."""
     assert runtime.store is not None
     while True:
         await trio.sleep(5)
         if runtime.metas_to_save:
             metas, runtime.metas_to_save = runtime.metas_to_save, []
-            await runtime.store.save_meta(metas)
+            try:
+                await runtime.store.save_meta(metas)
+            except StoreError as error:
+                _store_log.warning("market metadata not saved (%s); retrying in 5 s", error)
+                # One entry per market, its newest description: the list stays as long as the
+                # markets, however long the outage.
+                newest = {meta.ticker: meta for meta in [*metas, *runtime.metas_to_save]}
+                runtime.metas_to_save = list(newest.values())
