@@ -422,7 +422,7 @@ NEW_TRADE = st.tuples(
     st.just("trade"),
     TIME_STEPS,
     st.sampled_from(TICKERS),
-    st.sampled_from([1, 3605, 5000, 9999]),
+    st.sampled_from([1, 360_500, 500_000, 999_999]),  # $0.000001, $0.3605, $0.50, $0.999999
     st.sampled_from([0, 1, 150, 10_000]),
     st.sampled_from(["yes", "no"]),
     TS_OFFSETS,

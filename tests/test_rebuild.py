@@ -147,7 +147,7 @@ def stored_trades(prefix: str, max_size: int = 60) -> st.SearchStrategy[list[Tra
     sides: st.SearchStrategy[Side] = st.sampled_from(("yes", "no"))
     trade = st.tuples(
         st.sampled_from(TICKERS),
-        st.sampled_from((100, 5000, 9900, 1234)),
+        st.sampled_from((10_000, 500_000, 990_000, 123_400, 365_050)),  # $0.01 .. $0.99, $0.36505
         st.one_of(st.sampled_from((100, 200)), st.integers(1, 10**6), st.just(10**15)),
         sides,
         times,

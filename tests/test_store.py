@@ -257,10 +257,10 @@ async def test_values_round_trip_exactly(store: Store) -> None:
     """Sub-cent prices, fractional counts, both sides and millisecond times come back as the
     same integers, with no rounding anywhere."""
     trades = [
-        Trade("a", "KXBTC-26JAN0517-B97250", 1, 1, "yes", 1),  # $0.0001, 0.01 contract
-        Trade("b", "KXBTC-26JAN0517-B97250", 3612, 12_345, "no", BASE_MS + 999),  # $0.3612, 123.45
-        Trade("c", "KXFED-26MAR-T4.25", 9999, 10**12 + 7, "yes", 2**53 + 1),
-        Trade("d", "KXÜBER-1", 5000, 250, "no", BASE_MS),
+        Trade("a", "KXBTC-26JAN0517-B97250", 1, 1, "yes", 1),  # $0.000001, 0.01 contract
+        Trade("b", "KXBTC-26JAN0517-B97250", 365_050, 12_345, "no", BASE_MS + 999),  # $0.36505, 123.45
+        Trade("c", "KXFED-26MAR-T4.25", 999_999, 10**12 + 7, "yes", 2**53 + 1),
+        Trade("d", "KXÜBER-1", 500_000, 250, "no", BASE_MS),
     ]
     store.offer(trades)
     await wait_until(lambda: store.statistics().queued == 0)
