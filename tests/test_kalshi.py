@@ -6,6 +6,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from flowboard.errors import ConfigError
 from flowboard.ingest.backfill import RecentIds
 from flowboard.ingest.kalshi import KalshiConfig, KalshiIngest, serve_kalshi
 from flowboard.ingest.kalshi_format import decode_message, trade_from_msg
+from flowboard.ingest.kalshi_rest import RestUnavailable, open_rest_client
 from flowboard.ingest.sources import RawMessage
 from flowboard.model import Trade
 
@@ -464,3 +466,32 @@ def test_recent_ids_expire_by_trade_time_and_stay_bounded() -> None:
     recent.add("d", 1300)
     recent.add("e", 1301)
     assert len(recent) == 3 and "b" not in recent
+
+
+async def _answer_every_request_with(body: bytes, stream: trio.SocketStream) -> None:
+    """A loopback HTTP server's handler: whatever is asked, 200 with ``body``, then close."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        request += data
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    await stream.send_all(head.encode() + b"Connection: close\r\n\r\n" + body)
+    await stream.aclose()
+
+
+async def test_a_deeply_nested_rest_answer_is_a_failed_request(autojump_clock: Any) -> None:
+    """A REST answer nested too deeply for a recursive JSON parser is an unusable answer, retried
+    and then reported like any other: never a RecursionError out of the ingest."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, partial(_answer_every_request_with, b"[" * 100_000), 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        async with open_rest_client(
+            f"http://127.0.0.1:{port}/trade-api/v2", signing_key=None, wall_ms=wall_ms, rate_per_s=100
+        ) as client:
+            with pytest.raises(RestUnavailable, match="expected a JSON object"):
+                await client.get_json("/markets/KXA-1")
+        nursery.cancel_scope.cancel()

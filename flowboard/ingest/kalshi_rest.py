@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import httpx
+import orjson
 import trio
 
 from flowboard.errors import FlowboardError
@@ -129,8 +130,10 @@ class RestClient:
                     continue
                 if response.status_code < 400:
                     try:
-                        body = response.json()
-                    except ValueError:
+                        # orjson, not response.json(): the stdlib parser recurses once per level,
+                        # so a deeply nested answer raised RecursionError out of the ingest.
+                        body = orjson.loads(response.content)
+                    except orjson.JSONDecodeError:
                         body = None
                     if isinstance(body, dict):
                         return body
