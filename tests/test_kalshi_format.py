@@ -267,6 +267,29 @@ MALFORMED_TRADES: list[tuple[str, dict[str, Any], str]] = [
         " got count_fp=nothing, count=nothing",
     ),
     ("legacy count zero", legacy_msg(count=0), "trade.count: expected a count greater than 0, got 0"),
+    # A huge exponent cost seconds of CPU to turn into an integer, and a huge count or time made
+    # integers that no store column, wire integer or $ total can hold.
+    (
+        "count with a huge exponent",
+        current_msg(count_fp="1e100000"),
+        "trade.count_fp: expected a contract count of at most 1000000000 contracts, got '1e100000'",
+    ),
+    (
+        "price with a huge exponent",
+        current_msg(yes_price_dollars="1e100000", no_price_dollars=REMOVE),
+        "trade.yes_price_dollars: expected a price between 0 and 1 dollars, got '1e100000'",
+    ),
+    (
+        "count beyond a billion contracts",
+        current_msg(count_fp="1000000000.01"),
+        "expected a contract count of at most 1000000000 contracts",
+    ),
+    ("legacy count beyond a billion", legacy_msg(count=10**9 + 1), "of at most 1000000000 contracts"),
+    (
+        "ts_ms after the year 9999",
+        current_msg(ts_ms=10**20),
+        "trade.ts_ms: expected a time before the year 10000, got 100000000000000000000",
+    ),
     (
         "legacy count as string",
         legacy_msg(count="10"),

@@ -42,6 +42,14 @@ KALSHI_PRICE_DECIMALS = 4
 CENT = ONE_DOLLAR // 100
 #: Legacy counts are whole contracts; one contract in Flowboard's count units.
 CONTRACT = COUNT_SCALE
+#: The largest trade we take, far beyond any real one: its $ volume (count x price, in USD
+#: units) fits a signed 64-bit integer with room for a day of such trades, as the store, the
+#: wire and the page need.
+MAX_COUNT_CONTRACTS = 10**9
+_PRICE_RANGE = "a price between 0 and 1 dollars"
+_COUNT_RANGE = f"a contract count of at most {MAX_COUNT_CONTRACTS} contracts"
+#: 9999-12-31T23:59:59.999Z: the latest trade time a date-time can name.
+MAX_TS_MS = 253_402_300_799_999
 
 # Long enough to recognise a value in a log line, short enough that a hostile or
 # corrupted message cannot flood the log.
@@ -198,9 +206,9 @@ def _optional_dollars(obj: Mapping[str, object], field: str, where: str) -> int 
     value = obj.get(field)
     if value is None:
         return None
-    units = _decimal_units(value, field, where, PRICE_DECIMALS, "a price in dollars")
+    units = _decimal_units(value, field, where, PRICE_DECIMALS, "a price in dollars", 1, _PRICE_RANGE)
     if not 0 <= units <= ONE_DOLLAR:
-        raise _malformed(f"{where}.{field}", "a price between 0 and 1 dollars", value)
+        raise _malformed(f"{where}.{field}", _PRICE_RANGE, value)
     return units
 
 
@@ -217,7 +225,9 @@ def _count(obj: Mapping[str, object], where: str) -> int:
     """Contracts in hundredths, from ``count_fp`` or, failing that, the legacy integer ``count``."""
     if obj.get("count_fp") is not None:
         value = obj["count_fp"]
-        units = _decimal_units(value, "count_fp", where, COUNT_DECIMALS, "a contract count")
+        units = _decimal_units(
+            value, "count_fp", where, COUNT_DECIMALS, "a contract count", MAX_COUNT_CONTRACTS, _COUNT_RANGE
+        )
         field = "count_fp"
     else:
         value = obj.get("count")
@@ -230,6 +240,8 @@ def _count(obj: Mapping[str, object], where: str) -> int:
         field = "count"
     if units <= 0:
         raise _malformed(f"{where}.{field}", "a count greater than 0", value)
+    if units > MAX_COUNT_CONTRACTS * CONTRACT:
+        raise _malformed(f"{where}.{field}", _COUNT_RANGE, value)
     return units
 
 
@@ -250,11 +262,13 @@ def _ws_ts_ms(obj: Mapping[str, object], where: str) -> int:
     if ts_ms is not None:
         if not _is_int(ts_ms) or ts_ms < 0:
             raise _malformed(f"{where}.ts_ms", "non-negative integer milliseconds", ts_ms)
+        if ts_ms > MAX_TS_MS:
+            raise _malformed(f"{where}.ts_ms", "a time before the year 10000", ts_ms)
         return ts_ms
     ts = obj.get("ts")
     if isinstance(ts, str):
         return _iso_ms(ts, "ts", where)
-    if not _is_int(ts) or ts < 0:
+    if not _is_int(ts) or not 0 <= ts * 1000 <= MAX_TS_MS:
         raise _malformed(f"{where}.ts", "integer seconds or an ISO-8601 date-time (or ts_ms)", ts)
     return ts * 1000
 
@@ -284,8 +298,11 @@ def _iso_ms(value: str, field: str, where: str) -> int:
     return ms
 
 
-def _decimal_units(value: object, field: str, where: str, decimals: int, what: str) -> int:
-    """A decimal string as an exact integer count of 10**-decimals; finer values are malformed."""
+def _decimal_units(
+    value: object, field: str, where: str, decimals: int, what: str, at_most: int, range_text: str
+) -> int:
+    """A decimal string as an exact integer count of 10**-decimals; finer values, and values
+    beyond ``at_most`` either side of 0 (``range_text`` says the range), are malformed."""
     if not isinstance(value, str):
         raise _malformed(f"{where}.{field}", f"{what} as a decimal string", value)
     try:
@@ -294,6 +311,9 @@ def _decimal_units(value: object, field: str, where: str, decimals: int, what: s
         number = None
     if number is None or not number.is_finite():
         raise _malformed(f"{where}.{field}", f"{what} as a decimal string", value)
+    # Compared before any conversion: the integer of "1e100000" takes seconds to build.
+    if abs(number) > at_most:
+        raise _malformed(f"{where}.{field}", range_text, value)
     units = to_units(number, decimals)
     if units is None:
         raise MalformedMessage(
