@@ -147,6 +147,19 @@ def test_build_meta_keeps_open_interest_and_liquidity_exactly() -> None:
     assert (odd.open_interest, odd.liquidity) == (None, None)
 
 
+def test_build_meta_leaves_figures_beyond_64_bits_unknown() -> None:
+    """A figure no BIGINT column or stream integer can hold is unknown, and one with a huge
+    exponent is refused before it is turned into an integer (which took seconds of CPU)."""
+    huge = {"ticker": "X-1", "open_interest_fp": "1e100000", "liquidity_dollars": "1e100000"}
+    meta = build_meta(huge, None, None)
+    assert (meta.open_interest, meta.liquidity) == (None, None)
+    beyond = {"ticker": "X-1", "open_interest": 2**62, "liquidity_dollars": "92233720368.54775808"}
+    meta = build_meta(beyond, None, None)
+    assert (meta.open_interest, meta.liquidity) == (None, None)
+    largest = {"ticker": "X-1", "liquidity_dollars": "92233720368.54775807"}
+    assert build_meta(largest, None, None).liquidity == 2**63 - 1
+
+
 def test_token_bucket_spaces_requests() -> None:
     """The bucket lets a burst through and then spaces reservations at 1/rate, queueing in order."""
     bucket = TokenBucket(rate=10.0, burst=2.0)

@@ -55,16 +55,21 @@ def _parse_time_ms(value: object) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+#: The largest figure the store's BIGINT columns and the scale-out stream's integers hold.
+_MAX_UNITS = 2**63 - 1
+
+
 def _decimal_units(value: object, decimals: int) -> int | None:
-    """An exact decimal string as units of 10**-decimals; None when absent or not exact (a
-    figure we cannot show exactly is better left unknown than rounded)."""
+    """An exact decimal string as units of 10**-decimals; None when absent, not exact (a figure
+    we cannot show exactly is better left unknown than rounded) or beyond 64 bits."""
     if not isinstance(value, str):
         return None
     try:
         number = Decimal(value)
     except InvalidOperation:
         return None
-    if not number.is_finite() or number < 0:
+    # Compared before any conversion: the integer of "1e100000" takes seconds to build.
+    if not number.is_finite() or number < 0 or number.scaleb(decimals) > _MAX_UNITS:
         return None
     return to_units(number, decimals)
 
@@ -75,6 +80,8 @@ def _open_interest(market: dict[str, Any]) -> int | None:
     legacy = market.get("open_interest")
     if units is None and isinstance(legacy, int) and not isinstance(legacy, bool) and legacy >= 0:
         units = legacy * 10**COUNT_DECIMALS
+        if units > _MAX_UNITS:
+            return None
     return units
 
 
