@@ -1,18 +1,21 @@
-"""Many cheap WebSocket clients in one process: a plain epoll loop, no trio, no inflating.
+"""The cheap load generator: thousands of WebSocket clients that only count frames.
 
     python -m bench.mass URL COUNT [--deflate] [--rcvbuf BYTES]
 
-Connects COUNT clients to URL (``ws://host:port/path``), offering permessage-deflate when
-asked, then reads until SIGTERM or stdin closes, counting wire bytes and data frames per
-client (frame headers parsed, payloads never inflated or decoded) and answering pings.
-Prints ``connected N`` on stdout once all are connected, and a JSON summary at the end.
+One process, no trio, no asyncio: COUNT blocking handshakes (offering permessage-deflate when
+asked), then one level-triggered ``select.epoll`` loop over the non-blocking sockets. Each read
+goes to a ``bench.frames.FrameCounter``, which parses frame headers only (payloads are never
+inflated or decoded) so that the generator spends less CPU per frame than the server it loads;
+pings are answered, close codes recorded. Prints ``connected N failed F in S s`` once connected;
+then each line ``report`` on stdin prints one JSON line of running totals (messages, bytes,
+closes, this process's CPU seconds), and the end of stdin (or SIGTERM) prints the last one and
+exits. ``Mass`` below runs several of these (``procs``) from the benchmark and adds them up.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import resource
@@ -20,32 +23,39 @@ import select
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.frames import OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, FrameCounter, client_frame, close_code
 
 _HANDSHAKE = (
     "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
 )
 _EXT = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+_READ_BYTES = 262_144
+_HANDSHAKE_TIMEOUT_S = 60.0
 
 
 class Conn:
-    __slots__ = ("buf", "bytes", "close_code", "frames", "sock")
+    __slots__ = ("close_code", "counter", "lost", "sock")
 
-    def __init__(self, sock: socket.socket, rest: bytes) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = bytearray(rest)
-        self.bytes = len(rest)
-        self.frames = 0
+        self.counter = FrameCounter()
         self.close_code: int | None = None
+        self.lost = False  # the connection ended without a close frame
 
 
 def connect(host: str, port: int, path: str, deflate: bool, rcvbuf: int | None) -> Conn:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(_HANDSHAKE_TIMEOUT_S)
     sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()
     request = _HANDSHAKE.format(path=path, host=f"{host}:{port}", key=key, ext=_EXT if deflate else "")
@@ -58,46 +68,88 @@ def connect(host: str, port: int, path: str, deflate: bool, rcvbuf: int | None) 
         head += chunk
     status, _, _ = head.partition(b"\r\n")
     if b" 101 " not in status:
-        raise ConnectionError(f"handshake refused: {status!r}")
+        raise ConnectionError(f"expected 101 Switching Protocols, got {status!r}")
     _, _, rest = head.partition(b"\r\n\r\n")
     sock.setblocking(False)
-    return Conn(sock, rest)
+    conn = Conn(sock)
+    conn.counter.feed(rest)
+    return conn
 
 
-def parse_frames(conn: Conn) -> None:
-    buf = conn.buf
-    offset = 0
-    size = len(buf)
-    while size - offset >= 2:
-        length = buf[offset + 1] & 0x7F
-        header = 2
-        if length == 126:
-            if size - offset < 4:
-                break
-            length = int.from_bytes(buf[offset + 2 : offset + 4], "big")
-            header = 4
-        elif length == 127:
-            if size - offset < 10:
-                break
-            length = int.from_bytes(buf[offset + 2 : offset + 10], "big")
-            header = 10
-        if size - offset < header + length:
-            break
-        opcode = buf[offset] & 0x0F
-        fin = buf[offset] & 0x80
-        if opcode == 8:
-            payload = buf[offset + header : offset + header + length]
-            conn.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-        elif opcode == 9:
-            payload = bytes(buf[offset + header : offset + header + length])
-            mask = os.urandom(4)
-            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            with contextlib.suppress(OSError):
-                conn.sock.send(bytes([0x8A, 0x80 | len(payload)]) + mask + masked)
-        elif fin and opcode in (0, 1, 2):
-            conn.frames += 1
-        offset += header + length
-    del buf[:offset]
+def handle_controls(conn: Conn) -> None:
+    for opcode, payload in conn.counter.controls:
+        if opcode == OPCODE_PING:
+            try:
+                conn.sock.send(client_frame(OPCODE_PONG, payload, os.urandom(4)))
+            except OSError:
+                conn.lost = True
+        elif opcode == OPCODE_CLOSE and conn.close_code is None:
+            conn.close_code = close_code(payload)
+    conn.counter.controls.clear()
+
+
+def totals(conns: list[Conn], failed: int) -> dict[str, Any]:
+    messages = [c.counter.messages for c in conns]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "clients": len(conns),
+        "failed": failed,
+        "lost": sum(c.lost for c in conns),
+        "closed": dict(Counter(str(c.close_code) for c in conns if c.close_code is not None)),
+        "messages_total": sum(messages),
+        "messages_min": min(messages) if messages else 0,
+        "bytes_total": sum(c.counter.wire_bytes for c in conns),
+        "bytes_per_client_median": statistics.median(c.counter.wire_bytes for c in conns) if conns else 0,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def serve(conns: list[Conn], failed: int) -> None:
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    poller = select.epoll()
+    # Per socket, what one read needs, looked up once: the hot loop below is the generator's cost.
+    readers: dict[int, tuple[Any, Any, Conn]] = {}
+    for conn in conns:
+        readers[conn.sock.fileno()] = (conn.sock.recv, conn.counter.feed, conn)
+        poller.register(conn.sock.fileno(), select.EPOLLIN)
+    stdin = sys.stdin.fileno()
+    poller.register(stdin, select.EPOLLIN | select.EPOLLHUP)
+    while not stop:
+        try:
+            events = poller.poll(0.5)
+        except InterruptedError:
+            continue
+        for fd, _ in events:
+            reader = readers.get(fd)
+            if reader is None:
+                line = sys.stdin.readline()
+                if not line:
+                    stop = True  # the parent closed stdin or went away
+                else:
+                    print(json.dumps(totals(conns, failed)), flush=True)
+                continue
+            recv, feed, conn = reader
+            try:
+                data = recv(_READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if data:
+                feed(data)
+                if conn.counter.controls:
+                    handle_controls(conn)
+            else:
+                poller.unregister(fd)
+                del readers[fd]
+                conn.lost = conn.close_code is None
+    print(json.dumps(totals(conns, failed)), flush=True)
 
 
 def main() -> int:
@@ -111,68 +163,97 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     authority, _, path = args.url[len("ws://") :].partition("/")
     host, _, port = authority.rpartition(":")
-    conns: dict[int, Conn] = {}
+    conns: list[Conn] = []
     failed = 0
     started = time.monotonic()
     for _ in range(args.count):
         try:
-            conn = connect(host, int(port), "/" + path, args.deflate, args.rcvbuf)
+            conns.append(connect(host, int(port), "/" + path, args.deflate, args.rcvbuf))
         except OSError:
             failed += 1
-            continue
-        conns[conn.sock.fileno()] = conn
     print(f"connected {len(conns)} failed {failed} in {time.monotonic() - started:.1f} s", flush=True)
-
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    poller = select.epoll()
-    for fd in conns:
-        poller.register(fd, select.EPOLLIN)
-    poller.register(sys.stdin.fileno(), select.EPOLLIN | select.EPOLLHUP)
-    lost = 0
-    while not stop:
-        try:
-            events = poller.poll(0.5)
-        except InterruptedError:
-            continue
-        for fd, _ in events:
-            conn = conns.get(fd)
-            if conn is None:
-                stop = True  # stdin: the parent went away or asked us to finish
-                continue
-            try:
-                data = conn.sock.recv(262_144)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                poller.unregister(fd)
-                if conn.close_code is None:
-                    lost += 1
-                continue
-            conn.bytes += len(data)
-            conn.buf += data
-            parse_frames(conn)
-    per_client = [c.bytes for c in conns.values()]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    summary = {
-        "clients": len(conns),
-        "failed": failed,
-        "lost": lost,
-        "bytes_total": sum(per_client),
-        "frames_total": sum(c.frames for c in conns.values()),
-        "bytes_per_client_median": statistics.median(per_client) if per_client else 0,
-        "closed": dict(Counter(str(c.close_code) for c in conns.values() if c.close_code is not None)),
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-    }
-    print(json.dumps(summary), flush=True)
+    serve(conns, failed)
     return 0
+
+
+def _raise_nofile() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Mass:
+    """``count`` counting clients in ``procs`` ``bench.mass`` subprocesses, added up.
+
+    Blocking (pipes to the subprocesses); the trio benchmark calls it through ``trio.to_thread``.
+    """
+
+    def __init__(self, url: str, count: int, *, deflate: bool, procs: int = 1) -> None:
+        procs = max(1, min(procs, count))
+        self.count = count
+        self.procs: list[subprocess.Popen[str]] = []
+        for index in range(procs):
+            share = count // procs + (1 if index < count % procs else 0)
+            argv = [sys.executable, "-m", "bench.mass", url, str(share)] + (["--deflate"] if deflate else [])
+            self.procs.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=Path(__file__).resolve().parent.parent,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    preexec_fn=_raise_nofile,
+                )
+            )
+
+    def wait_connected(self) -> str:
+        lines = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            lines.append(proc.stdout.readline().strip() or f"exited ({proc.wait()})")
+        return "; ".join(lines)
+
+    def report(self) -> dict[str, Any]:
+        """Running totals over all subprocesses (cumulative since they started)."""
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("report\n")
+            proc.stdin.flush()
+        return _add([self._read_json(proc) for proc in self.procs])
+
+    def finish(self) -> dict[str, Any]:
+        summaries = []
+        for proc in self.procs:
+            assert proc.stdin is not None
+            if not proc.stdin.closed:
+                proc.stdin.close()
+        for proc in self.procs:
+            summaries.append(self._read_json(proc, last=True))
+            proc.wait(30)
+        return _add(summaries)
+
+    @staticmethod
+    def _read_json(proc: subprocess.Popen[str], last: bool = False) -> dict[str, Any]:
+        assert proc.stdout is not None
+        text = proc.stdout.read() if last else proc.stdout.readline()
+        lines = [line for line in text.splitlines() if line.startswith("{")]
+        return json.loads(lines[-1]) if lines else {"error": "no report"}
+
+
+def _add(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in reports if "error" not in r]
+    closed: Counter[str] = Counter()
+    for report in good:
+        closed.update(report["closed"])
+    summed = {
+        key: sum(r[key] for r in good)
+        for key in ("clients", "failed", "lost", "messages_total", "bytes_total", "cpu_s")
+    }
+    return {
+        **summed,
+        "closed": dict(closed),
+        "messages_min": min((r["messages_min"] for r in good), default=0),
+        "errors": len(reports) - len(good),
+    }
 
 
 if __name__ == "__main__":

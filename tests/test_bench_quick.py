@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
+from bench.frames import OPCODE_CLOSE, OPCODE_PING, FrameCounter, client_frame, close_code
 from bench.load import Group, check_views, open_group, read_metrics, summarize_group, v1_kind, v2_kind
 from flowboard.config import Config
 from flowboard.server.pipeline import run_server
@@ -32,6 +35,69 @@ async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> Asyn
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         yield runtime
         nursery.cancel_scope.cancel()
+
+
+def _server_frame(opcode: int, payload: bytes, fin: bool) -> bytes:
+    """A frame as a server writes it (unmasked), with the shortest length encoding."""
+    first = (0x80 if fin else 0) | opcode
+    if len(payload) < 126:
+        header = bytes([first, len(payload)])
+    elif len(payload) < 65_536:
+        header = bytes([first, 126]) + len(payload).to_bytes(2, "big")
+    else:
+        header = bytes([first, 127]) + len(payload).to_bytes(8, "big")
+    return header + payload
+
+
+# A server's messages: text or binary, whole or in fragments, with pings and closes between them;
+# lengths reach past 125 (16-bit length) and, now and then, past 65,535 (64-bit length).
+_payload_sizes = st.one_of(st.integers(0, 300), st.sampled_from([125, 126, 65_535, 65_536, 70_000]))
+_messages = st.lists(
+    st.tuples(st.sampled_from([1, 2]), st.lists(_payload_sizes, min_size=1, max_size=3)), max_size=8
+)
+_controls = st.lists(
+    st.tuples(st.sampled_from([OPCODE_PING, OPCODE_CLOSE]), st.binary(max_size=125)), max_size=8
+)
+
+
+@given(messages=_messages, controls=_controls, data=st.data())
+def test_frame_counter_counts_messages_across_any_partial_reads(
+    messages: list[tuple[int, list[int]]], controls: list[tuple[int, bytes]], data: st.DataObject
+) -> None:
+    """Cut anywhere (inside headers, payloads, control frames), the stream gives the same
+    message count, every control frame whole and in order, and every wire byte counted."""
+    frames: list[bytes] = []
+    for index, (opcode, sizes) in enumerate(messages):
+        for part, size in enumerate(sizes):
+            frames.append(_server_frame(opcode if part == 0 else 0, b"x" * size, fin=part == len(sizes) - 1))
+        if index < len(controls):
+            frames.append(_server_frame(controls[index][0], controls[index][1], fin=True))
+    expected_controls = controls[: len(messages)]
+    wire = b"".join(frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12)))
+    counter = FrameCounter()
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        counter.feed(wire[start:end])
+    assert counter.messages == len(messages)
+    assert counter.controls == expected_controls
+    assert counter.wire_bytes == len(wire)
+
+
+def test_frame_counter_reads_extended_lengths_and_skips_masking_keys() -> None:
+    """16- and 64-bit lengths are read as such; a masked frame's 4-byte key is skipped as header."""
+    counter = FrameCounter()
+    counter.feed(_server_frame(1, b"a" * 300, fin=True) + _server_frame(2, b"b" * 70_000, fin=True))
+    masked_ping = client_frame(OPCODE_PING, b"hello", b"\x01\x02\x03\x04")
+    counter.feed(masked_ping + _server_frame(1, b"{}", fin=True))
+    assert counter.messages == 3
+    assert [opcode for opcode, _ in counter.controls] == [OPCODE_PING]
+    assert close_code(b"\x0f\xa0bye") == 4000 and close_code(b"") == 1005
+
+
+def test_client_frame_refuses_what_a_control_frame_cannot_carry() -> None:
+    """A client control frame over 125 bytes is refused with what was expected and what came."""
+    with pytest.raises(ValueError, match=r"at most 125 bytes.*got 126"):
+        client_frame(OPCODE_PING, b"x" * 126, b"abcd")
 
 
 def test_frames_are_classified_by_kind() -> None:
