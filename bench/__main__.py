@@ -22,8 +22,8 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,13 +36,16 @@ from bench.load import (
     MeasuredClient,
     SlowClient,
     check_views,
+    histogram_quantile,
     open_group,
     percentile,
     read_metrics,
     summarize_group,
     ws_base,
 )
-from bench.server import ServerProcess, machine, proc_usage
+from bench.mass import Mass
+from bench.server import PeerProcess, ServerProcess, machine, proc_usage
+from flowboard.testing.wsclient import open_wire_client
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -55,39 +58,6 @@ def _raise_nofile() -> None:
 def _self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class Mass:
-    """A ``bench.mass`` subprocess holding ``count`` cheap clients."""
-
-    def __init__(self, url: str, count: int, *, deflate: bool) -> None:
-        argv = [sys.executable, "-m", "bench.mass", url, str(count)] + (["--deflate"] if deflate else [])
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=Path(__file__).resolve().parent.parent,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=_raise_nofile,
-        )
-        self.count = count
-        self.connected_line = ""
-
-    async def wait_connected(self) -> str:
-        assert self.proc.stdout is not None
-        self.connected_line = await trio.to_thread.run_sync(self.proc.stdout.readline)
-        return self.connected_line.strip()
-
-    def cpu_s(self) -> float:
-        return proc_usage(self.proc.pid)[0]
-
-    def finish(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        out = self.proc.stdout.read()
-        self.proc.wait(30)
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        return json.loads(lines[-1]) if lines else {"error": "no summary"}
 
 
 def _set_measuring(clients: Sequence[MeasuredClient], on: bool) -> None:
@@ -294,10 +264,218 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+# -- cost ----------------------------------------------------------------------------------------
+
+LOOP_LAG = "flowboard_loop_lag_seconds"
+COALESCE = "flowboard_coalesce_interval_seconds"
+
+
+def _loop_lag(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The server's event-loop lag between two /metrics reads (or that it does not export it)."""
+    if not any(key.startswith(LOOP_LAG) for key in after):
+        return {"exported": False}
+    p50, p99 = (histogram_quantile(before, after, LOOP_LAG, q) for q in (0.5, 0.99))
+    return {
+        "exported": True,
+        "p50_ms": None if p50 is None else 1000 * p50,
+        "p99_ms": None if p99 is None else 1000 * p99,
+        "coalesce_interval_s": after.get(COALESCE),
+    }
+
+
+def _lag_text(lag: dict[str, Any]) -> str:
+    if not lag.get("exported"):
+        return "loop lag not exported"
+    interval = lag.get("coalesce_interval_s")
+    coalesce = "not exported" if interval is None else f"{interval * 1000:.0f} ms"
+    return f"loop lag p99 {_fmt(lag['p99_ms'])} ms (bucket bound), coalescing interval {coalesce}"
+
+
+async def _record_frames(url: str, path: Path, until: trio.Event) -> None:
+    """Writes the v2 frames one plain client gets (the snapshot left out) until ``until`` is set."""
+    client = await open_wire_client(url, deflate=False)
+    frames = []
+    with trio.move_on_after(600):
+        async with trio.open_nursery() as nursery:
+
+            async def stop() -> None:
+                await until.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop)
+            await client.receive()
+            while True:
+                frames.append((await client.receive()).text)
+    await client.aclose()
+    await trio.Path(path).write_text("\n".join(frames) + "\n")
+
+
+async def _cost_one(
+    args: argparse.Namespace,
+    server: ServerProcess | PeerProcess,
+    path: str,
+    deflate: bool,
+    record: Path | None,
+) -> dict[str, Any]:
+    """Server CPU per frame the counting clients received, in one server process started here."""
+    url = server.start()
+    ws_url = (ws_base(url) + path) if isinstance(server, ServerProcess) else url
+    mass: Mass | None = None
+    try:
+        await trio.sleep(2)
+        idle0, t_idle = proc_usage(server.pid)[0], time.monotonic()
+        await trio.sleep(3)
+        idle1, rss0 = proc_usage(server.pid)
+        idle_cpu_per_s = (idle1 - idle0) / (time.monotonic() - t_idle)
+        mass = Mass(ws_url, args.clients, deflate=deflate, procs=args.procs)
+        connected = await trio.to_thread.run_sync(mass.wait_connected)
+        await trio.sleep(args.settle)
+        recorded = trio.Event()
+        async with trio.open_nursery() as nursery:
+            if record is not None:
+                nursery.start_soon(_record_frames, ws_url, record, recorded)
+            report0 = await trio.to_thread.run_sync(mass.report)
+            cpu0, t0 = proc_usage(server.pid)[0], time.monotonic()
+            await trio.sleep(args.duration)
+            report1 = await trio.to_thread.run_sync(mass.report)
+            cpu1, rss1 = proc_usage(server.pid)
+            seconds = time.monotonic() - t0
+            recorded.set()
+    finally:
+        summary = mass.finish() if mass is not None else {}
+        server.stop()
+    frames = report1["messages_total"] - report0["messages_total"]
+    cpu = cpu1 - cpu0
+    return {
+        "path": path,
+        "deflate": deflate,
+        "connected": connected,
+        "seconds": seconds,
+        "frames": frames,
+        "frames_per_s_per_client": frames / seconds / args.clients,
+        "wire_bytes_per_frame": (report1["bytes_total"] - report0["bytes_total"]) / frames
+        if frames
+        else None,
+        "server_cpu_percent": 100 * cpu / seconds,
+        "server_us_per_frame": 1e6 * cpu / frames if frames else None,
+        "server_us_per_frame_net_of_idle": 1e6 * (cpu - idle_cpu_per_s * seconds) / frames
+        if frames
+        else None,
+        "generator_us_per_frame": 1e6 * (report1["cpu_s"] - report0["cpu_s"]) / frames if frames else None,
+        "rss_kib_per_client": (rss1 - rss0) / args.clients,
+        "closed": summary.get("closed"),
+        "lost": summary.get("lost"),
+    }
+
+
+async def cost(args: argparse.Namespace) -> dict[str, Any]:
+    runs: list[list[dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="flowboard-cost-") as tmp:
+        frames_file = Path(tmp) / "frames.txt"
+        for repeat in range(args.repeat):
+            rows = []
+            for path in ("/ws", "/ws/stream"):
+                for deflate in (True, False):
+                    record = frames_file if (path, deflate, repeat) == ("/ws", True, 0) else None
+                    row = await _cost_one(args, ServerProcess(rate=args.rate), path, deflate, record)
+                    rows.append(row)
+                    _print_cost_row(f"flowboard {path}", row)
+            # The peer sends what /ws delivered: the recorded frames, at /ws's frames per client per second.
+            ws_rate = statistics.median(
+                r["frames_per_s_per_client"] for r in rows if r["path"] == "/ws" and r["deflate"]
+            )
+            for deflate in (True, False):
+                peer = PeerProcess(frames_file, frames_per_s=ws_rate)
+                row = await _cost_one(args, peer, "peer", deflate, None)
+                rows.append(row)
+                _print_cost_row("websockets broadcast()", row)
+            runs.append(rows)
+
+    def median_of(path: str, deflate: bool, key: str) -> float | None:
+        values = [r[key] for rows in runs for r in rows if r["path"] == path and r["deflate"] == deflate]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    keys = (
+        "server_us_per_frame",
+        "server_us_per_frame_net_of_idle",
+        "generator_us_per_frame",
+        "rss_kib_per_client",
+        "frames_per_s_per_client",
+        "wire_bytes_per_frame",
+        "server_cpu_percent",
+    )
+    medians = {
+        f"{path} {'deflate' if deflate else 'plain'}": {key: median_of(path, deflate, key) for key in keys}
+        for path in ("/ws", "/ws/stream", "peer")
+        for deflate in (True, False)
+    }
+    ratio = {
+        mode: (medians[f"/ws {mode}"]["server_us_per_frame"] or 0)
+        / (medians[f"peer {mode}"]["server_us_per_frame"] or 1)
+        for mode in ("deflate", "plain")
+    }
+    generator_below_server = all(
+        (m["generator_us_per_frame"] or 0) < (m["server_us_per_frame"] or 0) for m in medians.values()
+    )
+    results = {
+        "runs": runs,
+        "medians": medians,
+        "ws_over_peer_cpu_per_frame": ratio,
+        "targets": {
+            "ws_deflate_le_10_us": (medians["/ws deflate"]["server_us_per_frame"] or 1e9) <= 10,
+            "ws_plain_le_5_us": (medians["/ws plain"]["server_us_per_frame"] or 1e9) <= 5,
+            "ws_below_peer": ratio["deflate"] < 1 and ratio["plain"] < 1,
+            "generator_cheaper_than_server": generator_below_server,
+        },
+    }
+    print(f"\nmedians of {args.repeat} run(s), {args.clients} clients, {args.rate:g} trades/s:")
+    print(
+        _table(
+            [
+                "server",
+                "µs/frame",
+                "net of idle",
+                "generator µs/frame",
+                "RSS KiB/client",
+                "frames/s/client",
+                "B/frame",
+            ],
+            [
+                [
+                    name,
+                    m["server_us_per_frame"],
+                    m["server_us_per_frame_net_of_idle"],
+                    m["generator_us_per_frame"],
+                    m["rss_kib_per_client"],
+                    m["frames_per_s_per_client"],
+                    m["wire_bytes_per_frame"],
+                ]
+                for name, m in medians.items()
+            ],
+        )
+    )
+    print(f"/ws over the peer, CPU per frame: deflate {ratio['deflate']:.2f}, plain {ratio['plain']:.2f}")
+    print(f"targets: {results['targets']}")
+    return results
+
+
+def _print_cost_row(name: str, row: dict[str, Any]) -> None:
+    mode = "deflate" if row["deflate"] else "plain"
+    print(
+        f"{name} {mode}: {_fmt(row['server_us_per_frame'])} µs/frame (net of idle"
+        f" {_fmt(row['server_us_per_frame_net_of_idle'])}), generator {_fmt(row['generator_us_per_frame'])}"
+        f" µs/frame, {_fmt(row['frames_per_s_per_client'], 2)} frames/s/client,"
+        f" {_fmt(row['rss_kib_per_client'])} KiB/client, CPU {row['server_cpu_percent']:.0f}%;"
+        f" {row['connected']}; closed {row['closed']} lost {row['lost']}",
+        flush=True,
+    )
+
+
 # -- capacity --------------------------------------------------------------------------------------
 
 
-async def capacity(args: argparse.Namespace) -> dict[str, Any]:
+async def _capacity_run(args: argparse.Namespace) -> list[dict[str, Any]]:
     steps = [int(s) for s in args.steps.split(",")]
     server = ServerProcess(rate=args.rate)
     url = server.start()
@@ -312,29 +490,33 @@ async def capacity(args: argparse.Namespace) -> dict[str, Any]:
             )
             held = len(sample)
             for step in steps:
+                connected = "-"
                 if step > held:
-                    mass = Mass(ws_base(url) + "/ws", step - held, deflate=True)
+                    mass = Mass(ws_base(url) + "/ws", step - held, deflate=True, procs=args.procs)
                     masses.append(mass)
-                    connected = await mass.wait_connected()
+                    connected = await trio.to_thread.run_sync(mass.wait_connected)
                     held = step
-                else:
-                    connected = "-"
                 await trio.sleep(args.settle)
                 before = await read_metrics(url)
                 for client in sample:
                     client.tally.latencies_ms.clear()
+                reports0 = [await trio.to_thread.run_sync(m.report) for m in masses]
                 cpu0, t0 = proc_usage(server.pid)[0], time.monotonic()
-                mass_cpu0 = sum(m.cpu_s() for m in masses)
-                self0 = _self_cpu()
                 _set_measuring(sample, True)
                 await trio.sleep(args.duration)
                 _set_measuring(sample, False)
                 seconds = time.monotonic() - t0
                 cpu1, rss = proc_usage(server.pid)
+                reports1 = [await trio.to_thread.run_sync(m.report) for m in masses]
                 after = await read_metrics(url)
+                frames = sum(
+                    b["messages_total"] - a["messages_total"] for a, b in zip(reports0, reports1, strict=True)
+                )
+                generator_cpu = sum(b["cpu_s"] - a["cpu_s"] for a, b in zip(reports0, reports1, strict=True))
                 latencies = [lat for c in sample for lat in c.tally.latencies_ms]
                 p99 = percentile(latencies, 99)
                 closed = after.get("flowboard_client_closed_slow_total", 0)
+                mass_closed = sum(sum(r["closed"].values()) + r["lost"] for r in reports1)
                 row = {
                     "clients": step,
                     "connected": connected,
@@ -344,99 +526,251 @@ async def capacity(args: argparse.Namespace) -> dict[str, Any]:
                     "max_ms": max(latencies) if latencies else None,
                     "latency_samples": len(latencies),
                     "closed_4008_total": closed,
-                    "resyncs": after.get("flowboard_client_resyncs_total", 0)
-                    - before.get("flowboard_client_resyncs_total", 0),
-                    "batched_frames": after.get("flowboard_client_batched_frames_total", 0)
-                    - before.get("flowboard_client_batched_frames_total", 0),
+                    "counting_clients_closed_or_lost": mass_closed,
                     "server_cpu_percent": 100 * (cpu1 - cpu0) / seconds,
+                    "server_us_per_frame": 1e6 * (cpu1 - cpu0) / frames if frames else None,
+                    "generator_cpu_percent": 100 * generator_cpu / seconds,
+                    "generator_us_per_frame": 1e6 * generator_cpu / frames if frames else None,
+                    "frames_per_s_counted": frames / seconds,
                     "server_rss_kib": rss,
                     "rss_kib_per_client": (rss - base_rss) / step,
-                    "mass_clients_cpu_percent": 100 * (sum(m.cpu_s() for m in masses) - mass_cpu0) / seconds,
-                    "bench_cpu_percent": 100 * (_self_cpu() - self0) / seconds,
                     "sample_closed": sum(c.tally.closed is not None for c in sample),
+                    "loop_lag": _loop_lag(before, after),
                 }
-                row["ok"] = p99 is not None and p99 < 250 and closed == 0 and row["sample_closed"] == 0
+                row["ok"] = (
+                    p99 is not None
+                    and p99 <= 250
+                    and closed == 0
+                    and mass_closed == 0
+                    and row["sample_closed"] == 0
+                )
                 rows.append(row)
                 print(
                     f"{step:>6} clients: p50 {_fmt(row['p50_ms'])} p99 {_fmt(p99)} ms, server CPU "
-                    f"{row['server_cpu_percent']:.0f}%, RSS {rss / 1024:.0f} MiB "
-                    f"({row['rss_kib_per_client']:.1f} KiB/client), closed {closed:.0f}, {connected}",
+                    f"{row['server_cpu_percent']:.0f}% ({_fmt(row['server_us_per_frame'])} µs/frame),"
+                    " generator"
+                    f" {_fmt(row['generator_us_per_frame'])} µs/frame, RSS {rss / 1024:.0f} MiB "
+                    f"({row['rss_kib_per_client']:.1f} KiB/client), closed {closed:.0f}+{mass_closed};"
+                    f" {_lag_text(row['loop_lag'])}; {connected}",
                     flush=True,
                 )
                 if not row["ok"] and not args.keep_going:
                     break
             nursery.cancel_scope.cancel()
     finally:
-        mass_summaries = [m.finish() for m in masses]
+        for mass in masses:
+            mass.finish()
         server.stop()
-    passing = [r["clients"] for r in rows if r["ok"]]
+    return rows
+
+
+async def capacity(args: argparse.Namespace) -> dict[str, Any]:
+    runs = []
+    for repeat in range(args.repeat):
+        if args.repeat > 1:
+            print(f"run {repeat + 1} of {args.repeat}", flush=True)
+        runs.append(await _capacity_run(args))
+    held_per_run = [max((r["clients"] for r in rows if r["ok"]), default=None) for rows in runs]
+    steps = [int(s) for s in args.steps.split(",")]
+    held_in_all = [
+        step for step in steps if all(any(r["clients"] == step and r["ok"] for r in rows) for rows in runs)
+    ]
+    largest_all = max(held_in_all, default=None)
     results = {
-        "base_rss_kib": base_rss,
-        "steps": rows,
-        "largest_ok": max(passing) if passing else None,
-        "mass_summaries": mass_summaries,
-        "targets": {"capacity_ge_5000_p99_lt_250ms": 5000 in passing},
+        "runs": runs,
+        "steps": runs[-1],
+        "largest_ok_per_run": held_per_run,
+        "largest_ok": largest_all,
+        "targets": {
+            "capacity_ge_5000_p99_le_250ms_all_runs": largest_all is not None and largest_all >= 5000
+        },
+    }
+    for index, rows in enumerate(runs):
+        print(f"run {index + 1}:")
+        print(
+            _table(
+                [
+                    "clients",
+                    "p50 ms",
+                    "p99 ms",
+                    "CPU %",
+                    "µs/frame",
+                    "gen µs/frame",
+                    "KiB/client",
+                    "lag p99",
+                    "ok",
+                ],
+                [
+                    [
+                        r["clients"],
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        r["server_cpu_percent"],
+                        r["server_us_per_frame"],
+                        r["generator_us_per_frame"],
+                        r["rss_kib_per_client"],
+                        r["loop_lag"].get("p99_ms", "n/a"),
+                        r["ok"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+    print(
+        f"largest step within p99 250 ms, no client closed: per run {held_per_run};"
+        f" in {args.repeat} of {args.repeat} runs: {largest_all}"
+    )
+    return results
+
+
+# -- overload -------------------------------------------------------------------------------------
+
+
+async def overload(args: argparse.Namespace) -> dict[str, Any]:
+    server = ServerProcess(rate=args.rate)
+    url = server.start()
+    mass: Mass | None = None
+    lag_over_time: list[dict[str, Any]] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await trio.sleep(2)
+            sample = await open_group(nursery, url, Group("v2", deflate=True, clients=args.sample))
+            mass = Mass(ws_base(url) + "/ws", args.clients - args.sample, deflate=True, procs=args.procs)
+            connected = await trio.to_thread.run_sync(mass.wait_connected)
+            print(f"{args.clients} clients: {connected}", flush=True)
+            await trio.sleep(args.warmup)
+            first = before = await read_metrics(url)
+            report0 = await trio.to_thread.run_sync(mass.report)
+            cpu0, t0 = proc_usage(server.pid)[0], time.monotonic()
+            _set_measuring(sample, True)
+            while time.monotonic() - t0 < args.duration:
+                await trio.sleep(min(5.0, args.duration - (time.monotonic() - t0)))
+                now = await read_metrics(url)
+                lag = _loop_lag(before, now) | {"t_s": round(time.monotonic() - t0, 1)}
+                lag_over_time.append(lag)
+                print(f"  t={lag['t_s']} s: {_lag_text(lag)}", flush=True)
+                before = now
+            _set_measuring(sample, False)
+            seconds = time.monotonic() - t0
+            cpu1 = proc_usage(server.pid)[0]
+            report1 = await trio.to_thread.run_sync(mass.report)
+            last = await read_metrics(url)
+            check = await check_views(url, sample)
+            nursery.cancel_scope.cancel()
+    finally:
+        summary_mass = mass.finish() if mass is not None else {}
+        server.stop()
+    summary = summarize_group(sample, seconds)
+    closed = {
+        "server_4008": last.get("flowboard_client_closed_slow_total", 0),
+        "counting_clients": summary_mass.get("closed"),
+        "counting_clients_lost": summary_mass.get("lost"),
+        "measuring_clients": summary["closed"],
+    }
+    closed_total = (
+        closed["server_4008"]
+        + sum((closed["counting_clients"] or {}).values())
+        + (closed["counting_clients_lost"] or 0)
+        + sum(closed["measuring_clients"].values())
+    )
+    frames = report1["messages_total"] - report0["messages_total"]
+    lag = _loop_lag(first, last)
+    histogram = {k: v - first.get(k, 0.0) for k, v in last.items() if k.startswith(LOOP_LAG)}
+    lat = summary["latency_ms"]
+    results = {
+        "seconds": seconds,
+        "clients": args.clients,
+        "rate": args.rate,
+        "sample": summary,
+        "server_cpu_percent": 100 * (cpu1 - cpu0) / seconds,
+        "server_us_per_frame": 1e6 * (cpu1 - cpu0) / frames if frames else None,
+        "frames_per_s_per_counting_client": frames / seconds / max(1, args.clients - args.sample),
+        "closed": closed,
+        "closed_total": closed_total,
+        "view_check": check,
+        "loop_lag": lag,
+        "loop_lag_histogram_delta": histogram,
+        "loop_lag_over_time": lag_over_time,
+        "targets": {
+            "p99_le_1s": lat["p99"] is not None and lat["p99"] <= 1000,
+            "no_client_closed": closed_total == 0,
+            "nothing_lost": check.get("ok") is True,
+            "loop_lag_p99_le_20ms": lag.get("p99_ms") is not None and lag["p99_ms"] <= 20,
+        },
     }
     print(
-        _table(
-            ["clients", "p50 ms", "p99 ms", "max ms", "CPU %", "RSS MiB", "KiB/client", "closed", "ok"],
-            [
-                [
-                    r["clients"],
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    r["max_ms"],
-                    r["server_cpu_percent"],
-                    r["server_rss_kib"] / 1024,
-                    r["rss_kib_per_client"],
-                    r["closed_4008_total"],
-                    r["ok"],
-                ]
-                for r in rows
-            ],
-        )
+        f"overload: {args.clients} clients at {args.rate:g} trades/s:"
+        f" p50 {_fmt(lat['p50'])} p99 {_fmt(lat['p99'])} ms,"
+        f" server CPU {results['server_cpu_percent']:.0f}%"
+        f" ({_fmt(results['server_us_per_frame'])} µs/frame),"
+        f" {results['frames_per_s_per_counting_client']:.2f} frames/s per counting client"
     )
-    print(f"largest client count within p99 < 250 ms and no closes: {results['largest_ok']}")
+    print(f"clients closed: {closed_total:.0f} {closed}; view check {check}")
+    print(f"whole run: {_lag_text(lag)}")
+    if histogram:
+        print(
+            "loop lag histogram (observations in the run): "
+            + ", ".join(f"{k}={v:.0f}" for k, v in histogram.items())
+        )
+    print(f"targets: {results['targets']}")
     return results
 
 
 # -- slow ----------------------------------------------------------------------------------------
 
 
-async def _slow_phase(args: argparse.Namespace, with_slow: bool) -> dict[str, Any]:
+async def _slow_phase(
+    args: argparse.Namespace, url: str, server: ServerProcess, sample: list[MeasuredClient]
+) -> dict[str, Any]:
+    for client in sample:
+        client.tally.latencies_ms.clear()
+    cpu0, t0 = proc_usage(server.pid)[0], time.monotonic()
+    _set_measuring(sample, True)
+    await trio.sleep(args.duration)
+    _set_measuring(sample, False)
+    seconds = time.monotonic() - t0
+    cpu1, rss = proc_usage(server.pid)
+    latencies = [lat for c in sample for lat in c.tally.latencies_ms]
+    return {
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "latency_samples": len(latencies),
+        "server_cpu_percent": 100 * (cpu1 - cpu0) / seconds,
+        "server_rss_kib": rss,
+    }
+
+
+async def _slow_run(args: argparse.Namespace) -> dict[str, Any]:
+    """One server: the normal clients' latency without slow clients, then with them."""
     server = ServerProcess(rate=args.rate)
     url = server.start()
-    mass = None
-    slow: list[SlowClient] = []
+    mass: Mass | None = None
+    slow_clients: list[SlowClient] = []
     try:
         async with trio.open_nursery() as nursery:
             sample = await open_group(
                 nursery, url, Group("v2", deflate=True, clients=args.sample, decode=False)
             )
-            mass = Mass(ws_base(url) + "/ws", args.clients - args.sample, deflate=True)
-            await mass.wait_connected()
-            if with_slow:
-                for index in range(args.slow):
-                    client = SlowClient(ws_base(url) + "/ws", bytes_per_s=2048 if index % 2 == 0 else 0)
-                    slow.append(client)
-                    nursery.start_soon(client.run)
+            mass = Mass(ws_base(url) + "/ws", args.clients - args.sample, deflate=True, procs=args.procs)
+            await trio.to_thread.run_sync(mass.wait_connected)
             await trio.sleep(args.warmup)
-            nursery.start_soon(_sample_server, server, 2.0)
-            _set_measuring(sample, True)
-            await trio.sleep(args.duration)
-            _set_measuring(sample, False)
+            without = await _slow_phase(args, url, server, sample)
+            for index in range(args.slow):
+                client = SlowClient(ws_base(url) + "/ws", bytes_per_s=2048 if index % 2 == 0 else 0)
+                slow_clients.append(client)
+                nursery.start_soon(client.run)
+            await trio.sleep(args.warmup)
+            with_slow = await _slow_phase(args, url, server, sample)
             metrics = await read_metrics(url)
             nursery.cancel_scope.cancel()
     finally:
         mass_summary = mass.finish() if mass is not None else {}
         server.stop()
-    latencies = [lat for c in sample for lat in c.tally.latencies_ms]
-    rss = [(round(s.t, 1), s.rss_kib) for s in server.samples]
-    return {
-        "p50_ms": percentile(latencies, 50),
-        "p99_ms": percentile(latencies, 99),
-        "latency_samples": len(latencies),
-        "rss_kib_over_time": rss,
+    ratio = (with_slow["p99_ms"] or 0) / (without["p99_ms"] or 1)
+    row = {
+        "without_slow": without,
+        "with_slow": with_slow,
+        "p99_ratio": ratio,
         "slow_clients": [
             {
                 "reads_bytes_per_s": c.bytes_per_s,
@@ -445,49 +779,59 @@ async def _slow_phase(args: argparse.Namespace, with_slow: bool) -> dict[str, An
                 "resync_frames_seen": c.resyncs,
                 "closed": c.closed,
             }
-            for c in slow
+            for c in slow_clients
         ],
         "server_metrics": {
             k: v
             for k, v in metrics.items()
             if any(w in k for w in ("resyncs", "closed_slow", "batched", "conflated", "pending", "clients"))
         },
-        "mass": mass_summary,
+        "counting_clients": mass_summary,
     }
+    print(
+        f"without slow: p99 {_fmt(without['p99_ms'])} ms (CPU {without['server_cpu_percent']:.0f}%),"
+        f" with {args.slow} slow: p99 {_fmt(with_slow['p99_ms'])} ms"
+        f" (CPU {with_slow['server_cpu_percent']:.0f}%);"
+        f" ratio {ratio:.2f}",
+        flush=True,
+    )
+    return row
 
 
 async def slow(args: argparse.Namespace) -> dict[str, Any]:
-    without = await _slow_phase(args, with_slow=False)
-    with_slow = await _slow_phase(args, with_slow=True)
-    ratio = (with_slow["p99_ms"] or 0) / (without["p99_ms"] or 1)
-    rss = [kib for _, kib in with_slow["rss_kib_over_time"]]
-    half = len(rss) // 2
+    runs = [await _slow_run(args) for _ in range(args.repeat)]
+    ratios = [r["p99_ratio"] for r in runs]
+    cpu = [r[phase]["server_cpu_percent"] for r in runs for phase in ("without_slow", "with_slow")]
+    within = sum(ratio <= 1.2 for ratio in ratios)
     results = {
-        "without_slow": without,
-        "with_slow": with_slow,
-        "p99_ratio": ratio,
-        "rss_growth_second_half_kib": (rss[-1] - rss[half]) if rss else None,
-        "targets": {"normal_p99_within_20_percent": ratio <= 1.2},
+        "runs": runs,
+        "p99_ratios": ratios,
+        "server_cpu_percent_max": max(cpu),
+        "targets": {
+            "ratio_le_1_2_all_runs": within == len(runs),
+            "server_at_most_half_a_core": max(cpu) <= 50,
+        },
     }
     print(
         _table(
-            ["run", "p50 ms", "p99 ms", "RSS start MiB", "RSS end MiB"],
+            ["run", "p99 without ms", "p99 with ms", "ratio", "CPU % without", "CPU % with"],
             [
                 [
-                    name,
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    r["rss_kib_over_time"][0][1] / 1024,
-                    r["rss_kib_over_time"][-1][1] / 1024,
+                    index + 1,
+                    r["without_slow"]["p99_ms"],
+                    r["with_slow"]["p99_ms"],
+                    r["p99_ratio"],
+                    r["without_slow"]["server_cpu_percent"],
+                    r["with_slow"]["server_cpu_percent"],
                 ]
-                for name, r in (("without slow", without), ("with slow", with_slow))
+                for index, r in enumerate(runs)
             ],
         )
     )
-    print(f"p99 with/without: {ratio:.2f}")
-    for client in with_slow["slow_clients"]:
+    print(f"ratio <= 1.2 in {within} of {len(runs)} runs; server CPU at most {max(cpu):.0f}% of a core")
+    for client in runs[-1]["slow_clients"]:
         print(f"  slow client: {client}")
-    print(f"  server: {with_slow['server_metrics']}")
+    print(f"  server: {runs[-1]['server_metrics']}")
     return results
 
 
@@ -501,8 +845,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with trio.open_nursery() as nursery:
             sample = await open_group(nursery, url, Group("v2", deflate=True, clients=args.sample))
-            mass = Mass(ws_base(url) + "/ws", args.clients - args.sample, deflate=True)
-            await mass.wait_connected()
+            mass = Mass(ws_base(url) + "/ws", args.clients - args.sample, deflate=True, procs=args.procs)
+            await trio.to_thread.run_sync(mass.wait_connected)
             nursery.start_soon(_sample_server, server, 10.0)
             cpu0, t0 = proc_usage(server.pid)[0], time.monotonic()
             _set_measuring(sample, True)
@@ -546,8 +890,10 @@ SCENARIOS = {
     "bandwidth": (bandwidth, {"duration": 120.0, "clients": 20, "rate": 10.0, "warmup": 5.0}),
     "quick": (bandwidth, {"duration": 25.0, "clients": 5, "rate": 10.0, "warmup": 3.0}),
     "burst": (burst, {"duration": 10.0, "clients": 20, "rate": 500.0, "warmup": 3.0}),
-    "capacity": (capacity, {"duration": 15.0, "rate": 10.0, "settle": 5.0}),
-    "slow": (slow, {"duration": 60.0, "clients": 200, "rate": 50.0, "warmup": 5.0}),
+    "cost": (cost, {"duration": 10.0, "clients": 1000, "rate": 10.0, "settle": 3.0, "repeat": 3}),
+    "capacity": (capacity, {"duration": 15.0, "rate": 10.0, "settle": 5.0, "repeat": 1}),
+    "overload": (overload, {"duration": 30.0, "clients": 10_000, "rate": 10.0, "warmup": 5.0}),
+    "slow": (slow, {"duration": 30.0, "clients": 500, "rate": 10.0, "warmup": 5.0, "repeat": 1}),
     "soak": (soak, {"duration": 600.0, "clients": 200, "rate": 100.0}),
 }
 
@@ -567,9 +913,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help="simulated trades per second")
     parser.add_argument("--warmup", type=float, help="seconds between connecting and measuring")
     parser.add_argument("--settle", type=float, help="capacity: seconds after each step before measuring")
-    parser.add_argument("--steps", default="250,500,1000,2000,5000", help="capacity: client counts")
+    parser.add_argument(
+        "--steps", default="500,1000,2000,3000,4000,5000,6000", help="capacity: client counts"
+    )
     parser.add_argument("--sample", type=int, default=50, help="full (latency-measuring) clients")
     parser.add_argument("--slow", type=int, default=10, help="slow: slow clients (half 2 KB/s, half stopped)")
+    parser.add_argument("--repeat", type=int, help="cost, capacity, slow: independent runs (own server each)")
+    parser.add_argument("--procs", type=int, default=2, help="counting-client processes (bench.mass)")
     parser.add_argument("--keep-going", action="store_true", help="capacity: go on after a failing step")
     args = parser.parse_args(arguments)
     run, defaults = SCENARIOS[args.scenario]

@@ -323,6 +323,28 @@ async def read_metrics(http_url: str) -> dict[str, float]:
     return values
 
 
+def histogram_quantile(
+    before: dict[str, float], after: dict[str, float], name: str, q: float
+) -> float | None:
+    """The q-quantile (0..1) of what a Prometheus histogram observed between two ``read_metrics``,
+    as the upper bound of the bucket it falls in (``inf`` past the last bound), or None when the
+    histogram is not exported or observed nothing in between."""
+    prefix = f'{name}_bucket{{le="'
+    buckets: list[tuple[float, float]] = []
+    for key, value in after.items():
+        if key.startswith(prefix):
+            bound_text = key[len(prefix) : key.index('"', len(prefix))]
+            buckets.append((float(bound_text), value - before.get(key, 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    for bound, cumulative in buckets:
+        if cumulative >= q * total:
+            return bound
+    return buckets[-1][0]
+
+
 def dumps(payload: Any) -> str:
     return json.dumps(payload, indent=2, sort_keys=False)
 

@@ -166,3 +166,40 @@ def machine() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty_files": len(dirty.splitlines()),
     }
+
+
+class PeerProcess:
+    """``python -m bench.peer``: the websockets-library server that ``bench cost`` compares with."""
+
+    def __init__(self, frames_file: Path, *, frames_per_s: float) -> None:
+        self.argv = [sys.executable, "-m", "bench.peer", str(frames_file), "--rate", str(frames_per_s)]
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 30) -> str:
+        """Starts the peer and returns its ws:// URL."""
+        self._proc = subprocess.Popen(
+            self.argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, preexec_fn=_raise_nofile
+        )
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"peer exited with {self._proc.wait()}")
+            if line.startswith("peer listening on "):
+                return line.split()[-1]
+        raise RuntimeError("peer did not report its address in time")
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()

@@ -16,7 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.frames import OPCODE_CLOSE, OPCODE_PING, FrameCounter, client_frame, close_code
-from bench.load import Group, check_views, open_group, read_metrics, summarize_group, v1_kind, v2_kind
+from bench.load import (
+    Group,
+    check_views,
+    histogram_quantile,
+    open_group,
+    read_metrics,
+    summarize_group,
+    v1_kind,
+    v2_kind,
+)
 from flowboard.config import Config
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
@@ -98,6 +107,20 @@ def test_client_frame_refuses_what_a_control_frame_cannot_carry() -> None:
     """A client control frame over 125 bytes is refused with what was expected and what came."""
     with pytest.raises(ValueError, match=r"at most 125 bytes.*got 126"):
         client_frame(OPCODE_PING, b"x" * 126, b"abcd")
+
+
+def test_histogram_quantile_reads_what_was_observed_between_two_reads() -> None:
+    """Quantiles come from the bucket deltas (not the totals since start), as bucket upper bounds;
+    a histogram that is absent or saw nothing in between gives None."""
+    lag = "flowboard_loop_lag_seconds_bucket"
+    before = {f'{lag}{{le="0.005"}}': 500.0, f'{lag}{{le="0.05"}}': 500.0, f'{lag}{{le="+Inf"}}': 500.0}
+    after = {f'{lag}{{le="0.005"}}': 590.0, f'{lag}{{le="0.05"}}': 599.0, f'{lag}{{le="+Inf"}}': 600.0}
+    name = "flowboard_loop_lag_seconds"
+    assert histogram_quantile(before, after, name, 0.5) == 0.005
+    assert histogram_quantile(before, after, name, 0.95) == 0.05
+    assert histogram_quantile(before, after, name, 1.0) == float("inf")
+    assert histogram_quantile(after, after, name, 0.5) is None
+    assert histogram_quantile(before, after, "flowboard_coalesce_seconds", 0.5) is None
 
 
 def test_frames_are_classified_by_kind() -> None:
