@@ -44,7 +44,7 @@ from bench.load import (
     ws_base,
 )
 from bench.mass import Mass
-from bench.server import PeerProcess, ServerProcess, machine, proc_usage
+from bench.server import PeerProcess, ServerProcess, git_commit, machine, proc_usage
 from flowboard.testing.wsclient import open_wire_client
 
 RESULTS = Path(__file__).parent / "results"
@@ -319,7 +319,8 @@ async def _cost_one(
 ) -> dict[str, Any]:
     """Server CPU per frame the counting clients received, in one server process started here."""
     url = server.start()
-    ws_url = (ws_base(url) + path) if isinstance(server, ServerProcess) else url
+    endpoint = path.rpartition(" ")[2]
+    ws_url = (ws_base(url) + endpoint) if isinstance(server, ServerProcess) else url
     mass: Mass | None = None
     try:
         await trio.sleep(2)
@@ -380,6 +381,12 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
                     row = await _cost_one(args, ServerProcess(rate=args.rate), path, deflate, record)
                     rows.append(row)
                     _print_cost_row(f"flowboard {path}", row)
+            if args.other is not None:
+                for deflate in (True, False):
+                    server = ServerProcess(rate=args.rate, root=args.other)
+                    row = await _cost_one(args, server, "other /ws", deflate, None)
+                    rows.append(row)
+                    _print_cost_row(f"{args.other} /ws", row)
             # The peer sends what /ws delivered: the recorded frames, at /ws's frames per client per second.
             ws_rate = statistics.median(
                 r["frames_per_s_per_client"] for r in rows if r["path"] == "/ws" and r["deflate"]
@@ -407,7 +414,7 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
     )
     medians = {
         f"{path} {'deflate' if deflate else 'plain'}": {key: median_of(path, deflate, key) for key in keys}
-        for path in ("/ws", "/ws/stream", "peer")
+        for path in ("/ws", "/ws/stream", "peer", *(["other /ws"] if args.other is not None else []))
         for deflate in (True, False)
     }
     ratio = {
@@ -418,7 +425,14 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
     generator_below_server = all(
         (m["generator_us_per_frame"] or 0) < (m["server_us_per_frame"] or 0) for m in medians.values()
     )
+    if args.other is not None:
+        ratio["other_over_this_deflate"] = (medians["other /ws deflate"]["server_us_per_frame"] or 0) / (
+            medians["/ws deflate"]["server_us_per_frame"] or 1
+        )
     results = {
+        "other_checkout": None
+        if args.other is None
+        else {"path": str(args.other), "git_commit": git_commit(args.other)},
         "runs": runs,
         "medians": medians,
         "ws_over_peer_cpu_per_frame": ratio,
@@ -456,6 +470,8 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     print(f"/ws over the peer, CPU per frame: deflate {ratio['deflate']:.2f}, plain {ratio['plain']:.2f}")
+    if args.other is not None:
+        print(f"other /ws ({args.other}) over this /ws, deflate: {ratio['other_over_this_deflate']:.2f}")
     print(f"targets: {results['targets']}")
     return results
 
@@ -919,6 +935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=50, help="full (latency-measuring) clients")
     parser.add_argument("--slow", type=int, default=10, help="slow: slow clients (half 2 KB/s, half stopped)")
     parser.add_argument("--repeat", type=int, help="cost, capacity, slow: independent runs (own server each)")
+    parser.add_argument(
+        "--other", type=Path, help="cost: also measure /ws of the checkout at this path, in the same run"
+    )
     parser.add_argument("--procs", type=int, default=2, help="counting-client processes (bench.mass)")
     parser.add_argument("--keep-going", action="store_true", help="capacity: go on after a failing step")
     args = parser.parse_args(arguments)
@@ -929,7 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scenario == "soak":
         args.sample = min(args.sample, 10)
     _raise_nofile()
-    params = {k: v for k, v in vars(args).items() if v is not None}
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if v is not None}
     results = trio.run(run, args)
     path = _write(args.scenario, params, results)
     print(f"wrote {path}")

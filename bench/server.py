@@ -33,7 +33,17 @@ class Sample:
 class ServerProcess:
     """``python -m flowboard serve --port 0 ...`` in a temp dir, with its open-files limit raised."""
 
-    def __init__(self, *, rate: float, seed: int = 42, deflate: bool = True, extra: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        rate: float,
+        seed: int = 42,
+        deflate: bool = True,
+        extra: list[str] | None = None,
+        root: Path = ROOT,
+    ):
+        # The checkout whose flowboard/ runs (``python -m`` imports from the working directory).
+        self.root = root
         self.tmp = tempfile.TemporaryDirectory(prefix="flowboard-bench-")
         self.argv = [
             sys.executable,
@@ -70,7 +80,7 @@ class ServerProcess:
         self._stderr = open(Path(self.tmp.name) / "stderr.log", "w")  # noqa: SIM115
         self._proc = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=self.root,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
@@ -142,6 +152,12 @@ def proc_usage(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def git_commit(root: Path = ROOT) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with open("/proc/cpuinfo") as f:
@@ -149,9 +165,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = git_commit()
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
         cwd=ROOT,
