@@ -359,6 +359,8 @@ async def _cost_one(
         else None,
         "server_cpu_percent": 100 * cpu / seconds,
         "server_us_per_frame": 1e6 * cpu / frames if frames else None,
+        # Per client per second too: a server that coalesces sends fewer, larger frames.
+        "server_us_per_client_s": 1e6 * cpu / seconds / args.clients,
         "server_us_per_frame_net_of_idle": 1e6 * (cpu - idle_cpu_per_s * seconds) / frames
         if frames
         else None,
@@ -405,6 +407,7 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
 
     keys = (
         "server_us_per_frame",
+        "server_us_per_client_s",
         "server_us_per_frame_net_of_idle",
         "generator_us_per_frame",
         "rss_kib_per_client",
@@ -451,6 +454,7 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
                 "µs/frame",
                 "net of idle",
                 "generator µs/frame",
+                "µs/client/s",
                 "RSS KiB/client",
                 "frames/s/client",
                 "B/frame",
@@ -461,6 +465,7 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
                     m["server_us_per_frame"],
                     m["server_us_per_frame_net_of_idle"],
                     m["generator_us_per_frame"],
+                    m["server_us_per_client_s"],
                     m["rss_kib_per_client"],
                     m["frames_per_s_per_client"],
                     m["wire_bytes_per_frame"],
@@ -626,7 +631,7 @@ async def capacity(args: argparse.Namespace) -> dict[str, Any]:
                         r["generator_us_per_frame"],
                         r["rss_kib_per_client"],
                         r["loop_lag"].get("p99_ms", "n/a"),
-                        r["ok"],
+                        "yes" if r["ok"] else "no",
                     ]
                     for r in rows
                 ],
