@@ -3,9 +3,12 @@
     python -m bench bandwidth [--duration 120] [--clients 20] [--rate 10]
     python -m bench quick                  # a <60 s cut of bandwidth
     python -m bench burst [--rate 500] [--duration 10]
-    python -m bench capacity [--steps 250,500,1000,2000,5000] [--duration 15]
-    python -m bench slow [--rate 50] [--duration 60]
+    python -m bench cost [--clients 1000] [--rate 10] [--repeat 3] [--other PATH]
+    python -m bench capacity [--steps 500,1000,2000,3000,4000,5000,6000] [--duration 15] [--repeat 3]
+    python -m bench overload [--clients 10000] [--rate 10] [--duration 30]
+    python -m bench slow [--clients 500] [--rate 10] [--duration 30] [--repeat 3]
     python -m bench soak [--rate 100] [--clients 200] [--duration 600]
+    python -m bench scaleout [--rate 50] [--steps ...]     # its own options, see bench/scaleout.py
 
 Each run starts the real server (``python -m flowboard serve --port 0 --seed 42 ...``) as a
 separate process, connects clients on loopback, prints a table and writes
@@ -13,7 +16,11 @@ separate process, connects clients on loopback, prints a table and writes
 results). Full clients (``bench.load``) count wire bytes by kind, measure delivery latency
 from each trade's ``ts_ms``, and decode v2 with ``ViewState``; a decoding client's view that
 differs from ``/api/stats`` + ``/api/markets/hot`` at the same seq fails the run (exit 1).
-Thousands of idle clients run in ``bench.mass`` subprocesses (bytes and frames only).
+Thousands of clients that only count frames run in ``bench.mass`` subprocesses (``--procs``,
+frame headers parsed, nothing inflated); their own CPU per frame is reported next to the
+server's. ``cost`` compares the server with a peer on the ``websockets`` library
+(``bench.peer``); capacity, overload and scaleout read the server's event-loop lag
+(``flowboard_loop_lag_seconds``) from ``/metrics``.
 """
 
 from __future__ import annotations
