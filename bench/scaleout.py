@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import orjson
 import trio
 
 from bench.load import histogram_quantile, read_metrics
+from bench.server import machine
 from flowboard.testing.wsclient import WireClient, open_wire_client
 
 RESULTS_PATH = Path(__file__).parent / "results" / "scaleout.json"
@@ -244,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "p50": round(edges["p50_ms_first_step"] - single["p50_ms_first_step"], 1),
         "p99": round(edges["p99_ms_first_step"] - single["p99_ms_first_step"], 1),
     }
-    summary["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    # CPU model, cores, Python, git commit: as every other bench command records them.
+    summary["machine"] = machine()
+    results["command"] = "python -m bench scaleout " + " ".join(sys.argv[1:] if argv is None else argv)
     summary["note"] = (
         "the load generator runs on the same cores: steps past a core's worth of clients measure it too"
     )
