@@ -384,7 +384,7 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
         frames_file = Path(tmp) / "frames.txt"
         for repeat in range(args.repeat):
             rows = []
-            for path in ("/ws", "/ws/stream"):
+            for path in args.paths.split(","):
                 for deflate in (True, False):
                     record = frames_file if (path, deflate, repeat) == ("/ws", True, 0) else None
                     row = await _cost_one(args, ServerProcess(rate=args.rate), path, deflate, record)
@@ -424,7 +424,7 @@ async def cost(args: argparse.Namespace) -> dict[str, Any]:
     )
     medians = {
         f"{path} {'deflate' if deflate else 'plain'}": {key: median_of(path, deflate, key) for key in keys}
-        for path in ("/ws", "/ws/stream", "peer", *(["other /ws"] if args.other is not None else []))
+        for path in (*args.paths.split(","), "peer", *(["other /ws"] if args.other is not None else []))
         for deflate in (True, False)
     }
     ratio = {
@@ -956,6 +956,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--other", type=Path, help="cost: also measure /ws of the checkout at this path, in the same run"
     )
+    parser.add_argument("--paths", default="/ws,/ws/stream", help="cost: endpoints measured (/ws first)")
     parser.add_argument("--procs", type=int, default=2, help="counting-client processes (bench.mass)")
     parser.add_argument("--keep-going", action="store_true", help="capacity: go on after a failing step")
     args = parser.parse_args(arguments)
