@@ -288,14 +288,8 @@ def main() -> None:
             if len(tries) > 1:
                 run["repeats"] = {
                     key: {"runs": [t[key] for t in tries], "median": statistics.median(t[key] for t in tries)}
-                    for key in (
-                        "main_thread_busy_share",
-                        "main_thread_cpu_share",
-                        "first_render_cold_ms",
-                        "first_render_warm_median_ms",
-                        "heap_growth_bytes",
-                        "load_average_1m_at_end",
-                    )
+                    for key in ("main_thread_busy_share", "main_thread_cpu_share", "first_render_cold_ms",
+                                "first_render_warm_median_ms", "heap_growth_bytes", "load_average_1m_at_end")
                 }
                 busy_median = run["repeats"]["main_thread_busy_share"]["median"]
                 run["busy_ok"] = busy_median <= run.get("busy_target", 1)
