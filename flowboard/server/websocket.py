@@ -17,7 +17,7 @@ from quart import websocket
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v2
 from flowboard.protocol.session import ClientSession
-from flowboard.server import direct, guards
+from flowboard.server import connection, guards
 from flowboard.server.hub import Client
 from flowboard.server.runtime import Runtime
 
@@ -61,6 +61,7 @@ async def serve_v2(runtime: Runtime) -> None:
         await websocket.close(CLOSE_POLICY, str(exc)[:120])
         return
     await websocket.accept()
+    wire = await connection.attach(websocket.scope, stall_timeout=runtime.config.stall_timeout_s)
     hub = runtime.hub
     client = hub.connect(channels=channels, detail=detail, resume=resume, now_ms=runtime.wall_ms())
     runtime.metrics.connections.labels("v2").inc()
@@ -69,33 +70,28 @@ async def serve_v2(runtime: Runtime) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_commands, runtime, client)
-            await _send_frames(runtime, client, direct.writer_for(websocket.scope))
+            await _Sender(runtime, client, wire).run()
             nursery.cancel_scope.cancel()
     finally:
         hub.disconnect(client)
 
 
-async def _send_frames(runtime: Runtime, client: Client, writer: direct.DirectWriter | None) -> None:
-    await _Sender(runtime, client, writer).run()
-
-
 class _Sender:
-    """One client's send loop. With a direct writer, while the loop waits, the publisher may
-    write a frame itself (:meth:`flush_nowait`), which spares a task wake-up per frame; the loop
-    still does everything that can wait: the rest of a frame the socket did not take, closes."""
+    """One client's send loop. With the connection's writer, while the loop waits, the
+    publisher may write a frame itself (:meth:`flush_nowait`), which spares a task wake-up per
+    frame; the loop does everything that can wait: draining what the socket did not take,
+    closes. Without it (not a plain hypercorn connection) frames go through quart."""
 
-    def __init__(self, runtime: Runtime, client: Client, writer: direct.DirectWriter | None) -> None:
+    def __init__(self, runtime: Runtime, client: Client, wire: connection.Connection | None) -> None:
         self.runtime = runtime
         self.client = client
         self.session: ClientSession = client.session
-        self.writer = writer
+        self.wire = wire
         metrics = runtime.metrics
         self.metrics = metrics
         self.frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
         self.bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
         self.reported = self.session.statistics()
-        # The unsent end of a frame flush_nowait wrote in part; goes out before anything else.
-        self.rest = b""
         # What went wrong in flush_nowait, raised here in the loop (a client's error stays its own).
         self.error: Exception | None = None
 
@@ -116,45 +112,43 @@ class _Sender:
             self.reported = stats
 
     def flush_nowait(self, now_ms: int) -> bool:
-        """Called by the publisher while the loop waits: write the pending frame now if it can be
-        written whole without waiting. False means "wake the loop" (a close, a partial write)."""
-        writer = self.writer
+        """Called by the publisher while the loop waits: write the pending frame now if the
+        socket has nothing queued. False means "wake the loop" (a close, bytes left queued)."""
+        wire = self.wire
         session = self.session
         if (
-            writer is None
-            or self.rest
+            wire is None
+            or wire.backlog
             or self.error is not None
             or self.runtime.hub.shutting_down.is_set()
             or session.close_reason is not None
-            or not writer.can_write()
+            or not wire.can_send()
         ):
             return False
         try:
             frame = session.build_frame(self.runtime.agg, now_ms)
             if frame is None:
                 return False
-            self.rest = writer.write_nowait(frame.decode())
+            written = wire.send_text_nowait(frame)
             self._account(frame, frame_kind(frame))
         except Exception as exc:  # re-raised by this client's own loop
             self.error = exc
             return False
-        return not self.rest
+        return written
 
     async def run(self) -> None:
         runtime = self.runtime
         session = self.session
         client = self.client
-        writer = self.writer
+        wire = self.wire
         stall_timeout = runtime.config.stall_timeout_s
         while True:
             if self.error is not None:
                 raise self.error
-            if self.rest:
-                rest, self.rest = self.rest, b""
-                assert writer is not None
-                started = trio.current_time()
-                await writer.finish(rest)
-                self._check_stall(trio.current_time() - started, stall_timeout)
+            if wire is not None and wire.backlog and not await wire.flush():
+                self.metrics.closed_slow.inc()
+                log.info("aborted a stalled client: a frame waited %.0f s for its socket", stall_timeout)
+                return
             if runtime.hub.shutting_down.is_set():
                 await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                 return
@@ -163,6 +157,8 @@ class _Sender:
                 log.info("closing a slow client: %s", session.close_reason)
                 await websocket.close(v2.CLOSE_TOO_SLOW, session.close_reason[:120])
                 return
+            if wire is not None and not wire.can_send():
+                return  # the client closed (hypercorn answers it) or the socket failed
             now_ms = runtime.wall_ms()
             frame = session.build_frame(runtime.agg, now_ms)
             if frame is None:
@@ -171,24 +167,24 @@ class _Sender:
                     deadline = math.inf
                 else:
                     deadline = trio.current_time() + max(0, deadline_ms - now_ms) / 1000
-                if writer is not None:
+                if wire is not None:
                     client.flush = self.flush_nowait
                 try:
                     await client.wait(deadline)
                 finally:
                     client.flush = None
                 continue
+            if wire is not None:
+                # What the socket does not take now is drained at the top of the loop.
+                wire.send_text_nowait(frame)
+                self._account(frame, frame_kind(frame))
+                continue
             started = trio.current_time()
-            if writer is not None and writer.can_write():
-                await writer.send(frame.decode())
-            else:
-                await websocket.send(frame.decode())
+            await websocket.send(frame.decode())
             self._account(frame, frame_kind(frame))
-            self._check_stall(trio.current_time() - started, stall_timeout)
-
-    def _check_stall(self, waited: float, stall_timeout: float) -> None:
-        if waited > stall_timeout and self.session.close_reason is None:
-            self.session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
+            waited = trio.current_time() - started
+            if waited > stall_timeout and session.close_reason is None:
+                session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
 
 
 async def _read_commands(runtime: Runtime, client: Client) -> None:

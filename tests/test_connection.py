@@ -1,0 +1,262 @@
+"""One writer per WebSocket connection: every byte after the handshake leaves in order."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from wsproto.events import Ping
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import FrameProtocol, Opcode
+
+from flowboard.config import Config
+from flowboard.protocol import v2
+from flowboard.protocol.decoder import ViewState, expected_summary
+from flowboard.server import connection
+from flowboard.server.pipeline import run_server
+from flowboard.server.runtime import Runtime
+from flowboard.testing.wsclient import ConnectionClosed, open_wire_client
+
+BASE_MS = 1_795_800_000_000
+
+
+@pytest.fixture
+async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
+    config = Config(port=0, rate=200.0, seed=11, sim_history_s=60.0, db=str(tmp_path / "f.db"))
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(
+            partial(run_server, config, wall_ms=lambda: BASE_MS + round(trio.current_time() * 1000))
+        )
+        yield runtime
+        nursery.cancel_scope.cancel()
+
+
+def ws_url(runtime: Runtime) -> str:
+    return runtime.url.replace("http://", "ws://") + "/ws"
+
+
+# -- the pure parts: framing and compression ---------------------------------------------------
+
+
+def _client_decoder(deflate_offer: str | None) -> FrameProtocol:
+    """wsproto's client-side frame decoder, with permessage-deflate as negotiated, if at all."""
+    extensions = []
+    if deflate_offer is not None:
+        extension = PerMessageDeflate()
+        extension.finalize(deflate_offer)
+        extensions.append(extension)
+    return FrameProtocol(client=True, extensions=extensions)
+
+
+@given(st.lists(st.text(max_size=300) | st.sampled_from(["x" * 125, "y" * 126, "z" * 65_535, "w" * 65_536])))
+def test_plain_frames_parse_as_text_messages_in_wsprotos_client(texts: list[str]) -> None:
+    """Our frame header (7-, 16- and 64-bit lengths, FIN, text, unmasked) reads back exactly."""
+    decoder = _client_decoder(None)
+    decoder.receive_bytes(b"".join(connection.text_frame(t.encode(), compressed=False) for t in texts))
+    frames = list(decoder.received_frames())
+    assert [(f.opcode, f.payload, f.message_finished) for f in frames] == [
+        (Opcode.TEXT, t, True) for t in texts
+    ]
+
+
+@given(
+    st.lists(st.binary(max_size=3_000).map(lambda b: b.hex()), min_size=1, max_size=8),
+    st.sampled_from([9, 12, 15]),
+    st.booleans(),
+)
+def test_deflated_frames_inflate_in_wsprotos_client(texts: list[str], bits: int, takeover: bool) -> None:
+    """Compressed with the negotiated window and context takeover (or not), every message
+    inflates to its text in a client that negotiated the same."""
+    offer = f"permessage-deflate; server_max_window_bits={bits}"
+    if not takeover:
+        offer += "; server_no_context_takeover"
+    decoder = _client_decoder(offer)
+    deflater = connection.MessageDeflater(window_bits=bits, mem_level=4, level=6, context_takeover=takeover)
+    wire = b"".join(connection.text_frame(deflater.compress(t.encode()), compressed=True) for t in texts)
+    decoder.receive_bytes(wire)
+    assert [f.payload for f in decoder.received_frames()] == texts
+
+
+def test_context_takeover_makes_a_repeated_message_smaller() -> None:
+    """With the context kept, a repeated message is a back-reference; without, every message
+    is compressed afresh (the same bytes each time)."""
+    text = b'[1,["t",[3,560000,100,1,20]]]' * 4
+    kept = connection.MessageDeflater(window_bits=12, mem_level=4, level=6, context_takeover=True)
+    fresh = connection.MessageDeflater(window_bits=12, mem_level=4, level=6, context_takeover=False)
+    first = kept.compress(text)
+    assert len(kept.compress(text)) < len(first) // 2
+    assert fresh.compress(text) == fresh.compress(text) == first
+
+
+# -- hypercorn's internals ------------------------------------------------------------------------
+
+
+def test_hypercorn_and_wsproto_are_the_versions_whose_internals_we_use() -> None:
+    """attach walks hypercorn 0.18.0's WSStream -> H11Protocol -> TCPServer and reads wsproto
+    1.3.2's negotiated extensions: re-check flowboard/server/connection.py on an upgrade."""
+    assert version("hypercorn") == "0.18.0"
+    assert version("wsproto") == "1.3.2"
+
+
+async def test_a_scope_without_hypercorns_send_gets_no_connection() -> None:
+    """Another server (or quart's test client) leaves the connection on quart's path."""
+
+    async def foreign_send(message: Any) -> None:
+        pass
+
+    assert await connection.attach({}, stall_timeout=1) is None
+    assert await connection.attach({connection.SCOPE_KEY: foreign_send}, stall_timeout=1) is None
+
+
+@pytest.fixture
+def attached(monkeypatch: pytest.MonkeyPatch) -> list[connection.Connection | None]:
+    """Every connection ``attach`` hands out (None where it found no hypercorn connection)."""
+    made: list[connection.Connection | None] = []
+    real = connection.attach
+
+    async def recording(scope: Any, *, stall_timeout: float) -> connection.Connection | None:
+        made.append(await real(scope, stall_timeout=stall_timeout))
+        return made[-1]
+
+    monkeypatch.setattr(connection, "attach", recording)
+    return made
+
+
+@pytest.mark.parametrize("deflate", [True, False])
+async def test_every_connection_through_hypercorn_is_taken_over(
+    server: Runtime,
+    attached: list[connection.Connection | None],
+    deflate: bool,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Through the real hypercorn every /ws connection gets our writer, with the negotiated
+    deflate parameters (12 window bits by default) or none, and its frames decode."""
+    client = await open_wire_client(ws_url(server), deflate=deflate)
+    assert client.deflate_negotiated == deflate
+    view = ViewState()
+    frames = 0
+    with trio.move_on_after(5):
+        while True:
+            view.apply_frame((await client.receive()).text)
+            frames += 1
+    assert frames > 20 and view.seq > 0
+    assert len(attached) == 1
+    wire = attached[0]
+    assert wire is not None, "hypercorn's internals changed: see flowboard/server/connection.py"
+    if deflate:
+        assert wire.deflater is not None and wire.deflater.window_bits == 12
+    else:
+        assert wire.deflater is None
+    await client.aclose()
+
+
+# -- the one writer -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trickling_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``os.write`` takes at most 7 bytes, as a socket with a nearly full buffer would."""
+    real_write = os.write
+
+    def trickle(fd: int, data: Any) -> int:
+        return real_write(fd, bytes(data)[:7])
+
+    monkeypatch.setattr(os, "write", trickle)
+
+
+async def _watch_while_pinging(runtime: Runtime, seconds: float) -> ViewState:
+    """One client that pings every 1 ms (so pongs are due while data frames are half written)
+    and folds every frame it gets for ``seconds``; then reads up to the hub's latest seq."""
+    client = await open_wire_client(ws_url(runtime), deflate=True)
+    view = ViewState()
+
+    async def ping_often() -> None:
+        for n in range(100_000):
+            await client._stream.send_all(client._ws.send(Ping(payload=b"p%d" % n)))
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ping_often)
+        with trio.move_on_after(seconds):
+            while True:
+                view.apply_frame((await client.receive()).text)
+        nursery.cancel_scope.cancel()
+    while view.seq < runtime.hub.seq:
+        view.apply_frame((await client.receive()).text)
+    await client.aclose()
+    return view
+
+
+async def test_frames_stay_whole_when_the_socket_takes_a_few_bytes_while_the_client_pings(
+    server: Runtime, trickling_writes: None, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Sockets that take 7 bytes a write while their clients ping every 1 ms and the server
+    sends: every frame parses (a pong never lands inside a data frame), and each client's view
+    equals the server's. (Before one writer owned the socket, this failed within seconds.)"""
+    views: list[ViewState] = []
+
+    async def watch() -> None:
+        views.append(await _watch_while_pinging(server, 4))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(watch)
+    for view in views:
+        assert view.seq > 100
+        actual = view.summary()
+        actual.pop("seq")
+        assert actual == expected_summary(
+            server.agg, channels=v2.DEFAULT_CHANNELS, detail=None, tape_len=len(view.tape), detail_len=50
+        )
+
+
+async def test_a_hopeless_client_is_closed_with_4008_and_its_reason_after_its_frames(
+    server: Runtime, trickling_writes: None, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The close frame goes after the data frames, whole, even when every write is partial."""
+    client = await open_wire_client(ws_url(server), deflate=True)
+    view = ViewState()
+    with trio.move_on_after(3):
+        while True:
+            view.apply_frame((await client.receive()).text)
+    connected = next(iter(server.hub.clients))
+    connected.session.close_reason = "too slow: test"
+    connected.wake()
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            view.apply_frame((await client.receive()).text)
+    await client.aclose()
+    assert closed.value.code == v2.CLOSE_TOO_SLOW
+    assert closed.value.reason == "too slow: test"
+
+
+async def test_the_publisher_writes_a_waiting_clients_frames_itself(
+    server: Runtime, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """While a send loop waits, Hub.publish writes its frame (no task wake-up); the stream decodes."""
+    from flowboard.server import websocket
+
+    flushed: list[bool] = []
+    real = websocket._Sender.flush_nowait
+
+    def recording(self: websocket._Sender, now_ms: int) -> bool:
+        flushed.append(real(self, now_ms))
+        return flushed[-1]
+
+    monkeypatch.setattr(websocket._Sender, "flush_nowait", recording)
+    client = await open_wire_client(ws_url(server), deflate=True)
+    view = ViewState()
+    with trio.move_on_after(5):
+        while True:
+            view.apply_frame((await client.receive()).text)
+    assert sum(flushed) > 20
+    assert view.seq == server.hub.seq
+    await client.aclose()
