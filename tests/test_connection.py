@@ -238,25 +238,42 @@ async def test_a_hopeless_client_is_closed_with_4008_and_its_reason_after_its_fr
     assert closed.value.reason == "too slow: test"
 
 
-async def test_the_publisher_writes_a_waiting_clients_frames_itself(
-    server: Runtime, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+async def test_caught_up_clients_share_one_groups_frames_and_a_command_takes_one_out(
+    server: Runtime, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """While a send loop waits, Hub.publish writes its frame (no task wake-up); the stream decodes."""
-    from flowboard.server import websocket
+    """Three caught-up clients with the same channels end up in one group (the publisher builds
+    each frame once and writes it to each); one that sends a command goes on alone and gets
+    what it asked for; every view equals the server's."""
+    clients = [await open_wire_client(ws_url(server), deflate=True) for _ in range(3)]
+    views = [ViewState() for _ in clients]
 
-    flushed: list[bool] = []
-    real = websocket._Sender.flush_nowait
+    async def read_for(seconds: float) -> None:
+        async def read(index: int) -> None:
+            with trio.move_on_after(seconds):
+                while True:
+                    views[index].apply_frame((await clients[index].receive()).text)
 
-    def recording(self: websocket._Sender, now_ms: int) -> bool:
-        flushed.append(real(self, now_ms))
-        return flushed[-1]
+        async with trio.open_nursery() as nursery:
+            for index in range(len(clients)):
+                nursery.start_soon(read, index)
 
-    monkeypatch.setattr(websocket._Sender, "flush_nowait", recording)
-    client = await open_wire_client(ws_url(server), deflate=True)
-    view = ViewState()
-    with trio.move_on_after(5):
-        while True:
-            view.apply_frame((await client.receive()).text)
-    assert sum(flushed) > 20
-    assert view.seq == server.hub.seq
-    await client.aclose()
+    await read_for(5)
+    stats = server.hub.statistics()
+    assert (stats.groups, stats.grouped_clients) == (1, 3)
+    grouped_frames = server.metrics.frames_sent.labels("v2", "trades")._value.get()
+    await clients[0].send_text('{"op":"unsub","ch":["top"]}')
+    await read_for(5)
+    stats = server.hub.statistics()
+    assert stats.grouped_clients == 3 and stats.groups == 2, "the one that unsubscribed regroups alone"
+    assert server.metrics.frames_sent.labels("v2", "trades")._value.get() > grouped_frames
+    for index, view in enumerate(views):
+        while view.seq < server.hub.seq:
+            view.apply_frame((await clients[index].receive()).text)
+        actual = view.summary()
+        actual.pop("seq")
+        channels = v2.DEFAULT_CHANNELS - {"top"} if index == 0 else v2.DEFAULT_CHANNELS
+        assert actual == expected_summary(
+            server.agg, channels=channels, detail=None, tape_len=len(view.tape), detail_len=50
+        )
+    for client in clients:
+        await client.aclose()

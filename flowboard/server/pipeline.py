@@ -40,6 +40,7 @@ from flowboard.scaleout import redis_io
 from flowboard.scaleout.redis_io import Follower, JournalingHub, Outbox, PublisherStats, RedisSettings
 from flowboard.scaleout.stream import JournalingAggregator
 from flowboard.server import deflate
+from flowboard.server import websocket as ws_v2
 from flowboard.server.app import create_app
 from flowboard.server.hub import Hub
 from flowboard.server.listener import serve_hypercorn
@@ -245,11 +246,20 @@ async def _shutdown_when_asked(runtime: Runtime, stop_http: trio.Event) -> None:
 def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMessage] | None) -> None:
     hub = runtime.hub
     metrics = runtime.metrics
+    hub.count_group_frame = ws_v2.group_frame_counter(metrics)
     metrics.gauge_by_label(
         "flowboard_clients",
         "Open WebSocket connections, by protocol",
         "protocol",
         {protocol: partial(runtime.open_connections.__getitem__, protocol) for protocol in PROTOCOLS},
+    )
+    metrics.gauge(
+        "flowboard_client_groups", "Groups of v2 clients sharing frames", lambda: hub.statistics().groups
+    )
+    metrics.gauge(
+        "flowboard_clients_grouped",
+        "v2 clients receiving a group's frames",
+        lambda: hub.statistics().grouped_clients,
     )
     metrics.gauge("flowboard_seq", "Sequence number of the latest event", lambda: hub.seq)
     if receive is not None:

@@ -16,9 +16,9 @@ from quart import websocket
 
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v2
-from flowboard.protocol.session import ClientSession
 from flowboard.server import connection, guards
-from flowboard.server.hub import Client
+from flowboard.server.hub import Client, FrameCounter
+from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,19 @@ def frame_kind(frame: bytes) -> str:
     return "trades" if b'["t",' in frame else "state"
 
 
+def group_frame_counter(metrics: Metrics) -> FrameCounter:
+    """Counts a group's frame once for all its receivers (label children looked up once)."""
+    frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
+    bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
+
+    def count(frame: bytes, receivers: int) -> None:
+        kind = frame_kind(frame)
+        frames_sent[kind].inc(receivers)
+        bytes_sent[kind].inc(len(frame) * receivers)
+
+    return count
+
+
 async def serve_v2(runtime: Runtime) -> None:
     """The ``/ws`` handler."""
     args = websocket.args
@@ -77,28 +90,39 @@ async def serve_v2(runtime: Runtime) -> None:
 
 
 class _Sender:
-    """One client's send loop. With the connection's writer, while the loop waits, the
-    publisher may write a frame itself (:meth:`flush_nowait`), which spares a task wake-up per
-    frame; the loop does everything that can wait: draining what the socket did not take,
-    closes. Without it (not a plain hypercorn connection) frames go through quart."""
+    """One client's send loop, and its connection's face to the publisher (a FrameSink).
+
+    With the connection's writer the publisher writes most frames itself: a group's frames to
+    each member (:meth:`deliver`) and, while the loop waits, a lone client's pending frame
+    (:meth:`flush_nowait`), which spares a task wake-up per frame. The loop does everything
+    that can wait: draining what the socket did not take, frames of a client on its own, closes.
+    Without the writer (not a plain hypercorn connection) frames go through quart."""
 
     def __init__(self, runtime: Runtime, client: Client, wire: connection.Connection | None) -> None:
         self.runtime = runtime
         self.client = client
-        self.session: ClientSession = client.session
         self.wire = wire
         metrics = runtime.metrics
         self.metrics = metrics
         self.frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
         self.bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
-        self.reported = self.session.statistics()
+        # The session whose counters were last reported, and their values then.
+        self.reported_session = client.session
+        self.reported = client.session.statistics()
         # What went wrong in flush_nowait, raised here in the loop (a client's error stays its own).
         self.error: Exception | None = None
+        if wire is not None:
+            client.sink = self
 
     def _account(self, frame: bytes, kind: str) -> None:
         self.frames_sent[kind].inc()
         self.bytes_sent[kind].inc(len(frame))
-        stats = self.session.statistics()
+        session = self.client.session
+        if session is not self.reported_session:
+            self.reported_session = session
+            self.reported = session.statistics()
+            return
+        stats = session.statistics()
         reported = self.reported
         # Each inc takes a lock: only when something changed (for a caught-up client, rarely).
         if (
@@ -111,35 +135,47 @@ class _Sender:
             self.metrics.resyncs.inc(stats.resyncs - reported.resyncs)
             self.reported = stats
 
+    # -- the publisher's side --------------------------------------------------------------
+
+    def ready(self) -> bool:
+        wire = self.wire
+        return (
+            wire is not None
+            and not wire.backlog
+            and self.error is None
+            and not self.runtime.hub.shutting_down.is_set()
+            and self.client.session.close_reason is None
+            and wire.can_send()
+        )
+
+    def deliver(self, frame: bytes) -> bool:
+        assert self.wire is not None
+        return self.wire.send_text_nowait(frame)
+
     def flush_nowait(self, now_ms: int) -> bool:
         """Called by the publisher while the loop waits: write the pending frame now if the
         socket has nothing queued. False means "wake the loop" (a close, bytes left queued)."""
-        wire = self.wire
-        session = self.session
-        if (
-            wire is None
-            or wire.backlog
-            or self.error is not None
-            or self.runtime.hub.shutting_down.is_set()
-            or session.close_reason is not None
-            or not wire.can_send()
-        ):
+        if not self.ready():
             return False
+        assert self.wire is not None
+        session = self.client.session
         try:
             frame = session.build_frame(self.runtime.agg, now_ms)
             if frame is None:
                 return False
-            written = wire.send_text_nowait(frame)
+            written = self.wire.send_text_nowait(frame)
             self._account(frame, frame_kind(frame))
         except Exception as exc:  # re-raised by this client's own loop
             self.error = exc
             return False
         return written
 
+    # -- the loop --------------------------------------------------------------------------
+
     async def run(self) -> None:
         runtime = self.runtime
-        session = self.session
         client = self.client
+        hub = runtime.hub
         wire = self.wire
         stall_timeout = runtime.config.stall_timeout_s
         while True:
@@ -149,7 +185,8 @@ class _Sender:
                 self.metrics.closed_slow.inc()
                 log.info("aborted a stalled client: a frame waited %.0f s for its socket", stall_timeout)
                 return
-            if runtime.hub.shutting_down.is_set():
+            session = client.session
+            if hub.shutting_down.is_set():
                 await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                 return
             if session.close_reason is not None:
@@ -159,9 +196,15 @@ class _Sender:
                 return
             if wire is not None and not wire.can_send():
                 return  # the client closed (hypercorn answers it) or the socket failed
+            if client.group is not None:
+                # The publisher writes the group's frames; it wakes us if we must go on alone.
+                await client.wait(math.inf)
+                continue
             now_ms = runtime.wall_ms()
             frame = session.build_frame(runtime.agg, now_ms)
             if frame is None:
+                if hub.try_join(client):
+                    continue
                 deadline_ms = session.next_deadline()
                 if deadline_ms is None:
                     deadline = math.inf
@@ -188,20 +231,22 @@ class _Sender:
 
 
 async def _read_commands(runtime: Runtime, client: Client) -> None:
-    session = client.session
+    hub = runtime.hub
     limit = guards.CommandLimit(runtime.config)
     while True:
         text = await websocket.receive()
         if not limit.admit():
-            await guards.close_flooding_v2(runtime, session, client.wake)
+            await guards.close_flooding_v2(runtime, hub.own_session(client), client.wake)
             return
+        # A command changes what this client is sent: it goes on alone (hub.own_session).
         try:
             command = v2.parse_command(text)
         except ProtocolError as exc:
             runtime.metrics.bad_commands.inc()
             guards.client_log.info("a client sent a bad command: %s", exc)
-            session.report_error(str(exc))
+            hub.own_session(client).report_error(str(exc))
         else:
+            session = hub.own_session(client)
             if isinstance(command, v2.Subscribe):
                 session.subscribe(command.channels)
             elif isinstance(command, v2.Unsubscribe):
