@@ -9,9 +9,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
@@ -79,7 +80,9 @@ def test_deflated_frames_inflate_in_wsprotos_client(texts: list[str], bits: int,
     if not takeover:
         offer += "; server_no_context_takeover"
     decoder = _client_decoder(offer)
-    deflater = connection.MessageDeflater(window_bits=bits, mem_level=4, level=6, context_takeover=takeover)
+    deflater = connection.MessageDeflater(
+        connection.DeflateVariant(window_bits=bits, mem_level=4, level=6, context_takeover=takeover)
+    )
     wire = b"".join(connection.text_frame(deflater.compress(t.encode()), compressed=True) for t in texts)
     decoder.receive_bytes(wire)
     assert [f.payload for f in decoder.received_frames()] == texts
@@ -89,11 +92,101 @@ def test_context_takeover_makes_a_repeated_message_smaller() -> None:
     """With the context kept, a repeated message is a back-reference; without, every message
     is compressed afresh (the same bytes each time)."""
     text = b'[1,["t",[3,560000,100,1,20]]]' * 4
-    kept = connection.MessageDeflater(window_bits=12, mem_level=4, level=6, context_takeover=True)
-    fresh = connection.MessageDeflater(window_bits=12, mem_level=4, level=6, context_takeover=False)
+    kept = connection.MessageDeflater(connection.DeflateVariant(12, 4, 6, context_takeover=True))
+    fresh = connection.MessageDeflater(connection.DeflateVariant(12, 4, 6, context_takeover=False))
     first = kept.compress(text)
     assert len(kept.compress(text)) < len(first) // 2
     assert fresh.compress(text) == fresh.compress(text) == first
+
+
+VARIANTS = [
+    connection.DeflateVariant(9, 4, 6, context_takeover=True),
+    connection.DeflateVariant(12, 4, 6, context_takeover=True),
+    connection.DeflateVariant(12, 4, 6, context_takeover=False),
+    None,
+]
+
+payload_texts = st.builds(
+    lambda market, price, parts: orjson.dumps([market, ["t", [market, price, 100, 1, 20]], *parts]),
+    st.integers(0, 40),
+    st.integers(1, 9999),
+    st.lists(st.sampled_from([["k", 1, 2, 3], ["w", 3, 1, 2, 3, 4, 5], ["e", "x" * 300]]), max_size=3),
+)
+shared_operation = st.one_of(
+    st.tuples(st.just("publish"), payload_texts),
+    st.tuples(st.just("publish"), payload_texts),
+    st.tuples(st.just("publish"), payload_texts),
+    st.tuples(st.just("join"), st.integers(0, 5)),
+    st.tuples(st.just("leave"), st.integers(0, 5)),
+    st.tuples(st.just("alone"), st.integers(0, 5), payload_texts),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(shared_operation, max_size=120), st.lists(st.sampled_from(VARIANTS), min_size=6, max_size=6))
+def test_members_of_a_group_inflate_exactly_their_payloads_from_shared_bytes(
+    ops: list[tuple[Any, ...]], variants: list[connection.DeflateVariant | None]
+) -> None:
+    """Property: six connections (deflate variants and plain) join and leave one group at random
+    points and get frames of their own in between; each client inflates exactly the payloads it
+    was sent, in order, whether the bytes came from its own compressor or the group's shared one
+    (after 2**window_bits bytes in the group, or from the stream's start), or from a compressor
+    of its own primed with the group's history after it left."""
+    encoders = [
+        connection.FrameEncoder(None if variant is None else connection.MessageDeflater(variant))
+        for variant in variants
+    ]
+    decoders = [
+        _client_decoder(
+            None
+            if variant is None
+            else f"permessage-deflate; server_max_window_bits={variant.window_bits}"
+            + ("" if variant.context_takeover else "; server_no_context_takeover")
+        )
+        for variant in variants
+    ]
+    sent: list[list[bytes]] = [[] for _ in encoders]
+    wire: list[list[bytes]] = [[] for _ in encoders]
+    frames = connection.GroupFrames()
+    members: set[int] = set()
+    for op in ops:
+        if op[0] == "publish":
+            frames.next(op[1])
+            for index in sorted(members):
+                wire[index].append(encoders[index].group_frame(frames))
+                sent[index].append(op[1])
+        elif op[0] == "join":
+            members.add(op[1])
+        elif op[0] == "leave" and op[1] in members:
+            members.discard(op[1])
+            encoders[op[1]].left_group()
+        elif op[0] == "alone" and op[1] not in members:
+            wire[op[1]].append(encoders[op[1]].frame(op[2]))
+            sent[op[1]].append(op[2])
+    for index, decoder in enumerate(decoders):
+        decoder.receive_bytes(b"".join(wire[index]))
+        assert [f.payload for f in decoder.received_frames()] == [p.decode() for p in sent[index]]
+
+
+def test_members_share_the_compressed_bytes_once_their_window_is_the_groups() -> None:
+    """The founder shares the group's compressor from the first frame; a later member after it
+    has received a window's worth (4 KiB for 12 bits) of the group's payloads; then both are
+    written the very same bytes, and hold no compressor of their own."""
+    variant = connection.DeflateVariant(12, 4, 6, context_takeover=True)
+    founder = connection.FrameEncoder(connection.MessageDeflater(variant))
+    later = connection.FrameEncoder(connection.MessageDeflater(variant))
+    frames = connection.GroupFrames()
+    payload = b'[7,["t",[3,560000,100,1,20]]]'
+    frames.next(payload)
+    assert founder.group_frame(frames) == frames.stream(variant).frame and founder.shares_compressor
+    later.frame(b"[1]")
+    received = 0
+    while received < 4096 + len(payload):
+        frames.next(payload)
+        founder_bytes = founder.group_frame(frames)
+        later_bytes = later.group_frame(frames)
+        received += len(payload)
+    assert later.shares_compressor and later_bytes is founder_bytes
 
 
 # -- hypercorn's internals ------------------------------------------------------------------------
@@ -152,9 +245,9 @@ async def test_every_connection_through_hypercorn_is_taken_over(
     wire = attached[0]
     assert wire is not None, "hypercorn's internals changed: see flowboard/server/connection.py"
     if deflate:
-        assert wire.deflater is not None and wire.deflater.window_bits == 12
+        assert wire.encoder.variant is not None and wire.encoder.variant.window_bits == 12
     else:
-        assert wire.deflater is None
+        assert wire.encoder.variant is None
     await client.aclose()
 
 

@@ -20,6 +20,7 @@ from flowboard.model import MINUTE_MS, MarketMeta, Trade
 from flowboard.protocol import v2
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.protocol.session import SessionLimits
+from flowboard.server.connection import GroupFrames
 from flowboard.server.hub import Client, Hub
 
 TICKERS = [f"KXTEST-26JAN01-T{i}" for i in range(8)]
@@ -422,8 +423,9 @@ class FakeSink:
     def ready(self) -> bool:
         return not self.queued
 
-    def deliver(self, frame: bytes) -> bool:
+    def deliver(self, frames: GroupFrames) -> bool:
         assert not self.queued, "the publisher wrote to a connection with bytes queued"
+        frame = frames.payload
         self.harness.frames[self.client].append(frame)
         self.harness.views[self.client].apply_frame(frame)
         if self.take_next_in_part:
@@ -431,6 +433,9 @@ class FakeSink:
             self.queued = True
             return False
         return True
+
+    def left_group(self) -> None:
+        pass
 
 
 GROUPED_CHANNEL_SETS = [

@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
+import attrs
 import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
@@ -81,28 +82,167 @@ def text_frame(payload: bytes, *, compressed: bool) -> bytes:
     return frame_header(len(payload), compressed=compressed) + payload
 
 
-class MessageDeflater:
-    """permessage-deflate of outgoing messages, with the parameters a handshake negotiated."""
+@attrs.frozen
+class DeflateVariant:
+    """What decides a connection's compressed bytes: clients of the same variant that hold the
+    same inflater window can be sent the same bytes."""
 
-    def __init__(self, *, window_bits: int, mem_level: int, level: int, context_takeover: bool) -> None:
-        self.window_bits = window_bits
-        self.mem_level = mem_level
-        self.level = level
-        self.context_takeover = context_takeover
-        # Created at the first message: an idle connection holds no zlib state.
-        self._compressor: zlib._Compress | None = None
+    window_bits: int
+    mem_level: int
+    level: int
+    context_takeover: bool
+
+    def compressor(self, zdict: bytes = b"") -> zlib._Compress:
+        if zdict:
+            return zlib.compressobj(
+                self.level, zlib.DEFLATED, -self.window_bits, self.mem_level, zlib.Z_DEFAULT_STRATEGY, zdict
+            )
+        return zlib.compressobj(self.level, zlib.DEFLATED, -self.window_bits, self.mem_level)
+
+
+def _deflate_message(compressor: zlib._Compress, payload: bytes) -> bytes:
+    """One message's compressed payload (RFC 7692: sync flush, tail 00 00 ff ff removed)."""
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    if data.endswith(_SYNC_FLUSH_TAIL):
+        return data[:-4]
+    return data
+
+
+class MessageDeflater:
+    """permessage-deflate of one connection's outgoing messages."""
+
+    def __init__(self, variant: DeflateVariant, *, zdict: bytes = b"") -> None:
+        self.variant = variant
+        # Created at the first message: an idle connection holds no zlib state. With a
+        # dictionary (what the client's inflater already holds) at once.
+        self._compressor: zlib._Compress | None = variant.compressor(zdict) if zdict else None
 
     def compress(self, payload: bytes) -> bytes:
-        """One message's compressed payload (RFC 7692: sync flush, tail 00 00 ff ff removed)."""
         compressor = self._compressor
         if compressor is None:
-            compressor = zlib.compressobj(self.level, zlib.DEFLATED, -self.window_bits, self.mem_level)
-            if self.context_takeover:
+            compressor = self.variant.compressor()
+            if self.variant.context_takeover:
                 self._compressor = compressor
-        data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if data.endswith(_SYNC_FLUSH_TAIL):
-            return data[:-4]
-        return data
+        return _deflate_message(compressor, payload)
+
+
+class SharedDeflateStream:
+    """One compressor for every member of a group that negotiated ``variant``.
+
+    Between messages a client's inflater holds only its window: the last 2**window_bits bytes
+    it inflated (each message ends on a sync flush). A member whose last 2**window_bits bytes
+    received are this stream's payloads (or that received every payload since the stream
+    began) can therefore be sent this stream's bytes: every back-reference they hold resolves
+    to the same bytes in its window."""
+
+    def __init__(self, variant: DeflateVariant) -> None:
+        self.variant = variant
+        self.window = 1 << variant.window_bits
+        self._compressor = variant.compressor()
+        # The last ``window`` payload bytes (a member that leaves starts its own compressor
+        # with them as the dictionary).
+        self.history = bytearray()
+        # Payload bytes compressed before the current payload, and with it.
+        self.before = 0
+        self.total = 0
+        # The current payload's frame.
+        self.frame = b""
+
+    def advance(self, payload: bytes) -> None:
+        if self.variant.context_takeover:
+            data = _deflate_message(self._compressor, payload)
+        else:
+            data = _deflate_message(self.variant.compressor(), payload)
+        self.frame = text_frame(data, compressed=True)
+        self.before = self.total
+        self.total += len(payload)
+        history = self.history
+        history += payload
+        if len(history) > self.window:
+            del history[: len(history) - self.window]
+
+
+class GroupFrames:
+    """The wire frames of one group's current payload: built once for plain members and once
+    per deflate variant, whatever the number of members."""
+
+    def __init__(self) -> None:
+        self.payload = b""
+        self._plain = b""
+        self._streams: dict[DeflateVariant, SharedDeflateStream] = {}
+
+    def next(self, payload: bytes) -> None:
+        """The group's next payload (every stream sees every payload, in order)."""
+        self.payload = payload
+        self._plain = b""
+        for stream in self._streams.values():
+            stream.advance(payload)
+
+    def plain(self) -> bytes:
+        if not self._plain:
+            self._plain = text_frame(self.payload, compressed=False)
+        return self._plain
+
+    def stream(self, variant: DeflateVariant) -> SharedDeflateStream:
+        stream = self._streams.get(variant)
+        if stream is None:
+            # Begins with the current payload: every member asking now has received all of it.
+            stream = self._streams[variant] = SharedDeflateStream(variant)
+            stream.advance(self.payload)
+        return stream
+
+
+class FrameEncoder:
+    """How one connection turns payloads into wire frames: its own (plain, or compressed with
+    its own context), or a group's, shared with the other members once its window allows."""
+
+    def __init__(self, deflater: MessageDeflater | None) -> None:
+        self.variant = None if deflater is None else deflater.variant
+        # Its own compressor: None when plain, and while it is on a group's shared stream.
+        self.deflater = deflater
+        # The group stream whose payloads it receives, and that stream's byte count when it
+        # began to receive them.
+        self._stream: SharedDeflateStream | None = None
+        self._mark = 0
+
+    @property
+    def shares_compressor(self) -> bool:
+        return self._stream is not None and self.deflater is None and self.variant is not None
+
+    def frame(self, payload: bytes) -> bytes:
+        """A frame of this connection's own."""
+        self.left_group()
+        if self.deflater is None:
+            return text_frame(payload, compressed=False)
+        return text_frame(self.deflater.compress(payload), compressed=True)
+
+    def group_frame(self, frames: GroupFrames) -> bytes:
+        """The frame of a group's current payload, for this member."""
+        variant = self.variant
+        if variant is None:
+            return frames.plain()
+        stream = frames.stream(variant)
+        if self._stream is not stream:
+            self.left_group()
+            self._stream = stream
+            self._mark = stream.before
+        if self.deflater is not None and (
+            not variant.context_takeover or self._mark == 0 or stream.before - self._mark >= stream.window
+        ):
+            self.deflater = None  # its window now ends with the stream's payloads
+        if self.deflater is None:
+            return stream.frame
+        return text_frame(self.deflater.compress(frames.payload), compressed=True)
+
+    def left_group(self) -> None:
+        """Back on its own: a compressor of its own again, primed with what its client's
+        inflater holds (the stream's last payload bytes)."""
+        stream = self._stream
+        if stream is None:
+            return
+        self._stream = None
+        if self.deflater is None and self.variant is not None:
+            self.deflater = MessageDeflater(self.variant, zdict=bytes(stream.history))
 
 
 def deflater_for(extension: PerMessageDeflate) -> MessageDeflater:
@@ -112,10 +252,12 @@ def deflater_for(extension: PerMessageDeflate) -> MessageDeflater:
     else:
         mem_level, level = 8, zlib.Z_DEFAULT_COMPRESSION
     return MessageDeflater(
-        window_bits=extension.server_max_window_bits,
-        mem_level=mem_level,
-        level=level,
-        context_takeover=not extension.server_no_context_takeover,
+        DeflateVariant(
+            window_bits=extension.server_max_window_bits,
+            mem_level=mem_level,
+            level=level,
+            context_takeover=not extension.server_no_context_takeover,
+        )
     )
 
 
@@ -136,8 +278,8 @@ class Connection:
         self._socket = sock
         # How hypercorn wrote before we took over: still used for its Closed event.
         self._hypercorn_send = protocol.send
-        # Compresses our data frames (None: the client did not negotiate permessage-deflate).
-        self.deflater = deflater
+        # Turns payloads into frames (compressed when the client negotiated permessage-deflate).
+        self.encoder = FrameEncoder(deflater)
         # Bytes accepted for this socket but not yet taken by the kernel, in order.
         self._out = bytearray()
         # Held by whoever waits for the socket to drain the buffer (one waiter per socket).
@@ -166,10 +308,11 @@ class Connection:
 
         True when the whole frame went out; False when some of it waits in the buffer (call
         :meth:`flush`)."""
-        deflater = self.deflater
-        if deflater is None:
-            return self.write_nowait(text_frame(payload, compressed=False))
-        return self.write_nowait(text_frame(deflater.compress(payload), compressed=True))
+        return self.write_nowait(self.encoder.frame(payload))
+
+    def send_group_frame_nowait(self, frames: GroupFrames) -> bool:
+        """Like :meth:`send_text_nowait`, for a group's current payload (shared bytes)."""
+        return self.write_nowait(self.encoder.group_frame(frames))
 
     def write_nowait(self, data: bytes) -> bool:
         """Append ``data`` after everything queued before it; True when nothing waits."""

@@ -30,6 +30,7 @@ import trio
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.aggregate.events import Event, HotChanged
 from flowboard.protocol.session import ClientSession, ResumePoint, SessionLimits
+from flowboard.server.connection import GroupFrames
 
 
 class Wakeup:
@@ -69,9 +70,12 @@ class FrameSink(Protocol):
         """Whether a frame written now would start on the socket at once (nothing queued,
         the connection open for data)."""
 
-    def deliver(self, frame: bytes) -> bool:
-        """Write ``frame`` (the caller checked :meth:`ready`); False when the socket did not
-        take all of it (the rest waits, queued in order)."""
+    def deliver(self, frames: GroupFrames) -> bool:
+        """Write the group's current frame (the caller checked :meth:`ready`); False when the
+        socket did not take all of it (the rest waits, queued in order)."""
+
+    def left_group(self) -> None:
+        """It will be sent frames of its own again (its own compressor, if any)."""
 
 
 class Client(Wakeup):
@@ -96,6 +100,8 @@ class Group:
     def __init__(self, session: ClientSession) -> None:
         self.session = session
         self.members: set[Client] = set()
+        # Its payloads as wire frames, built once per deflate variant.
+        self.frames = GroupFrames()
 
 
 #: Counts a frame the publisher built once and handed to ``receivers`` clients.
@@ -208,9 +214,10 @@ class Hub:
         if frame is None:
             return
         self.count_group_frame(frame, len(group.members))
+        group.frames.next(frame)
         for member in list(group.members):
             assert member.sink is not None
-            if not member.sink.deliver(frame):
+            if not member.sink.deliver(group.frames):
                 # The rest of this frame is queued: what follows waits for it, on its own.
                 self._leave(member)
                 member.wake()
@@ -249,6 +256,8 @@ class Hub:
         client.group = None
         client.session = group.session.fork()
         self._alone.add(client)
+        if client.sink is not None:
+            client.sink.left_group()
 
     def own_session(self, client: Client) -> ClientSession:
         """The client's own session, taking it out of its group first (before a command)."""

@@ -148,9 +148,13 @@ class _Sender:
             and wire.can_send()
         )
 
-    def deliver(self, frame: bytes) -> bool:
+    def deliver(self, frames: connection.GroupFrames) -> bool:
         assert self.wire is not None
-        return self.wire.send_text_nowait(frame)
+        return self.wire.send_group_frame_nowait(frames)
+
+    def left_group(self) -> None:
+        if self.wire is not None:
+            self.wire.encoder.left_group()
 
     def flush_nowait(self, now_ms: int) -> bool:
         """Called by the publisher while the loop waits: write the pending frame now if the
