@@ -267,6 +267,10 @@ async def test_http_api_reports_the_aggregated_state(
     assert bad_limit.status_code == 400
     assert ready.status_code == 200
     assert "flowboard_trades_ingested_total" in metrics and "flowboard_clients" in metrics
+    # The loop's lag is sampled (the autojump clock never runs late) and frames go out at once.
+    assert 'flowboard_loop_lag_seconds_bucket{le="0.001"}' in metrics
+    assert "flowboard_loop_lag_seconds_count 0.0" not in metrics
+    assert "flowboard_coalesce_interval_seconds 0.0" in metrics
 
 
 def test_malformed_feed_messages_are_counted_and_skipped() -> None:

@@ -20,6 +20,7 @@ the socket takes it at once (``Client.flush``); otherwise its own send loop is w
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -139,6 +140,15 @@ class Hub:
         self._groups: set[Group] = set()
         # Subscribers that are not v2 clients (the v1 feed, while it has connections).
         self.feeds: set[Feed] = set()
+        # Seconds between sends while the loop is behind (flowboard.server.coalesce); 0 while
+        # it keeps up: each publish sends at once.
+        self.coalesce_interval_s = 0.0
+        # Whether events were offered since the last send.
+        self.unsent = False
+        # Seconds spent publishing and sending (for the coalescing decision), on ``busy_clock``
+        # (the server sets trio's, so that a test's mock clock keeps decisions deterministic).
+        self.busy_s = 0.0
+        self.busy_clock: Callable[[], float] = time.perf_counter
         # Called for every frame a group sent (metrics); set by the server.
         self.count_group_frame: FrameCounter = lambda frame, receivers: None
         # Set once shutdown begins: send loops close their sockets with 1001.
@@ -173,6 +183,23 @@ class Hub:
         self.feeds.discard(feed)
 
     def publish(self, events: Iterable[Event], now_ms: int) -> None:
+        """Offer ``events`` to every subscriber; send at once unless coalescing."""
+        started = self.busy_clock()
+        self._offer(events, now_ms)
+        if self.coalesce_interval_s:
+            self.unsent = True
+        else:
+            self._send(now_ms)
+        self.busy_s += self.busy_clock() - started
+
+    def send(self, now_ms: int) -> None:
+        """The coalescing tick: send what was offered since the last send."""
+        if self.unsent:
+            started = self.busy_clock()
+            self._send(now_ms)
+            self.busy_s += self.busy_clock() - started
+
+    def _offer(self, events: Iterable[Event], now_ms: int) -> None:
         ring = self._ring
         sessions = [group.session for group in self._groups]
         sessions.extend(client.session for client in self._alone)
@@ -188,6 +215,9 @@ class Hub:
                 session.offer(self.seq, event, now_ms)
             for feed in feeds:
                 feed.offer(self.seq, event, now_ms)
+
+    def _send(self, now_ms: int) -> None:
+        self.unsent = False
         for group in list(self._groups):
             if group.session.has_pending(now_ms):
                 self._send_group_frame(group, now_ms)
@@ -198,7 +228,7 @@ class Hub:
                     client.wake()
                     continue
             self.try_join(client)
-        for feed in feeds:
+        for feed in self.feeds:
             feed.published(now_ms)
 
     def _send_group_frame(self, group: Group, now_ms: int) -> None:
