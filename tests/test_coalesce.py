@@ -10,15 +10,16 @@ from tests.test_session import TICKERS, FakeSink, Harness, events_of
 def test_the_interval_lengthens_while_the_loop_is_behind_and_returns_to_zero_after() -> None:
     """Late timers or a busy loop double the interval (from the minimum, up to the maximum);
     a recovered loop halves it, and below the minimum frames go out at once again."""
-    coalescer = Coalescer(min_interval_s=0.02, max_interval_s=0.5)
+    coalescer = Coalescer(min_interval_s=0.02, max_interval_s=0.5, behind_lag_s=0.05, recovered_lag_s=0.02)
     assert coalescer.observe(lag_s=0.001, busy_share=0.1) == 0.0
-    assert coalescer.observe(lag_s=0.030, busy_share=0.1) == 0.02
+    assert coalescer.observe(lag_s=0.030, busy_share=0.1) == 0.0, "a little late is not behind"
+    assert coalescer.observe(lag_s=0.060, busy_share=0.1) == 0.02
     assert coalescer.observe(lag_s=0.001, busy_share=0.7) == 0.04
     for _ in range(10):
         coalescer.observe(lag_s=0.2, busy_share=0.9)
     assert coalescer.interval_s == 0.5
     # In between (neither behind nor recovered) it holds.
-    assert coalescer.observe(lag_s=0.01, busy_share=0.3) == 0.5
+    assert coalescer.observe(lag_s=0.03, busy_share=0.3) == 0.5
     intervals = [coalescer.observe(lag_s=0.001, busy_share=0.1) for _ in range(6)]
     assert intervals == [0.25, 0.125, 0.0625, 0.03125, 0.0, 0.0]
 

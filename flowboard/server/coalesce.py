@@ -18,12 +18,14 @@ class Coalescer:
     """The pure decision: how long frames wait for the next send, from what the loop shows."""
 
     min_interval_s: float = 0.02
-    max_interval_s: float = 0.5
-    # Behind: the timer ran this late, or sending took this share of the time.
-    behind_lag_s: float = 0.02
+    # Within the 250 ms a viewer's p99 may take.
+    max_interval_s: float = 0.25
+    # Behind: the timer ran this late, or sending took this share of the time. (A timer a few
+    # ms late is a busy shared machine, not our overload: no reason to batch.)
+    behind_lag_s: float = 0.05
     behind_busy_share: float = 0.5
     # Recovered: below both of these.
-    recovered_lag_s: float = 0.005
+    recovered_lag_s: float = 0.02
     recovered_busy_share: float = 0.25
     # Seconds between sends; 0 means each publish sends at once.
     interval_s: float = 0.0

@@ -221,6 +221,7 @@ class Hub:
         for group in list(self._groups):
             if group.session.has_pending(now_ms):
                 self._send_group_frame(group, now_ms)
+        self._merge_twin_groups()
         for client in list(self._alone):
             if client.session.has_pending(now_ms):
                 flush = client.flush
@@ -275,6 +276,23 @@ class Hub:
         client.group = group
         client.session = group.session
         return True
+
+    def _merge_twin_groups(self) -> None:
+        """Groups founded apart whose mirrors have become the same are made one (their
+        members leave, and join the first at once)."""
+        if len(self._groups) < 2:
+            return
+        first_with: dict[tuple[object, ...], Group] = {}
+        for group in list(self._groups):
+            signature = group.session.group_signature()
+            if signature is None:
+                continue
+            if signature not in first_with:
+                first_with[signature] = group
+                continue
+            for member in list(group.members):
+                self._leave(member)
+                self.try_join(member)
 
     def _leave(self, client: Client) -> None:
         group = client.group

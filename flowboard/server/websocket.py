@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 
+import attrs
 import trio
+from prometheus_client import Counter
 from quart import websocket
 
 from flowboard.errors import ProtocolError
@@ -49,10 +52,31 @@ def frame_kind(frame: bytes) -> str:
     return "trades" if b'["t",' in frame else "state"
 
 
+@attrs.frozen
+class _FrameCounters:
+    """The labelled v2 counters, looked up once per process (not per connection)."""
+
+    frames: dict[str, Counter]
+    bytes: dict[str, Counter]
+
+
+_counters: weakref.WeakKeyDictionary[Metrics, _FrameCounters] = weakref.WeakKeyDictionary()
+
+
+def _frame_counters(metrics: Metrics) -> _FrameCounters:
+    counters = _counters.get(metrics)
+    if counters is None:
+        counters = _counters[metrics] = _FrameCounters(
+            frames={kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS},
+            bytes={kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS},
+        )
+    return counters
+
+
 def group_frame_counter(metrics: Metrics) -> FrameCounter:
-    """Counts a group's frame once for all its receivers (label children looked up once)."""
-    frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
-    bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
+    """Counts a group's frame once for all its receivers."""
+    counters = _frame_counters(metrics)
+    frames_sent, bytes_sent = counters.frames, counters.bytes
 
     def count(frame: bytes, receivers: int) -> None:
         kind = frame_kind(frame)
@@ -104,10 +128,12 @@ class _Sender:
         self.wire = wire
         metrics = runtime.metrics
         self.metrics = metrics
-        self.frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
-        self.bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
-        # The session whose counters were last reported, and their values then.
-        self.reported_session = client.session
+        counters = _frame_counters(metrics)
+        self.frames_sent = counters.frames
+        self.bytes_sent = counters.bytes
+        # Which session's counters were last reported (its id: a member's old session must
+        # not be kept alive), and their values then.
+        self.reported_session = id(client.session)
         self.reported = client.session.statistics()
         # What went wrong in flush_nowait, raised here in the loop (a client's error stays its own).
         self.error: Exception | None = None
@@ -118,8 +144,8 @@ class _Sender:
         self.frames_sent[kind].inc()
         self.bytes_sent[kind].inc(len(frame))
         session = self.client.session
-        if session is not self.reported_session:
-            self.reported_session = session
+        if id(session) != self.reported_session:
+            self.reported_session = id(session)
             self.reported = session.statistics()
             return
         stats = session.statistics()
@@ -189,14 +215,16 @@ class _Sender:
                 self.metrics.closed_slow.inc()
                 log.info("aborted a stalled client: a frame waited %.0f s for its socket", stall_timeout)
                 return
-            session = client.session
+            # client.session is read afresh each time (never held across a wait): it changes
+            # when the client joins or leaves a group, and a member's old session must go.
             if hub.shutting_down.is_set():
                 await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                 return
-            if session.close_reason is not None:
+            close_reason = client.session.close_reason
+            if close_reason is not None:
                 self.metrics.closed_slow.inc()
-                log.info("closing a slow client: %s", session.close_reason)
-                await websocket.close(v2.CLOSE_TOO_SLOW, session.close_reason[:120])
+                log.info("closing a slow client: %s", close_reason)
+                await websocket.close(v2.CLOSE_TOO_SLOW, close_reason[:120])
                 return
             if wire is not None and not wire.can_send():
                 return  # the client closed (hypercorn answers it) or the socket failed
@@ -205,11 +233,10 @@ class _Sender:
                 await client.wait(math.inf)
                 continue
             now_ms = runtime.wall_ms()
-            frame = session.build_frame(runtime.agg, now_ms)
+            frame = client.session.build_frame(runtime.agg, now_ms)
             if frame is None:
-                if hub.try_join(client):
-                    continue
-                deadline_ms = session.next_deadline()
+                # Caught up: the publisher's next send may put it in a group (Hub.try_join).
+                deadline_ms = client.session.next_deadline()
                 if deadline_ms is None:
                     deadline = math.inf
                 else:
@@ -230,8 +257,8 @@ class _Sender:
             await websocket.send(frame.decode())
             self._account(frame, frame_kind(frame))
             waited = trio.current_time() - started
-            if waited > stall_timeout and session.close_reason is None:
-                session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
+            if waited > stall_timeout and client.session.close_reason is None:
+                client.session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
 
 
 async def _read_commands(runtime: Runtime, client: Client) -> None:
