@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
@@ -124,6 +124,10 @@ shared_operation = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(shared_operation, max_size=120), st.lists(st.sampled_from(VARIANTS), min_size=6, max_size=6))
+@example(  # without context takeover, a member that leaves must not keep a context either
+    [("join", 0), ("publish", b"[1]"), ("leave", 0), ("alone", 0, b'[2,"abc"]'), ("alone", 0, b'[3,"abc"]')],
+    [VARIANTS[2]] * 6,
+)
 def test_members_of_a_group_inflate_exactly_their_payloads_from_shared_bytes(
     ops: list[tuple[Any, ...]], variants: list[connection.DeflateVariant | None]
 ) -> None:

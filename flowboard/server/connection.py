@@ -112,6 +112,8 @@ class MessageDeflater:
     """permessage-deflate of one connection's outgoing messages."""
 
     def __init__(self, variant: DeflateVariant, *, zdict: bytes = b"") -> None:
+        if zdict and not variant.context_takeover:
+            raise ValueError("a dictionary needs context takeover: the client forgets each message")
         self.variant = variant
         # Created at the first message: an idle connection holds no zlib state. With a
         # dictionary (what the client's inflater already holds) at once.
@@ -241,8 +243,11 @@ class FrameEncoder:
         if stream is None:
             return
         self._stream = None
-        if self.deflater is None and self.variant is not None:
-            self.deflater = MessageDeflater(self.variant, zdict=bytes(stream.history))
+        variant = self.variant
+        if self.deflater is None and variant is not None:
+            # Without context takeover the client's inflater forgets each message: no dictionary.
+            history = bytes(stream.history) if variant.context_takeover else b""
+            self.deflater = MessageDeflater(variant, zdict=history)
 
 
 def deflater_for(extension: PerMessageDeflate) -> MessageDeflater:

@@ -354,7 +354,13 @@ class Hub:
         return client
 
     def disconnect(self, client: Client) -> None:
-        self._leave(client)
+        group = client.group
+        if group is not None:
+            # Gone: no copy of the group's session, no compressor of its own.
+            group.members.discard(client)
+            if not group.members:
+                self._groups.discard(group)
+            client.group = None
         self._alone.discard(client)
         self.clients.discard(client)
         if self.shutting_down.is_set() and not self.clients:
