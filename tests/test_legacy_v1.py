@@ -319,17 +319,19 @@ async def test_get_snapshot_and_ping_are_answered(
 async def test_v1_and_v2_clients_share_the_hub_and_v1_leaves_cleanly(
     server: Runtime, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """The v1 feed joins the hub with the first v1 client and leaves with the last."""
+    """The v1 feed joins the hub's feeds with the first v1 client and leaves with the last;
+    it is never counted as a v2 client."""
     before = len(server.hub.clients)
     first = await open_wire_client(v1_url(server))
     second = await open_wire_client(v1_url(server))
     await receive_json(first)
     await receive_json(second)
-    assert len(server.hub.clients) == before + 1
+    assert len(server.hub.feeds) == 1
+    assert len(server.hub.clients) == before
     await first.aclose()
     await second.aclose()
     await trio.sleep(1)
-    assert len(server.hub.clients) == before
+    assert not server.hub.feeds
 
 
 async def test_connections_are_counted_per_protocol(

@@ -20,6 +20,7 @@ from flowboard.model import MINUTE_MS, MarketMeta, Trade
 from flowboard.protocol import v2
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.protocol.session import SessionLimits
+from flowboard.server.connection import GroupFrames
 from flowboard.server.hub import Client, Hub
 
 TICKERS = [f"KXTEST-26JAN01-T{i}" for i in range(8)]
@@ -405,6 +406,147 @@ def test_any_trades_and_read_pattern_fold_to_the_servers_state(
             detail_client.session.set_detail(TICKERS[index] if index < len(TICKERS) else None)
     for client in clients:
         h.read_until_idle(client)
+        h.check(client)
+
+
+class FakeSink:
+    """A client's connection as the publisher sees it: frames it delivers reach the client's
+    view in order; one taken only in part (``stall``) leaves bytes queued until the client
+    reads, and the connection is not ready meanwhile."""
+
+    def __init__(self, harness: Harness, client: Client) -> None:
+        self.harness = harness
+        self.client = client
+        self.queued = False
+        self.take_next_in_part = False
+
+    def ready(self) -> bool:
+        return not self.queued
+
+    def deliver(self, frames: GroupFrames) -> bool:
+        assert not self.queued, "the publisher wrote to a connection with bytes queued"
+        frame = frames.payload
+        self.harness.frames[self.client].append(frame)
+        self.harness.views[self.client].apply_frame(frame)
+        if self.take_next_in_part:
+            self.take_next_in_part = False
+            self.queued = True
+            return False
+        return True
+
+    def left_group(self) -> None:
+        pass
+
+
+GROUPED_CHANNEL_SETS = [
+    v2.DEFAULT_CHANNELS,
+    v2.DEFAULT_CHANNELS,
+    v2.DEFAULT_CHANNELS,
+    frozenset({"top", "today", "trades"}),
+    frozenset({"top", "today", "trades"}),
+    frozenset({"hot", "top"}),
+    frozenset({"hot", "top"}),
+    frozenset({"hot", "hour", "day"}),
+]
+
+group_operation = st.one_of(
+    operation,
+    st.tuples(st.just("join"), st.integers(0, len(GROUPED_CHANNEL_SETS) - 1)),
+    st.tuples(st.just("stall"), st.integers(0, len(GROUPED_CHANNEL_SETS) - 1)),
+    st.tuples(
+        st.just("toggle"), st.integers(0, len(GROUPED_CHANNEL_SETS) - 1), st.sampled_from(["top", "hot"])
+    ),
+    st.tuples(st.just("reconnect"), st.integers(0, len(GROUPED_CHANNEL_SETS) - 1)),
+)
+
+
+def read_with_sink(h: Harness, client: Client) -> None:
+    """The client reads: what was queued for it arrives; on its own it gets a frame."""
+    sink = client.sink
+    assert isinstance(sink, FakeSink)
+    sink.queued = False
+    if client.group is None:
+        h.read(client)
+
+
+def test_a_newcomer_in_an_old_group_gets_market_ids_it_never_saw_defined() -> None:
+    """A group that has run for a while knows ids a newcomer was never sent: when such a market
+    comes back, the group defines it again (``m``) for everyone, and the newcomer's view holds it."""
+    h = Harness()
+    veteran = h.connect(frozenset({"hot"}))
+    veteran.sink = FakeSink(h, veteran)
+    h.read(veteran)
+    for index in range(4):  # markets 0..3 each hot for a while; the veteran learns all ids
+        h.trade(TICKERS[index], 5000, 1_000_000, "yes")
+        h.advance(1_000)
+    read_with_sink(h, veteran)
+    h.advance(25_000)  # every window expires: the hot set empties
+    h.trade(TICKERS[3], 5000, 100, "yes")
+    read_with_sink(h, veteran)
+    assert h.hub.try_join(veteran) or veteran.group is not None
+    newcomer = h.connect(frozenset({"hot"}))
+    newcomer.sink = FakeSink(h, newcomer)
+    h.read(newcomer)
+    assert h.hub.try_join(newcomer) and newcomer.group is veteran.group
+    h.trade(TICKERS[0], 5000, 1_000_000, "yes")  # market 0 is hot again
+    assert any(event[:2] == ["m", 0] for event in events_of(h.frames[newcomer][-1]))
+    for client in (veteran, newcomer):
+        h.check(client)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(group_operation, min_size=3, max_size=80), max_pending=st.sampled_from([3, 2_000]))
+def test_clients_joining_and_leaving_groups_fold_to_the_servers_state(
+    ops: list[tuple[Any, ...]], max_pending: int
+) -> None:
+    """Property: with caught-up clients joining groups (the publisher builds each frame once and
+    delivers it to every member), members leaving when their socket takes a frame in part or
+    when they send a command, and random trades, clock moves and read patterns, every client's
+    decoded view equals the server's state once it has read everything."""
+    h = Harness(SessionLimits(max_pending_trades=max_pending, snapshot_tape=200, max_resyncs=1_000))
+    for ticker in TICKERS[:4]:
+        h.hub.publish(h.agg.set_meta(MarketMeta(ticker, title=f"Title {ticker}", category="Test")), h.now)
+    clients = [h.connect(channels) for channels in GROUPED_CHANNEL_SETS]
+    detail_client = h.connect(frozenset({"today"}), detail=TICKERS[0])
+    clients.append(detail_client)
+    for client in clients:
+        client.sink = FakeSink(h, client)
+        h.read(client)
+    for op in ops:
+        if op[0] == "trade":
+            _, index, price, count, side, lateness = op
+            h.trade(TICKERS[index], price, count, side, lateness)
+        elif op[0] == "advance":
+            h.advance(op[1])
+        elif op[0] == "read":
+            read_with_sink(h, clients[op[1]])
+        elif op[0] == "join":
+            read_with_sink(h, clients[op[1]])
+            h.hub.try_join(clients[op[1]])
+        elif op[0] == "stall":
+            sink = clients[op[1]].sink
+            assert isinstance(sink, FakeSink)
+            sink.take_next_in_part = True
+        elif op[0] == "reconnect":
+            # A newcomer knows fewer market ids than a group that has run for a while.
+            h.hub.disconnect(clients[op[1]])
+            clients[op[1]] = h.connect(GROUPED_CHANNEL_SETS[op[1]])
+            clients[op[1]].sink = FakeSink(h, clients[op[1]])
+            h.read(clients[op[1]])
+        elif op[0] == "toggle":
+            session = h.hub.own_session(clients[op[1]])
+            channel = frozenset({op[2]})
+            if op[2] in session.channels:
+                session.unsubscribe(channel)
+            else:
+                session.subscribe(channel)
+        else:
+            index = op[1]
+            h.hub.own_session(detail_client).set_detail(TICKERS[index] if index < len(TICKERS) else None)
+    for client in clients:
+        read_with_sink(h, client)
+        if client.group is None:
+            h.read_until_idle(client)
         h.check(client)
 
 

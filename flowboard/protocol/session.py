@@ -13,6 +13,7 @@ the time base of its trade deltas) so that it never sends what the client can de
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import attrs
@@ -29,6 +30,14 @@ from flowboard.aggregate.events import (
 )
 from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, Trade
 from flowboard.protocol import v2
+
+#: The hello's ``t0`` is the aggregator's clock floored to this grid, so that clients that
+#: connect within the same hour share a time base (and can share frames: see ``group_signature``).
+T0_GRID_MS = HOUR_MS
+
+#: Channels whose updates a client that does not fold trades gets on a cadence (a deadline of
+#: its own): such a client cannot share a group's frames.
+_CADENCED = frozenset({"hour", "day", "today"})
 
 
 @attrs.frozen
@@ -253,6 +262,55 @@ class ClientSession:
     def pending_trades(self) -> int:
         return len(self._pending_trades)
 
+    # -- sharing: groups of clients with identical mirrors --------------------------------
+
+    def group_signature(self) -> tuple[Any, ...] | None:
+        """What another session must match for both clients to be sent the same frames from
+        now on, or None while this one cannot share (something pending, a detail market, an
+        error to report, analytics on a cadence of its own). Market ids the client knows are
+        not part of it: a group re-defines (``m``) any the member might not know."""
+        if (
+            self._needs_snapshot
+            or self._resumed
+            or self.close_reason is not None
+            or self._detail is not None
+            or self._wanted_detail is not None
+            or self._missed
+            or self.next_deadline() is not None
+            or self.has_pending(0)
+            or (not self._folds_trades and self.channels & _CADENCED)
+        ):
+            return None
+        return (
+            self.epoch,
+            self.seq,
+            self.channels,
+            self._t0,
+            self._last_trade_ts,
+            self._hot_sent,
+            frozenset(self._tracked),
+        )
+
+    def forget_ids_unknown_to(self, other: ClientSession) -> None:
+        """A client with ``other``'s mirror joins the clients this session speaks for: from now
+        on define every market id that client might not know yet."""
+        self._known &= other._known
+
+    def fork(self) -> ClientSession:
+        """An independent copy of this session (a client leaving a group goes on from it)."""
+        twin = copy.copy(self)
+        twin._known = set(self._known)
+        twin._tracked = set(self._tracked)
+        twin._pending_trades = list(self._pending_trades)
+        twin._dirty_windows = set(self._dirty_windows)
+        twin._spark_inserts = {market: list(trades) for market, trades in self._spark_inserts.items()}
+        twin._dirty_meta = set(self._dirty_meta)
+        twin._dirty_buckets = {mode: set(starts) for mode, starts in self._dirty_buckets.items()}
+        twin._errors = list(self._errors)
+        twin._recent_trade_times = list(self._recent_trade_times)
+        twin._resync_times = list(self._resync_times)
+        return twin
+
     # -- output: frames --------------------------------------------------------------------
 
     def has_pending(self, now_ms: int) -> bool:
@@ -321,7 +379,7 @@ class ClientSession:
     # -- frame builders --------------------------------------------------------------------
 
     def _hello(self, agg: Aggregator, *, resumed: bool) -> list[Any]:
-        self._t0 = agg.now_ms
+        self._t0 = agg.now_ms - agg.now_ms % T0_GRID_MS
         self._last_trade_ts = self._t0
         return [
             "H",
@@ -339,6 +397,10 @@ class ClientSession:
                 "resumed": resumed,
             },
         ]
+
+    def _clock_event(self, agg: Aggregator) -> list[Any]:
+        """``c``: the aggregator's current minute, relative to t0."""
+        return ["c", agg.now_ms - agg.now_ms % MINUTE_MS - self._t0]
 
     def _define(self, agg: Aggregator, market: int, out: list[Any]) -> None:
         if market not in self._known:
@@ -412,6 +474,9 @@ class ClientSession:
         parts = self._channel_parts(agg, self.channels, defs)
         detail_parts = self._detail_parts(agg, defs) if self._wanted_detail is not None else []
         frame.extend(defs)
+        if agg.now_ms - agg.now_ms % MINUTE_MS != self._t0:
+            # t0 is on the hour grid; the client's current minute would start there.
+            frame.append(self._clock_event(agg))
         frame.extend(parts)
         frame.extend(detail_parts)
         return frame
@@ -439,6 +504,8 @@ class ClientSession:
 
     def _update_frame(self, agg: Aggregator, now_ms: int) -> list[Any]:
         frame: list[Any] = [self.seq]
+        # A resumed hello moves t0 (back to the grid): the client's minute comes from `c`.
+        resumed_clock = self._resumed
         if self._resumed:
             frame.append(self._hello(agg, resumed=True))
             self._resumed = False
@@ -446,9 +513,9 @@ class ClientSession:
         head: list[Any] = []
         keyed: list[Any] = []
 
+        if self._clock_dirty or resumed_clock:
+            head.append(self._clock_event(agg))
         if self._clock_dirty:
-            minute = agg.now_ms - agg.now_ms % MINUTE_MS
-            head.append(["c", minute - self._t0])
             self._clock_dirty = False
             if not self._folds_trades:
                 # The new period may already hold trades timed ahead of our clock: send whole views.

@@ -27,7 +27,7 @@ from flowboard.model import (
     from_units,
     units_text,
 )
-from flowboard.server import direct, guards, legacy, page_policy
+from flowboard.server import connection, guards, legacy, page_policy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
 
@@ -156,7 +156,7 @@ def _name(kind: str, text: str) -> str:
 def create_app(runtime: Runtime) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = guards.guard(  # type: ignore[method-assign]
-        direct.capture(app.asgi_app), runtime.config, runtime.metrics
+        connection.capture(app.asgi_app), runtime.config, runtime.metrics
     )
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     agg = runtime.agg

@@ -1,17 +1,29 @@
 """Publish: number the aggregator's events, keep a ring of them for resume, fan them out.
 
 ``publish`` is synchronous and never waits on a socket, so one slow client cannot delay the
-feed or any other client: it offers each event to every client's session, then, for a client
-whose send loop is idle, writes the pending frame itself if the socket takes it at once
-(``Client.flush``, flowboard.server.direct); otherwise it wakes that client's own send loop
-(flowboard.server.websocket), which takes everything pending as one frame.
+feed or any other client. It offers each event once to each subscriber: every group of v2
+clients that share frames, every v2 client on its own, and the shared v1 feed.
+
+Encode once, write many: caught-up v2 clients whose mirrors are identical
+(``ClientSession.group_signature``) are members of one :class:`Group`, whose single session
+builds each frame once; the publisher hands those bytes to each member's sink. A client starts
+on its own (snapshot, resume, catching up: batched, conflated, resynced as
+``docs/protocol.md`` says) and joins a group once it has nothing pending and its socket has
+nothing queued. It leaves the group, going on from a copy of the group's session, when its
+socket does not take a whole frame at once or when it sends a command.
+
+A client on its own whose send loop is idle gets its frame written by the publisher too, if
+the socket takes it at once (``Client.flush``); otherwise its own send loop is woken
+(flowboard.server.websocket), and takes everything pending as one frame.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import attrs
 import trio
@@ -19,6 +31,7 @@ import trio
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.aggregate.events import Event, HotChanged
 from flowboard.protocol.session import ClientSession, ResumePoint, SessionLimits
+from flowboard.server.connection import GroupFrames
 
 
 class Wakeup:
@@ -42,28 +55,73 @@ class Wakeup:
         self._wakeup = trio.Event()
 
 
+class Feed(Protocol):
+    """A subscriber that is not a v2 client (the shared v1 feed): offered every event."""
+
+    def offer(self, seq: int, event: Event, now_ms: int) -> None: ...
+
+    def published(self, now_ms: int) -> None:
+        """After each publish, once every event was offered."""
+
+
+class FrameSink(Protocol):
+    """Where a v2 client's frames go when the publisher writes them (its connection)."""
+
+    def ready(self) -> bool:
+        """Whether a frame written now would start on the socket at once (nothing queued,
+        the connection open for data)."""
+
+    def deliver(self, frames: GroupFrames) -> bool:
+        """Write the group's current frame (the caller checked :meth:`ready`); False when the
+        socket did not take all of it (the rest waits, queued in order)."""
+
+    def left_group(self) -> None:
+        """It will be sent frames of its own again (its own compressor, if any)."""
+
+
 class Client(Wakeup):
-    """A connected v2 client: its session and the way to wake its send loop."""
+    """A connected v2 client: its session (or its group's) and the way to wake its send loop."""
 
     def __init__(self, session: ClientSession) -> None:
         super().__init__()
+        # Its own session, or while a member of a group, the group's (shared: never mutate).
         self.session = session
+        # The group whose frames it receives, if any.
+        self.group: Group | None = None
         # While the send loop waits: writes the pending frame without waking it, if it can
         # (returns False when the loop must wake instead). Set by flowboard.server.websocket.
         self.flush: Callable[[int], bool] | None = None
+        # Its connection, when the publisher may write to it (else it never joins a group).
+        self.sink: FrameSink | None = None
+
+
+class Group:
+    """Clients sent the same frames: one session, built once per publish."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.members: set[Client] = set()
+        # Its payloads as wire frames, built once per deflate variant.
+        self.frames = GroupFrames()
+
+
+#: Counts a frame the publisher built once and handed to ``receivers`` clients.
+FrameCounter = Callable[[bytes, int], None]
 
 
 @attrs.frozen
 class HubStats:
     seq: int
     clients: int
+    groups: int
+    grouped_clients: int
     ring_events: int
     pending_trades_max: int
     pending_trades_total: int
 
 
 class Hub:
-    """The single publisher: aggregator events in, per-client sessions out."""
+    """The single publisher: aggregator events in, v2 sessions (grouped or not) and feeds out."""
 
     def __init__(self, agg: Aggregator, *, epoch: str, ring_size: int, limits: SessionLimits) -> None:
         self.agg = agg
@@ -75,7 +133,24 @@ class Hub:
         self._ring: deque[tuple[int, Event]] = deque(maxlen=ring_size)
         # The hot set as of the event just before the ring's oldest (for resume points).
         self._hot_before_ring: tuple[int, ...] = ()
+        # Every connected v2 client, on its own or in a group.
         self.clients: set[Client] = set()
+        # v2 clients with a session of their own.
+        self._alone: set[Client] = set()
+        self._groups: set[Group] = set()
+        # Subscribers that are not v2 clients (the v1 feed, while it has connections).
+        self.feeds: set[Feed] = set()
+        # Seconds between sends while the loop is behind (flowboard.server.coalesce); 0 while
+        # it keeps up: each publish sends at once.
+        self.coalesce_interval_s = 0.0
+        # Whether events were offered since the last send.
+        self.unsent = False
+        # Seconds spent publishing and sending (for the coalescing decision), on ``busy_clock``
+        # (the server sets trio's, so that a test's mock clock keeps decisions deterministic).
+        self.busy_s = 0.0
+        self.busy_clock: Callable[[], float] = time.perf_counter
+        # Called for every frame a group sent (metrics); set by the server.
+        self.count_group_frame: FrameCounter = lambda frame, receivers: None
         # Set once shutdown begins: send loops close their sockets with 1001.
         self.shutting_down = trio.Event()
         # Set when, after shutdown began, the last client has gone.
@@ -92,13 +167,43 @@ class Hub:
         self.epoch = epoch
         self.seq = seq
         self.rebase()
+        for group in list(self._groups):
+            for member in list(group.members):
+                self._leave(member)
         for client in self.clients:
-            if isinstance(client.session, ClientSession):
-                client.session.restart(epoch=epoch, seq=seq)
+            client.session.restart(epoch=epoch, seq=seq)
             client.wake()
 
+    # -- subscribers ---------------------------------------------------------------------------
+
+    def add_feed(self, feed: Feed) -> None:
+        self.feeds.add(feed)
+
+    def remove_feed(self, feed: Feed) -> None:
+        self.feeds.discard(feed)
+
     def publish(self, events: Iterable[Event], now_ms: int) -> None:
+        """Offer ``events`` to every subscriber; send at once unless coalescing."""
+        started = self.busy_clock()
+        self._offer(events, now_ms)
+        if self.coalesce_interval_s:
+            self.unsent = True
+        else:
+            self._send(now_ms)
+        self.busy_s += self.busy_clock() - started
+
+    def send(self, now_ms: int) -> None:
+        """The coalescing tick: send what was offered since the last send."""
+        if self.unsent:
+            started = self.busy_clock()
+            self._send(now_ms)
+            self.busy_s += self.busy_clock() - started
+
+    def _offer(self, events: Iterable[Event], now_ms: int) -> None:
         ring = self._ring
+        sessions = [group.session for group in self._groups]
+        sessions.extend(client.session for client in self._alone)
+        feeds = self.feeds
         for event in events:
             self.seq += 1
             if len(ring) == ring.maxlen:
@@ -106,14 +211,108 @@ class Hub:
                 if isinstance(oldest, HotChanged):
                     self._hot_before_ring = oldest.markets
             ring.append((self.seq, event))
-            for client in self.clients:
-                client.session.offer(self.seq, event, now_ms)
-        for client in self.clients:
+            for session in sessions:
+                session.offer(self.seq, event, now_ms)
+            for feed in feeds:
+                feed.offer(self.seq, event, now_ms)
+
+    def _send(self, now_ms: int) -> None:
+        self.unsent = False
+        for group in list(self._groups):
+            if group.session.has_pending(now_ms):
+                self._send_group_frame(group, now_ms)
+        self._merge_twin_groups()
+        for client in list(self._alone):
             if client.session.has_pending(now_ms):
-                # The shared v1 feed (flowboard.server.legacy) stands in a Client's place with no flush.
-                flush = getattr(client, "flush", None)
+                flush = client.flush
                 if flush is None or not flush(now_ms):
                     client.wake()
+                    continue
+            self.try_join(client)
+        for feed in self.feeds:
+            feed.published(now_ms)
+
+    def _send_group_frame(self, group: Group, now_ms: int) -> None:
+        # A member that cannot take a frame now gets it (and what follows) on its own.
+        for member in list(group.members):
+            sink = member.sink
+            if sink is None or not sink.ready():
+                self._leave(member)
+                member.wake()
+        if not group.members:
+            return
+        frame = group.session.build_frame(self.agg, now_ms)
+        if frame is None:
+            return
+        self.count_group_frame(frame, len(group.members))
+        group.frames.next(frame)
+        for member in list(group.members):
+            assert member.sink is not None
+            if not member.sink.deliver(group.frames):
+                # The rest of this frame is queued: what follows waits for it, on its own.
+                self._leave(member)
+                member.wake()
+
+    # -- groups --------------------------------------------------------------------------------
+
+    def try_join(self, client: Client) -> bool:
+        """Put a caught-up client on its own into the group whose mirror equals its own (or
+        found one); False when it cannot share frames now."""
+        if client.group is not None or client.sink is None or not client.sink.ready():
+            return False
+        session = client.session
+        signature = session.group_signature()
+        if signature is None:
+            return False
+        for group in self._groups:
+            if group.session.group_signature() == signature:
+                group.session.forget_ids_unknown_to(session)
+                break
+        else:
+            group = Group(session.fork())
+            self._groups.add(group)
+        self._alone.discard(client)
+        group.members.add(client)
+        client.group = group
+        client.session = group.session
+        return True
+
+    def _merge_twin_groups(self) -> None:
+        """Groups founded apart whose mirrors have become the same are made one (their
+        members leave, and join the first at once)."""
+        if len(self._groups) < 2:
+            return
+        first_with: dict[tuple[object, ...], Group] = {}
+        for group in list(self._groups):
+            signature = group.session.group_signature()
+            if signature is None:
+                continue
+            if signature not in first_with:
+                first_with[signature] = group
+                continue
+            for member in list(group.members):
+                self._leave(member)
+                self.try_join(member)
+
+    def _leave(self, client: Client) -> None:
+        group = client.group
+        if group is None:
+            return
+        group.members.discard(client)
+        if not group.members:
+            self._groups.discard(group)
+        client.group = None
+        client.session = group.session.fork()
+        self._alone.add(client)
+        if client.sink is not None:
+            client.sink.left_group()
+
+    def own_session(self, client: Client) -> ClientSession:
+        """The client's own session, taking it out of its group first (before a command)."""
+        self._leave(client)
+        return client.session
+
+    # -- connections ---------------------------------------------------------------------------
 
     def _resume_point(self, resume: tuple[str, int] | None) -> ResumePoint | None:
         """Where a reconnecting client can continue, or None if it needs a snapshot."""
@@ -151,9 +350,18 @@ class Hub:
         session.seq = self.seq
         client = Client(session)
         self.clients.add(client)
+        self._alone.add(client)
         return client
 
     def disconnect(self, client: Client) -> None:
+        group = client.group
+        if group is not None:
+            # Gone: no copy of the group's session, no compressor of its own.
+            group.members.discard(client)
+            if not group.members:
+                self._groups.discard(group)
+            client.group = None
+        self._alone.discard(client)
         self.clients.discard(client)
         if self.shutting_down.is_set() and not self.clients:
             self.drained.set()
@@ -167,10 +375,13 @@ class Hub:
             client.wake()
 
     def statistics(self) -> HubStats:
-        pending = [client.session.pending_trades for client in self.clients]
+        pending = [client.session.pending_trades for client in self._alone]
+        pending.extend(group.session.pending_trades for group in self._groups)
         return HubStats(
             seq=self.seq,
             clients=len(self.clients),
+            groups=len(self._groups),
+            grouped_clients=len(self.clients) - len(self._alone),
             ring_events=len(self._ring),
             pending_trades_max=max(pending, default=0),
             pending_trades_total=sum(pending),

@@ -1,7 +1,7 @@
 """Leave, the old way: the v1 compatibility endpoint ``/ws/stream`` (docs/v1.md).
 
-Every v1 client of a process is served from one :class:`V1Feed`. The feed takes part in the
-hub's fan-out like a v2 client does (``Hub.publish`` offers it each event and wakes it), so
+Every v1 client of a process is served from one :class:`V1Feed`. The feed is one of the
+hub's subscribers (``Hub.publish`` offers it each event, then tells it the publish is over), so
 there is no polling: when trades are published the feed encodes each v1 ``trade`` message
 once and appends the same text to every v1 connection's :class:`~flowboard.protocol.v1.OutQueue`.
 The timed messages (analytics every second, hot markets every 5 s) are aligned to the wall
@@ -16,7 +16,6 @@ import logging
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import cast
 
 import trio
 from quart import websocket
@@ -26,7 +25,7 @@ from flowboard.errors import ProtocolError
 from flowboard.protocol import v1
 from flowboard.protocol.v2 import CLOSE_TOO_SLOW
 from flowboard.server import guards
-from flowboard.server.hub import Client, Wakeup
+from flowboard.server.hub import Wakeup
 from flowboard.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -45,51 +44,38 @@ class V1Connection(Wakeup):
         self.queue = v1.OutQueue(limits)
 
 
-class _FeedListener:
-    """The part of the feed ``Hub.publish`` talks to, shaped like a v2 client's session."""
-
-    def __init__(self) -> None:
-        # Trades offered since the last flush (a publish offers, then wakes).
-        self.trades: list[TradeAdded] = []
-
-    def offer(self, seq: int, event: Event, now_ms: int) -> None:
-        if isinstance(event, TradeAdded):
-            self.trades.append(event)
-
-    def has_pending(self, now_ms: int) -> bool:
-        return bool(self.trades)
-
-    @property
-    def pending_trades(self) -> int:
-        return len(self.trades)
-
-
 class V1Feed:
     """Encodes v1 messages once for every v1 connection of a runtime.
 
-    It is in ``hub.clients`` only while at least one v1 client is connected, so a server
+    It is one of the hub's feeds only while at least one v1 client is connected, so a server
     without v1 clients pays nothing.
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.session = _FeedListener()
+        # Trades offered since the last publish ended.
+        self._trades: list[TradeAdded] = []
         self.connections: set[V1Connection] = set()
         # kind -> (period key, text): the last encoding of each timed message.
         self._cache: dict[str, tuple[object, str]] = {}
 
     # -- the hub's side --------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """Called by ``Hub.publish`` after offering events: encode new trades, queue them."""
-        trades, self.session.trades = self.session.trades, []
-        if trades:
-            agg = self.runtime.agg
-            stats = v1.global_stats(agg)
-            for event in trades:
-                text = v1.dumps(v1.trade_message(agg, event, stats))
-                for connection in self.connections:
-                    connection.queue.push(v1.TRADE, text)
+    def offer(self, seq: int, event: Event, now_ms: int) -> None:
+        if isinstance(event, TradeAdded):
+            self._trades.append(event)
+
+    def published(self, now_ms: int) -> None:
+        """After a publish: encode its trades once, queue them for every connection."""
+        trades, self._trades = self._trades, []
+        if not trades:
+            return
+        agg = self.runtime.agg
+        stats = v1.global_stats(agg)
+        for event in trades:
+            text = v1.dumps(v1.trade_message(agg, event, stats))
+            for connection in self.connections:
+                connection.queue.push(v1.TRADE, text)
         for connection in self.connections:
             connection.wake()
 
@@ -97,8 +83,7 @@ class V1Feed:
 
     def connect(self, limits: v1.QueueLimits) -> V1Connection:
         if not self.connections:
-            # The hub only needs session.offer/has_pending/pending_trades and wake().
-            self.runtime.hub.clients.add(cast(Client, self))
+            self.runtime.hub.add_feed(self)
         connection = V1Connection(limits)
         self.connections.add(connection)
         return connection
@@ -106,7 +91,7 @@ class V1Feed:
     def disconnect(self, connection: V1Connection) -> None:
         self.connections.discard(connection)
         if not self.connections:
-            self.runtime.hub.disconnect(cast(Client, self))
+            self.runtime.hub.remove_feed(self)
 
     def cached(self, kind: str, key: object, build: Callable[[], v1.Message]) -> str:
         """The text of a message that is the same for every client for a given ``key``."""

@@ -9,7 +9,7 @@ connections wait in the kernel's backlog meanwhile), and counts the failed attem
 hypercorn's ``worker_serve`` builds its listeners from the sockets it is given, so
 :func:`serve_hypercorn` is its serving part (lifespan, TCP servers, graceful shutdown on a
 deadline) over listeners we build; the classes it uses are hypercorn's own, pinned (0.18.0)
-like the rest of our extension points (deflate.py, direct.py).
+like the rest of our extension points (deflate.py, connection.py).
 """
 
 from __future__ import annotations

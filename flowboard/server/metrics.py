@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from flowboard.logs import SuppressedLinesCollector
 
@@ -84,6 +84,12 @@ class Metrics:
             registry=r,
         )
         r.register(SuppressedLinesCollector())
+        self.loop_lag = Histogram(
+            "flowboard_loop_lag_seconds",
+            "How late a periodic timer of the event loop ran",
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge whose value is read at scrape time (queue depths, client counts)."""

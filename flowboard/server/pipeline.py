@@ -40,7 +40,9 @@ from flowboard.scaleout import redis_io
 from flowboard.scaleout.redis_io import Follower, JournalingHub, Outbox, PublisherStats, RedisSettings
 from flowboard.scaleout.stream import JournalingAggregator
 from flowboard.server import deflate
+from flowboard.server import websocket as ws_v2
 from flowboard.server.app import create_app
+from flowboard.server.coalesce import Coalescer
 from flowboard.server.hub import Hub
 from flowboard.server.listener import serve_hypercorn
 from flowboard.server.metrics import Metrics
@@ -211,6 +213,41 @@ async def _tick(runtime: Runtime, *, task_status: trio.TaskStatus[None] = trio.T
         runtime.hub.publish(runtime.agg.advance(now), now)
 
 
+#: How often the loop's lag is sampled while frames go out at once.
+_LAG_PERIOD_S = 0.05
+
+
+async def _pace_delivery(
+    runtime: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Measure the event loop's lag with a periodic timer, and let the hub coalesce frames on a
+    tick while the loop is behind (flowboard.server.coalesce)."""
+    hub = runtime.hub
+    hub.busy_clock = trio.current_time
+    coalescer = Coalescer()
+    lag_histogram = runtime.metrics.loop_lag
+    runtime.metrics.gauge(
+        "flowboard_coalesce_interval_seconds",
+        "Seconds frames wait for the next send (0: sent at once)",
+        lambda: hub.coalesce_interval_s,
+    )
+    task_status.started()
+    period = _LAG_PERIOD_S
+    due = trio.current_time() + period
+    busy_before = hub.busy_s
+    while True:
+        await trio.sleep_until(due)
+        woke = trio.current_time()
+        lag = woke - due
+        lag_histogram.observe(lag)
+        hub.send(runtime.wall_ms())
+        busy_share = (hub.busy_s - busy_before) / (period + lag)
+        busy_before = hub.busy_s
+        hub.coalesce_interval_s = coalescer.observe(lag_s=lag, busy_share=busy_share)
+        period = hub.coalesce_interval_s or _LAG_PERIOD_S
+        due = woke + period
+
+
 async def _serve_http(
     runtime: Runtime,
     sock: socket.socket,
@@ -245,11 +282,20 @@ async def _shutdown_when_asked(runtime: Runtime, stop_http: trio.Event) -> None:
 def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMessage] | None) -> None:
     hub = runtime.hub
     metrics = runtime.metrics
+    hub.count_group_frame = ws_v2.group_frame_counter(metrics)
     metrics.gauge_by_label(
         "flowboard_clients",
         "Open WebSocket connections, by protocol",
         "protocol",
         {protocol: partial(runtime.open_connections.__getitem__, protocol) for protocol in PROTOCOLS},
+    )
+    metrics.gauge(
+        "flowboard_client_groups", "Groups of v2 clients sharing frames", lambda: hub.statistics().groups
+    )
+    metrics.gauge(
+        "flowboard_clients_grouped",
+        "v2 clients receiving a group's frames",
+        lambda: hub.statistics().grouped_clients,
     )
     metrics.gauge("flowboard_seq", "Sequence number of the latest event", lambda: hub.seq)
     if receive is not None:
@@ -413,6 +459,7 @@ async def _run(
             await nursery.start(redis_io.serve_publisher, redis, runtime, publisher)
         await nursery.start(_aggregate, runtime, ingestor, receive)
         await nursery.start(_tick, runtime)
+        await nursery.start(_pace_delivery, runtime)
         await nursery.start(source)
         stop_http = trio.Event()
         runtime.binds = await nursery.start(_serve_http, runtime, sock, stop_http, nursery.cancel_scope)
@@ -520,6 +567,7 @@ async def _run_edge(
     async with trio.open_nursery() as nursery:
         log.info("edge: loading the ingest's snapshot from Redis")
         await nursery.start(follower.serve)
+        await nursery.start(_pace_delivery, runtime)
         stop_http = trio.Event()
         runtime.binds = await nursery.start(_serve_http, runtime, sock, stop_http, nursery.cancel_scope)
         nursery.start_soon(_shutdown_when_asked, runtime, stop_http)

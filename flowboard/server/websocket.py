@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 
+import attrs
 import trio
+from prometheus_client import Counter
 from quart import websocket
 
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v2
-from flowboard.protocol.session import ClientSession
-from flowboard.server import direct, guards
-from flowboard.server.hub import Client
+from flowboard.server import connection, guards
+from flowboard.server.hub import Client, FrameCounter
+from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,40 @@ def frame_kind(frame: bytes) -> str:
     return "trades" if b'["t",' in frame else "state"
 
 
+@attrs.frozen
+class _FrameCounters:
+    """The labelled v2 counters, looked up once per process (not per connection)."""
+
+    frames: dict[str, Counter]
+    bytes: dict[str, Counter]
+
+
+_counters: weakref.WeakKeyDictionary[Metrics, _FrameCounters] = weakref.WeakKeyDictionary()
+
+
+def _frame_counters(metrics: Metrics) -> _FrameCounters:
+    counters = _counters.get(metrics)
+    if counters is None:
+        counters = _counters[metrics] = _FrameCounters(
+            frames={kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS},
+            bytes={kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS},
+        )
+    return counters
+
+
+def group_frame_counter(metrics: Metrics) -> FrameCounter:
+    """Counts a group's frame once for all its receivers."""
+    counters = _frame_counters(metrics)
+    frames_sent, bytes_sent = counters.frames, counters.bytes
+
+    def count(frame: bytes, receivers: int) -> None:
+        kind = frame_kind(frame)
+        frames_sent[kind].inc(receivers)
+        bytes_sent[kind].inc(len(frame) * receivers)
+
+    return count
+
+
 async def serve_v2(runtime: Runtime) -> None:
     """The ``/ws`` handler."""
     args = websocket.args
@@ -61,6 +98,7 @@ async def serve_v2(runtime: Runtime) -> None:
         await websocket.close(CLOSE_POLICY, str(exc)[:120])
         return
     await websocket.accept()
+    wire = await connection.attach(websocket.scope, stall_timeout=runtime.config.stall_timeout_s)
     hub = runtime.hub
     client = hub.connect(channels=channels, detail=detail, resume=resume, now_ms=runtime.wall_ms())
     runtime.metrics.connections.labels("v2").inc()
@@ -69,40 +107,48 @@ async def serve_v2(runtime: Runtime) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_commands, runtime, client)
-            await _send_frames(runtime, client, direct.writer_for(websocket.scope))
+            await _Sender(runtime, client, wire).run()
             nursery.cancel_scope.cancel()
     finally:
         hub.disconnect(client)
 
 
-async def _send_frames(runtime: Runtime, client: Client, writer: direct.DirectWriter | None) -> None:
-    await _Sender(runtime, client, writer).run()
-
-
 class _Sender:
-    """One client's send loop. With a direct writer, while the loop waits, the publisher may
-    write a frame itself (:meth:`flush_nowait`), which spares a task wake-up per frame; the loop
-    still does everything that can wait: the rest of a frame the socket did not take, closes."""
+    """One client's send loop, and its connection's face to the publisher (a FrameSink).
 
-    def __init__(self, runtime: Runtime, client: Client, writer: direct.DirectWriter | None) -> None:
+    With the connection's writer the publisher writes most frames itself: a group's frames to
+    each member (:meth:`deliver`) and, while the loop waits, a lone client's pending frame
+    (:meth:`flush_nowait`), which spares a task wake-up per frame. The loop does everything
+    that can wait: draining what the socket did not take, frames of a client on its own, closes.
+    Without the writer (not a plain hypercorn connection) frames go through quart."""
+
+    def __init__(self, runtime: Runtime, client: Client, wire: connection.Connection | None) -> None:
         self.runtime = runtime
         self.client = client
-        self.session: ClientSession = client.session
-        self.writer = writer
+        self.wire = wire
         metrics = runtime.metrics
         self.metrics = metrics
-        self.frames_sent = {kind: metrics.frames_sent.labels("v2", kind) for kind in FRAME_KINDS}
-        self.bytes_sent = {kind: metrics.bytes_sent.labels("v2", kind) for kind in FRAME_KINDS}
-        self.reported = self.session.statistics()
-        # The unsent end of a frame flush_nowait wrote in part; goes out before anything else.
-        self.rest = b""
+        counters = _frame_counters(metrics)
+        self.frames_sent = counters.frames
+        self.bytes_sent = counters.bytes
+        # Which session's counters were last reported (its id: a member's old session must
+        # not be kept alive), and their values then.
+        self.reported_session = id(client.session)
+        self.reported = client.session.statistics()
         # What went wrong in flush_nowait, raised here in the loop (a client's error stays its own).
         self.error: Exception | None = None
+        if wire is not None:
+            client.sink = self
 
     def _account(self, frame: bytes, kind: str) -> None:
         self.frames_sent[kind].inc()
         self.bytes_sent[kind].inc(len(frame))
-        stats = self.session.statistics()
+        session = self.client.session
+        if id(session) != self.reported_session:
+            self.reported_session = id(session)
+            self.reported = session.statistics()
+            return
+        stats = session.statistics()
         reported = self.reported
         # Each inc takes a lock: only when something changed (for a caught-up client, rarely).
         if (
@@ -115,97 +161,123 @@ class _Sender:
             self.metrics.resyncs.inc(stats.resyncs - reported.resyncs)
             self.reported = stats
 
+    # -- the publisher's side --------------------------------------------------------------
+
+    def ready(self) -> bool:
+        wire = self.wire
+        return (
+            wire is not None
+            and not wire.backlog
+            and self.error is None
+            and not self.runtime.hub.shutting_down.is_set()
+            and self.client.session.close_reason is None
+            and wire.can_send()
+        )
+
+    def deliver(self, frames: connection.GroupFrames) -> bool:
+        assert self.wire is not None
+        return self.wire.send_group_frame_nowait(frames)
+
+    def left_group(self) -> None:
+        if self.wire is not None:
+            self.wire.encoder.left_group()
+
     def flush_nowait(self, now_ms: int) -> bool:
-        """Called by the publisher while the loop waits: write the pending frame now if it can be
-        written whole without waiting. False means "wake the loop" (a close, a partial write)."""
-        writer = self.writer
-        session = self.session
-        if (
-            writer is None
-            or self.rest
-            or self.error is not None
-            or self.runtime.hub.shutting_down.is_set()
-            or session.close_reason is not None
-            or not writer.can_write()
-        ):
+        """Called by the publisher while the loop waits: write the pending frame now if the
+        socket has nothing queued. False means "wake the loop" (a close, bytes left queued)."""
+        if not self.ready():
             return False
+        assert self.wire is not None
+        session = self.client.session
         try:
             frame = session.build_frame(self.runtime.agg, now_ms)
             if frame is None:
                 return False
-            self.rest = writer.write_nowait(frame.decode())
+            written = self.wire.send_text_nowait(frame)
             self._account(frame, frame_kind(frame))
         except Exception as exc:  # re-raised by this client's own loop
             self.error = exc
             return False
-        return not self.rest
+        return written
+
+    # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
         runtime = self.runtime
-        session = self.session
         client = self.client
-        writer = self.writer
+        hub = runtime.hub
+        wire = self.wire
         stall_timeout = runtime.config.stall_timeout_s
         while True:
             if self.error is not None:
                 raise self.error
-            if self.rest:
-                rest, self.rest = self.rest, b""
-                assert writer is not None
-                started = trio.current_time()
-                await writer.finish(rest)
-                self._check_stall(trio.current_time() - started, stall_timeout)
-            if runtime.hub.shutting_down.is_set():
+            if wire is not None and wire.backlog and not await wire.flush():
+                self.metrics.closed_slow.inc()
+                log.info("aborted a stalled client: a frame waited %.0f s for its socket", stall_timeout)
+                return
+            # client.session is read afresh each time (never held across a wait): it changes
+            # when the client joins or leaves a group, and a member's old session must go.
+            if hub.shutting_down.is_set():
                 await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                 return
-            if session.close_reason is not None:
+            close_reason = client.session.close_reason
+            if close_reason is not None:
                 self.metrics.closed_slow.inc()
-                log.info("closing a slow client: %s", session.close_reason)
-                await websocket.close(v2.CLOSE_TOO_SLOW, session.close_reason[:120])
+                log.info("closing a slow client: %s", close_reason)
+                await websocket.close(v2.CLOSE_TOO_SLOW, close_reason[:120])
                 return
+            if wire is not None and not wire.can_send():
+                return  # the client closed (hypercorn answers it) or the socket failed
+            if client.group is not None:
+                # The publisher writes the group's frames; it wakes us if we must go on alone.
+                await client.wait(math.inf)
+                continue
             now_ms = runtime.wall_ms()
-            frame = session.build_frame(runtime.agg, now_ms)
+            frame = client.session.build_frame(runtime.agg, now_ms)
             if frame is None:
-                deadline_ms = session.next_deadline()
+                # Caught up: the publisher's next send may put it in a group (Hub.try_join).
+                deadline_ms = client.session.next_deadline()
                 if deadline_ms is None:
                     deadline = math.inf
                 else:
                     deadline = trio.current_time() + max(0, deadline_ms - now_ms) / 1000
-                if writer is not None:
+                if wire is not None:
                     client.flush = self.flush_nowait
                 try:
                     await client.wait(deadline)
                 finally:
                     client.flush = None
                 continue
+            if wire is not None:
+                # What the socket does not take now is drained at the top of the loop.
+                wire.send_text_nowait(frame)
+                self._account(frame, frame_kind(frame))
+                continue
             started = trio.current_time()
-            if writer is not None and writer.can_write():
-                await writer.send(frame.decode())
-            else:
-                await websocket.send(frame.decode())
+            await websocket.send(frame.decode())
             self._account(frame, frame_kind(frame))
-            self._check_stall(trio.current_time() - started, stall_timeout)
-
-    def _check_stall(self, waited: float, stall_timeout: float) -> None:
-        if waited > stall_timeout and self.session.close_reason is None:
-            self.session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
+            waited = trio.current_time() - started
+            if waited > stall_timeout and client.session.close_reason is None:
+                client.session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
 
 
 async def _read_commands(runtime: Runtime, client: Client) -> None:
-    session = client.session
+    hub = runtime.hub
     limit = guards.CommandLimit(runtime.config)
     while True:
         text = await websocket.receive()
         if not limit.admit():
-            await guards.close_flooding_v2(runtime, session, client.wake)
+            await guards.close_flooding_v2(runtime, hub.own_session(client), client.wake)
             return
+        # A command changes what this client is sent: it goes on alone (hub.own_session).
         try:
             command = v2.parse_command(text)
         except ProtocolError as exc:
             runtime.metrics.bad_commands.inc()
             guards.client_log.info("a client sent a bad command: %s", exc)
-            session.report_error(str(exc))
+            hub.own_session(client).report_error(str(exc))
         else:
+            session = hub.own_session(client)
             if isinstance(command, v2.Subscribe):
                 session.subscribe(command.channels)
             elif isinstance(command, v2.Unsubscribe):

@@ -1,0 +1,53 @@
+"""Graceful overload: the coalescing decision, and the hub sending on a tick while behind."""
+
+from __future__ import annotations
+
+from flowboard.protocol import v2
+from flowboard.server.coalesce import Coalescer
+from tests.test_session import TICKERS, FakeSink, Harness, events_of
+
+
+def test_the_interval_lengthens_while_the_loop_is_behind_and_returns_to_zero_after() -> None:
+    """Late timers or a busy loop double the interval (from the minimum, up to the maximum);
+    a recovered loop halves it, and below the minimum frames go out at once again."""
+    coalescer = Coalescer(min_interval_s=0.02, max_interval_s=0.5, behind_lag_s=0.05, recovered_lag_s=0.02)
+    assert coalescer.observe(lag_s=0.001, busy_share=0.1) == 0.0
+    assert coalescer.observe(lag_s=0.030, busy_share=0.1) == 0.0, "a little late is not behind"
+    assert coalescer.observe(lag_s=0.060, busy_share=0.1) == 0.02
+    assert coalescer.observe(lag_s=0.001, busy_share=0.7) == 0.04
+    for _ in range(10):
+        coalescer.observe(lag_s=0.2, busy_share=0.9)
+    assert coalescer.interval_s == 0.5
+    # In between (neither behind nor recovered) it holds.
+    assert coalescer.observe(lag_s=0.03, busy_share=0.3) == 0.5
+    intervals = [coalescer.observe(lag_s=0.001, busy_share=0.1) for _ in range(6)]
+    assert intervals == [0.25, 0.125, 0.0625, 0.03125, 0.0, 0.0]
+
+
+def test_while_coalescing_trades_wait_for_the_tick_and_go_out_batched_in_one_frame() -> None:
+    """With an interval set, publish only offers; the tick sends each group one frame with every
+    trade since the last, and the views stay exact."""
+    h = Harness()
+    clients = [h.connect(v2.DEFAULT_CHANNELS) for _ in range(2)]
+    for client in clients:
+        client.sink = FakeSink(h, client)
+        h.read(client)
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    for client in clients:
+        h.read(client)
+    h.advance(1)  # caught up: they join one group at the next publish
+    assert clients[0].group is not None and clients[0].group is clients[1].group
+    sent_before = [len(h.frames[client]) for client in clients]
+    h.hub.coalesce_interval_s = 0.1
+    for index in range(5):
+        h.trade(TICKERS[index % 3], 5000 + index, 100, "yes")
+    assert [len(h.frames[client]) for client in clients] == sent_before
+    h.hub.send(h.now)
+    for client, before in zip(clients, sent_before, strict=True):
+        assert len(h.frames[client]) == before + 1
+        trades = [event for event in events_of(h.frames[client][-1]) if event[0] == "t"]
+        assert len(trades) == 1 and len(trades[0]) == 6
+        h.check(client)
+    h.hub.coalesce_interval_s = 0.0
+    h.trade(TICKERS[1], 5000, 100, "yes")
+    assert [len(h.frames[client]) for client in clients] == [before + 2 for before in sent_before]
