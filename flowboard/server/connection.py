@@ -316,7 +316,11 @@ class Connection:
         return self.write_nowait(self.encoder.frame(payload))
 
     def send_group_frame_nowait(self, frames: GroupFrames) -> bool:
-        """Like :meth:`send_text_nowait`, for a group's current payload (shared bytes)."""
+        """Like :meth:`send_text_nowait`, for a group's current payload (shared bytes); False
+        without writing when the connection can no longer be sent data."""
+        stream = self._stream
+        if self.broken or stream.closed or stream.connection.state is not ConnectionState.OPEN:
+            return False
         return self.write_nowait(self.encoder.group_frame(frames))
 
     def write_nowait(self, data: bytes) -> bool:

@@ -72,8 +72,8 @@ class FrameSink(Protocol):
         the connection open for data)."""
 
     def deliver(self, frames: GroupFrames) -> bool:
-        """Write the group's current frame (the caller checked :meth:`ready`); False when the
-        socket did not take all of it (the rest waits, queued in order)."""
+        """Write the group's current frame; False when the socket did not take all of it (the
+        rest waits, queued in order) or when the connection can no longer be sent data."""
 
     def left_group(self) -> None:
         """It will be sent frames of its own again (its own compressor, if any)."""
@@ -233,25 +233,27 @@ class Hub:
             feed.published(now_ms)
 
     def _send_group_frame(self, group: Group, now_ms: int) -> None:
-        # A member that cannot take a frame now gets it (and what follows) on its own.
-        for member in list(group.members):
-            sink = member.sink
-            if sink is None or not sink.ready():
+        if self.shutting_down.is_set() or group.session.close_reason is not None:
+            # Every member must be closed by its own loop (its fork carries the reason).
+            for member in list(group.members):
                 self._leave(member)
                 member.wake()
-        if not group.members:
             return
         frame = group.session.build_frame(self.agg, now_ms)
         if frame is None:
             return
         self.count_group_frame(frame, len(group.members))
-        group.frames.next(frame)
-        for member in list(group.members):
-            assert member.sink is not None
-            if not member.sink.deliver(group.frames):
-                # The rest of this frame is queued: what follows waits for it, on its own.
-                self._leave(member)
-                member.wake()
+        frames = group.frames
+        frames.next(frame)
+        # The hot loop: one write per member. A member whose socket did not take the whole
+        # frame (the rest is queued, in order), or that can no longer be sent data, goes on
+        # alone from the group's state after this frame.
+        behind = [
+            member for member in group.members if member.sink is None or not member.sink.deliver(frames)
+        ]
+        for member in behind:
+            self._leave(member)
+            member.wake()
 
     # -- groups --------------------------------------------------------------------------------
 

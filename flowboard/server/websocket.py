@@ -175,8 +175,8 @@ class _Sender:
         )
 
     def deliver(self, frames: connection.GroupFrames) -> bool:
-        assert self.wire is not None
-        return self.wire.send_group_frame_nowait(frames)
+        wire = self.wire
+        return wire is not None and self.error is None and wire.send_group_frame_nowait(frames)
 
     def left_group(self) -> None:
         if self.wire is not None:
