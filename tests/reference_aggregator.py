@@ -2,8 +2,11 @@
 
 It keeps every accepted trade in a list and recomputes each read from scratch for the
 current time; its events are the difference between the reads before and after an
-input. Slow (O(n) per read) and obviously right: it shares no code with the real one
-except the records it returns.
+input. Its ids are those of every trade it ever accepted, like the store: it knows a
+duplicate of any age, where the real one remembers ids for ``dedup_horizon_ms`` and is
+told about older trades by whoever asked the store (``absent_from_store``).
+Slow (O(n) per read) and obviously right: it shares no code with the real one except the
+records it returns.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ def retention_start(now_ms: int, window_ms: int) -> int:
     return min(day_view_start, window_start_minute)
 
 
+def dedup_start(now_ms: int, dedup_horizon_ms: int) -> int:
+    """Trades before the start of this minute need the store to tell a duplicate."""
+    return (now_ms - dedup_horizon_ms) // MINUTE * MINUTE
+
+
 @attrs.frozen
 class _Accepted:
     trade: Trade
@@ -62,6 +70,7 @@ class ReferenceAggregator:
         top_size: int = 10,
         tape_size: int = 200,
         market_tape_size: int = 50,
+        dedup_horizon_ms: int = 600_000,
     ) -> None:
         self.window_ms = window_ms
         self.sparkline_len = sparkline_len
@@ -69,6 +78,7 @@ class ReferenceAggregator:
         self.top_size = top_size
         self.tape_size = tape_size
         self.market_tape_size = market_tape_size
+        self.dedup_horizon_ms = dedup_horizon_ms
         self.now_ms = 0
         self.started = False
         self.accepted: list[_Accepted] = []
@@ -101,9 +111,13 @@ class ReferenceAggregator:
             events.append(HotChanged(after.hot))
         return events
 
-    def add_trade(self, trade: Trade, now_ms: int) -> list[Event]:
+    def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
         events = self.advance(now_ms)
+        if absent_from_store:
+            assert trade.trade_id not in self.seen_ids, "a test vouched for a trade the store has"
         if trade.trade_id in self.seen_ids or trade.ts_ms < retention_start(self.now_ms, self.window_ms):
+            return events
+        if trade.ts_ms < dedup_start(self.now_ms, self.dedup_horizon_ms) and not absent_from_store:
             return events
         market = self._market_for(trade.ticker, events)
         before = self._rankings()

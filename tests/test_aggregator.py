@@ -189,34 +189,90 @@ def test_late_trade_outside_window_is_kept_but_corrects_naive_folders() -> None:
 
 
 def test_trade_older_than_the_retention_horizon_is_refused() -> None:
-    """Trades before the day view's first hour are refused: nothing could show them."""
+    """Trades before the day view's first hour are refused, even if the store has not seen
+    them: nothing could show them."""
     agg = Aggregator()
     now = T0 + 30 * MINUTE_MS
     horizon = retention_start_ms(now, WINDOW)
     assert horizon == now // HOUR_MS * HOUR_MS - 23 * HOUR_MS
-    assert agg.add_trade(make_trade("too-old", horizon - 1), now) == []
+    assert agg.add_trade(make_trade("too-old", horizon - 1), now, absent_from_store=True) == []
     assert agg.trades_total == 0
     assert agg.markets_count() == 0
-    assert of_type(agg.add_trade(make_trade("just-in", horizon), now), TradeAdded)
+    assert of_type(agg.add_trade(make_trade("just-in", horizon), now, absent_from_store=True), TradeAdded)
 
 
 def test_memory_is_bounded_by_the_horizons() -> None:
-    """A day after a burst, ids, buckets and per-market trades are forgotten; ids and meta stay."""
+    """A day after a burst, ids, buckets and per-market trades are forgotten; market ids and
+    meta stay."""
     agg = Aggregator()
     for index in range(50):
         agg.add_trade(make_trade(f"t{index}", T0 + index, ticker=f"M{index % 5}"), T0 + index)
     agg.set_meta(MarketMeta("M0", title="Bitcoin"))
     assert agg.statistics().remembered_trade_ids == 50
+    assert agg.statistics().market_history_trades == 50
 
     agg.advance(T0 + DAY_MS)
     stats = agg.statistics()
     assert (stats.trades_in_window, stats.remembered_trade_ids) == (0, 0)
+    assert (stats.market_history_trades, stats.tape_trades) == (0, 0)
     assert (stats.minute_buckets, stats.hour_buckets) == (0, 0)
     assert stats.markets == 5
     assert agg.recent_trades(200) == ()
     assert agg.sparkline(0) == ()
     assert agg.last_trade(0) is None
     assert agg.meta(0).title == "Bitcoin"
+
+
+def test_ids_are_remembered_for_the_dedup_horizon_only() -> None:
+    """Ids go a whole minute at a time once the minute is older than the horizon, while the
+    trades are still shown; a duplicate until then is refused on the ids alone."""
+    agg = Aggregator(window_ms=HOUR_MS, dedup_horizon_ms=2 * MINUTE_MS)
+    agg.add_trade(make_trade("a", T0), T0)
+    agg.add_trade(make_trade("b", T0 + MINUTE_MS), T0 + MINUTE_MS)
+    assert not of_type(agg.add_trade(make_trade("a", T0), T0 + 3 * MINUTE_MS - 1), TradeAdded)
+    assert agg.statistics().remembered_trade_ids == 2
+
+    agg.advance(T0 + 3 * MINUTE_MS)  # T0's minute is now older than the horizon
+    assert agg.statistics().remembered_trade_ids == 1
+    assert agg.statistics().trades_in_window == 2
+    assert agg.needs_store_check(make_trade("a", T0), T0 + 3 * MINUTE_MS)
+    assert not agg.needs_store_check(make_trade("b", T0 + MINUTE_MS), T0 + 3 * MINUTE_MS)
+
+
+def test_a_trade_older_than_the_ids_counts_only_if_the_store_lacks_it() -> None:
+    """Past the remembered ids only the store can tell a duplicate: without its word the trade
+    is refused (counted nowhere), with it the trade is counted like any late trade."""
+    agg = Aggregator(window_ms=HOUR_MS, dedup_horizon_ms=2 * MINUTE_MS)
+    now = T0 + 30 * MINUTE_MS
+    agg.advance(now)
+    late = make_trade("late", now - 20 * MINUTE_MS)
+    assert agg.needs_store_check(late, now)
+    assert agg.add_trade(late, now) == []
+    assert agg.trades_total == 0
+    events = agg.add_trade(late, now, absent_from_store=True)
+    assert of_type(events, TradeAdded)[0].trade == late
+    assert agg.window(0).trades == 1
+    assert agg.analytics("hour").total_trades == 1
+    assert agg.statistics().remembered_trade_ids == 0  # the store has it now
+
+
+def test_a_day_of_trades_leaves_only_what_the_views_need() -> None:
+    """A day at one trade a second over 300 markets: the aggregator holds the window's trades,
+    the ids of the dedup horizon, a bounded history per market and the tape, not the day."""
+    agg = Aggregator(market_tape_size=20)
+    now = T0
+    for index in range(DAY_MS // 1000):
+        now = T0 + index * 1000
+        agg.add_trade(make_trade(f"d{index}", now, ticker=f"M{index * 7 % 300}"), now)
+    stats = agg.statistics()
+    assert agg.trades_total == DAY_MS // 1000
+    assert stats.trades_in_window == WINDOW // 1000
+    # Whole minutes from the horizon's start up to now.
+    assert WINDOW // 1000 <= stats.remembered_trade_ids <= WINDOW // 1000 + 60
+    assert stats.market_history_trades == 300 * 20
+    assert stats.tape_trades == 200
+    assert (stats.minute_buckets, stats.hour_buckets) == (60, 24)
+    assert agg.analytics("day").total_trades == 23 * 3600 + (now % HOUR_MS) // 1000 + 1
 
 
 # -- clock, analytics and today ----------------------------------------------------------------
@@ -407,6 +463,7 @@ SMALL = {
     "top_size": 3,
     "tape_size": 6,
     "market_tape_size": 3,
+    "dedup_horizon_ms": 4 * MINUTE_MS,
 }
 TICKERS = ("KXBTC-A", "KXBTC-B", "INX-C", "FED-D")
 TIME_STEPS = st.one_of(
@@ -415,7 +472,12 @@ TIME_STEPS = st.one_of(
     st.integers(0, 2 * SMALL["window_ms"]),
 )
 TS_OFFSETS = st.one_of(
-    st.sampled_from([0, -1, 1, -SMALL["window_ms"] + 1, -SMALL["window_ms"], -HOUR_MS, -DAY_MS, -2 * DAY_MS]),
+    st.sampled_from(
+        [
+            *(0, -1, 1, -SMALL["window_ms"] + 1, -SMALL["window_ms"]),
+            *(-5 * MINUTE_MS, -HOUR_MS, -DAY_MS, -2 * DAY_MS),
+        ]
+    ),
     st.integers(-2 * SMALL["window_ms"], 2000),
 )
 NEW_TRADE = st.tuples(
@@ -426,13 +488,14 @@ NEW_TRADE = st.tuples(
     st.sampled_from([0, 1, 150, 10_000]),
     st.sampled_from(["yes", "no"]),
     TS_OFFSETS,
+    st.booleans(),  # asked the store (see apply)
 )
 OPERATIONS = st.lists(
     st.one_of(
         NEW_TRADE,
         NEW_TRADE,  # twice: trades are what most inputs are
         st.tuples(st.just("advance"), TIME_STEPS),
-        st.tuples(st.just("duplicate"), TIME_STEPS, st.integers(0, 1000)),
+        st.tuples(st.just("duplicate"), TIME_STEPS, st.integers(0, 1000), st.booleans()),
         st.tuples(st.just("meta"), st.sampled_from(TICKERS), st.sampled_from(["", "Title"])),
     ),
     min_size=10,
@@ -442,8 +505,11 @@ Operation = tuple[Any, ...]
 START = T0 - 5 * MINUTE_MS
 
 
-def run(operations: list[Operation], *, future_trades_from: int = 0) -> Iterator[tuple[str, Any, int]]:
-    """Turn drawn operations into inputs: ("trade", Trade, now), ("advance", None, now), ("meta", meta, now).
+def run(
+    operations: list[Operation], *, future_trades_from: int = 0
+) -> Iterator[tuple[str, Any, int, bool]]:
+    """Turn drawn operations into inputs: ("trade", Trade, now, ask_store), ("advance", None,
+    now, False), ("meta", meta, now, False).
 
     Trades before index ``future_trades_from`` are never timed after now.
     """
@@ -452,26 +518,39 @@ def run(operations: list[Operation], *, future_trades_from: int = 0) -> Iterator
     for index, operation in enumerate(operations):
         kind = operation[0]
         if kind == "meta":
-            yield "meta", MarketMeta(operation[1], title=operation[2]), now
+            yield "meta", MarketMeta(operation[1], title=operation[2]), now, False
             continue
         now += operation[1]
         if kind == "advance":
-            yield "advance", None, now
+            yield "advance", None, now, False
         elif kind == "duplicate":
             if made:
-                yield "trade", made[operation[2] % len(made)], now
+                yield "trade", made[operation[2] % len(made)], now, operation[3]
         else:
-            _, _, ticker, yes_price, count, side, offset = operation
+            _, _, ticker, yes_price, count, side, offset, ask_store = operation
             if index < future_trades_from:
                 offset = min(offset, 0)
             trade = Trade(f"t{index}", ticker, yes_price, count, side, now + offset)
             made.append(trade)
-            yield "trade", trade, now
+            yield "trade", trade, now, ask_store
 
 
-def apply(target: Aggregator | ReferenceAggregator, kind: str, value: Any, now: int) -> list[Event]:
+def apply(
+    target: Aggregator | ReferenceAggregator,
+    kind: str,
+    value: Any,
+    now: int,
+    ask_store: bool = False,
+    stored: set[str] | None = None,
+) -> list[Event]:
+    """One input. With ``ask_store``, a trade comes with the store's true answer, as the
+    pipeline gives it: ``stored`` is every id accepted so far (the store's unique key)."""
     if kind == "trade":
-        return target.add_trade(value, now)
+        absent = ask_store and stored is not None and value.trade_id not in stored
+        events = target.add_trade(value, now, absent_from_store=absent)
+        if stored is not None and of_type(events, TradeAdded):
+            stored.add(value.trade_id)
+        return events
     if kind == "advance":
         return target.advance(now)
     return target.set_meta(value)
@@ -506,8 +585,13 @@ def test_every_read_and_event_matches_the_reference(operations: list[Operation])
     events and every read equal a reference that recomputes everything from all trades."""
     agg = Aggregator(**SMALL)
     reference = ReferenceAggregator(**SMALL)
-    for kind, value, now in run(operations):
-        assert apply(agg, kind, value, now) == apply(reference, kind, value, now)
+    stored: set[str] = set()
+    for kind, value, now, ask_store in run(operations):
+        # The store's answer as it is before this input, for both.
+        known = set(stored)
+        assert apply(agg, kind, value, now, ask_store, stored) == apply(
+            reference, kind, value, now, ask_store, known
+        )
         assert reads(agg) == reads(reference)
 
 
@@ -645,10 +729,11 @@ def test_folding_the_events_keeps_a_client_equal_to_the_aggregator(
     agg = Aggregator(**SMALL)
     agg.advance(START)  # a snapshot says what time it is only once the clock runs
     client: FoldingClient | None = None
-    for index, (kind, value, now) in enumerate(run(operations, future_trades_from=snapshot_at)):
+    stored: set[str] = set()
+    for index, (kind, value, now, ask_store) in enumerate(run(operations, future_trades_from=snapshot_at)):
         if index == snapshot_at:
             client = FoldingClient(agg, SMALL)
-        events = apply(agg, kind, value, now)
+        events = apply(agg, kind, value, now, ask_store, stored)
         if client is not None:
             for event in events:
                 client.apply(event)

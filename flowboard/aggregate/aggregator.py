@@ -10,11 +10,22 @@ trades sit in two sorted lists (by time, so expiry pops from the front; by size,
 top trades are the head), window sums are running totals, markets are ranked in a sorted
 list, and analytics are per-minute and per-hour running totals.
 
-How long anything is remembered is one rule, ``retention_start_ms``: trades older than
-the start of the day view (or of the window, if that is longer) are forgotten, and a
-trade that arrives already older than that is refused like a duplicate. Memory is then
-the window's trades, the day's trade ids and buckets, and a fixed number of recent trades
-on the tape and per market; a market quiet for a day keeps only its id and metadata.
+Memory is bounded by what is shown, never by how many trades were seen: the window's
+trades, a fixed number of recent trades on the tape and per market, the hour and day
+views as per-bucket totals, and the ids of the trades of the last ``dedup_horizon_ms``
+of trade time. Two horizons say what is forgotten:
+
+- ``retention_start_ms``: the oldest trade time any read can show (the start of the day
+  view, or of the window if that is longer). Older trades leave the tape and the market
+  histories; a trade that arrives already older than that is refused. A market quiet for
+  a day keeps only its id and metadata.
+- ``dedup_start_ms``: ids are remembered for the trades at or after it, as long as a
+  duplicate can still come from the feed (Kalshi's reconciliation re-reads 150 s and a
+  backfill starts 5 s before the newest trade forwarded; see README "Memory"). A trade
+  older than that may have been accepted before and forgotten since: only the store, whose
+  unique key on ``trade_id`` is the authority, can tell. ``add_trade`` accepts it only
+  when the caller vouches that the store does not have it (``absent_from_store``) and
+  refuses it otherwise, so it is counted once or not at all.
 """
 
 from __future__ import annotations
@@ -60,6 +71,19 @@ def view_start_ms(mode: AnalyticsMode, now_ms: int) -> int:
     return floor_to(now_ms, bucket_ms) - (bucket_count - 1) * bucket_ms
 
 
+#: How long trade ids are remembered by default, in trade time before now: the window, which
+#: covers Kalshi's reconciliation (150 s) and backfill margin (5 s) with room for a queue.
+DEFAULT_DEDUP_HORIZON_MS = 600_000
+
+
+def dedup_start_ms(now_ms: int, dedup_horizon_ms: int) -> int:
+    """The oldest trade time whose id is remembered at ``now_ms``; older trades need the store.
+
+    Whole minutes, because ids are forgotten a minute of trade time at a time.
+    """
+    return floor_to(now_ms - dedup_horizon_ms, MINUTE_MS)
+
+
 def retention_start_ms(now_ms: int, window_ms: int) -> int:
     """The oldest trade time any read can show at ``now_ms``; older trades are forgotten.
 
@@ -96,6 +120,8 @@ class AggregatorStatistics:
     markets: int
     trades_in_window: int
     remembered_trade_ids: int
+    market_history_trades: int  # the latest trades held per market, summed over the markets
+    tape_trades: int
     minute_buckets: int
     hour_buckets: int
 
@@ -171,6 +197,12 @@ class _LatestTrades:
     def latest(self) -> Trade | None:
         return self._held[-1].trade if self._held else None
 
+    def oldest_ts(self) -> int | None:
+        return self._held[0].trade.ts_ms if self._held else None
+
+    def __len__(self) -> int:
+        return len(self._held)
+
 
 @attrs.define(slots=True)
 class _Totals:
@@ -181,14 +213,6 @@ class _Totals:
     trades: int = 0
     contracts: int = 0  # hundredths
     net_flow: int = 0  # hundredths, YES takers +, NO takers -
-
-
-@attrs.define(slots=True)
-class _RetainedMinute:
-    """What to forget when a minute of trade time falls out of the retention horizon."""
-
-    trade_ids: list[str] = attrs.Factory(list)
-    markets: set[int] = attrs.Factory(set)
 
 
 @attrs.define(slots=True)
@@ -216,6 +240,7 @@ class Aggregator:
         top_size: int = 10,
         tape_size: int = 200,
         market_tape_size: int = 50,
+        dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
     ) -> None:
         sizes = {
             "window_ms": window_ms,
@@ -224,6 +249,7 @@ class Aggregator:
             "top_size": top_size,
             "tape_size": tape_size,
             "market_tape_size": market_tape_size,
+            "dedup_horizon_ms": dedup_horizon_ms,
         }
         for name, value in sizes.items():
             if value < 1:
@@ -235,6 +261,7 @@ class Aggregator:
         self._tape_size = tape_size
         self._market_tape_size = market_tape_size
         self._history_len = max(sparkline_len, market_tape_size)
+        self._dedup_horizon_ms = dedup_horizon_ms
 
         self._now_ms = 0
         self._clock_started = False  # the first time passed in sets the clock without a tick
@@ -251,8 +278,12 @@ class Aggregator:
         self._ranked = SortedList()
         self._active_markets = 0  # markets with at least one trade in window
 
-        self._seen_ids: set[str] = set()  # ids of every retained trade, for de-duplication
-        self._retained: SortedDict = SortedDict()  # minute start -> _RetainedMinute
+        self._seen_ids: set[str] = set()  # ids of the trades since dedup_start_ms
+        self._ids_by_minute: SortedDict = SortedDict()  # minute start -> list of the ids in _seen_ids
+        # (oldest trade time, market) of every market holding trades: which histories the
+        # retention horizon reaches, without a list of markets per minute of the day.
+        self._histories_by_oldest = SortedList()
+        self._market_history_trades = 0  # the sum of the markets' history lengths
         self._tape = _LatestTrades(tape_size)
         # Per view, bucket start -> _Totals: minutes for the hour view, hours for the day view
         # (and today, whose hours are all inside the day view).
@@ -260,12 +291,13 @@ class Aggregator:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def add_trade(self, trade: Trade, now_ms: int) -> list[Event]:
-        """Account for ``trade`` as of ``now_ms``; a duplicate ``trade_id`` or a trade older
-        than the retention horizon is ignored (only the clock's own events are returned)."""
+    def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
+        """Account for ``trade`` as of ``now_ms``. Ignored (only the clock's own events are
+        returned): a remembered ``trade_id``, a trade older than the retention horizon, and one
+        older than the de-duplication horizon unless ``absent_from_store`` (see
+        ``needs_store_check``)."""
         events = self._move_clock(now_ms)
-        too_old = trade.ts_ms < retention_start_ms(self._now_ms, self._window_ms)
-        if too_old or trade.trade_id in self._seen_ids:
+        if not self._accepts(trade, absent_from_store):
             return events
 
         market = self._market_for(trade.ticker, events)
@@ -294,6 +326,16 @@ class Aggregator:
             events.append(HotChanged(self.hot()))
         return events
 
+    def needs_store_check(self, trade: Trade, now_ms: int) -> bool:
+        """Whether ``add_trade(trade, now_ms)`` can only tell a duplicate with the store's help:
+        the trade is older than the ids remembered, and not too old to be accepted at all."""
+        now_ms = max(now_ms, self._now_ms)
+        return (
+            retention_start_ms(now_ms, self._window_ms)
+            <= trade.ts_ms
+            < dedup_start_ms(now_ms, self._dedup_horizon_ms)
+        )
+
     def advance(self, now_ms: int) -> list[Event]:
         """Move the clock to ``now_ms``: expire trades that left the window, roll the minute.
 
@@ -316,15 +358,18 @@ class Aggregator:
         unannounced: list[Event] = []
         self._move_clock(now_ms)
         retained_from = retention_start_ms(now_ms, self._window_ms)
+        ids_from = dedup_start_ms(now_ms, self._dedup_horizon_ms)
         hour_view_start = view_start_ms("hour", now_ms)
         day_view_start = view_start_ms("day", now_ms)
         minute_totals, hour_totals = self._buckets["hour"], self._buckets["day"]
         for minute in minutes:
             if minute.start_ms < retained_from:
                 continue
-            markets = {self._market_for(ticker, unannounced) for ticker in minute.tickers}
-            self._retained[minute.start_ms] = _RetainedMinute(list(minute.trade_ids), markets)
-            self._seen_ids.update(minute.trade_ids)
+            for ticker in minute.tickers:
+                self._market_for(ticker, unannounced)
+            if minute.start_ms >= ids_from:
+                self._ids_by_minute[minute.start_ms] = list(minute.trade_ids)
+                self._seen_ids.update(minute.trade_ids)
             self._trades_total += minute.trades
             if minute.start_ms >= hour_view_start:
                 minute_totals[minute.start_ms] = _Totals(
@@ -344,7 +389,7 @@ class Aggregator:
         for arrival, trade in enumerate(kept, first_arrival):
             held = _Held(trade, self._market_for(trade.ticker, unannounced), arrival)
             self._tape.add(held)
-            self._markets[held.market].history.add(held)
+            self._add_to_history(held)
             if trade.ts_ms > window_start:
                 self._window_by_time.add(held)
                 self._window_by_size.add(held)
@@ -385,6 +430,10 @@ class Aggregator:
     @property
     def market_tape_size(self) -> int:
         return self._market_tape_size
+
+    @property
+    def dedup_horizon_ms(self) -> int:
+        return self._dedup_horizon_ms
 
     @property
     def history_len(self) -> int:
@@ -494,6 +543,8 @@ class Aggregator:
             markets=len(self._markets),
             trades_in_window=len(self._window_by_time),
             remembered_trade_ids=len(self._seen_ids),
+            market_history_trades=self._market_history_trades,
+            tape_trades=len(self._tape),
             minute_buckets=len(self._buckets["hour"]),
             hour_buckets=len(self._buckets["day"]),
         )
@@ -521,6 +572,7 @@ class Aggregator:
         self._now_ms = now_ms
         self._expire(events)
         self._forget_before(retention_start_ms(now_ms, self._window_ms))
+        self._forget_ids_before(dedup_start_ms(now_ms, self._dedup_horizon_ms))
         for mode, totals in self._buckets.items():
             start_ms = view_start_ms(mode, now_ms)
             while totals and totals.peekitem(0)[0] < start_ms:
@@ -561,17 +613,26 @@ class Aggregator:
     def _hot_members(self) -> frozenset[int]:
         return frozenset(self.hot())
 
+    def _accepts(self, trade: Trade, absent_from_store: bool) -> bool:
+        if trade.ts_ms < retention_start_ms(self._now_ms, self._window_ms):
+            return False
+        if trade.ts_ms < dedup_start_ms(self._now_ms, self._dedup_horizon_ms):
+            # Its id may have been forgotten: only the store knows whether it came before.
+            return absent_from_store
+        return trade.trade_id not in self._seen_ids
+
     def _remember(self, held: _Held) -> None:
         """Record an accepted trade everywhere but the window: ids, tapes, analytics."""
         trade = held.trade
-        self._seen_ids.add(trade.trade_id)
-        retained = self._retained.get(floor_to(trade.ts_ms, MINUTE_MS))
-        if retained is None:
-            retained = self._retained[floor_to(trade.ts_ms, MINUTE_MS)] = _RetainedMinute()
-        retained.trade_ids.append(trade.trade_id)
-        retained.markets.add(held.market)
+        minute = floor_to(trade.ts_ms, MINUTE_MS)
+        if minute >= dedup_start_ms(self._now_ms, self._dedup_horizon_ms):
+            self._seen_ids.add(trade.trade_id)
+            ids = self._ids_by_minute.get(minute)
+            if ids is None:
+                ids = self._ids_by_minute[minute] = []
+            ids.append(trade.trade_id)
         self._tape.add(held)
-        self._markets[held.market].history.add(held)
+        self._add_to_history(held)
         for mode, totals in self._buckets.items():
             bucket_start = floor_to(trade.ts_ms, ANALYTICS_VIEWS[mode][0])
             bucket = totals.get(bucket_start)
@@ -582,10 +643,33 @@ class Aggregator:
             bucket.contracts += trade.count
             bucket.net_flow += trade.count if trade.taker_side == "yes" else -trade.count
 
+    def _add_to_history(self, held: _Held) -> None:
+        history = self._markets[held.market].history
+        oldest_before, length_before = history.oldest_ts(), len(history)
+        history.add(held)
+        self._market_history_trades += len(history) - length_before
+        self._reindex_history(held.market, oldest_before, history.oldest_ts())
+
+    def _reindex_history(self, market: int, oldest_before: int | None, oldest_after: int | None) -> None:
+        if oldest_before == oldest_after:
+            return
+        if oldest_before is not None:
+            self._histories_by_oldest.remove((oldest_before, market))
+        if oldest_after is not None:
+            self._histories_by_oldest.add((oldest_after, market))
+
     def _forget_before(self, start_ms: int) -> None:
-        while self._retained and self._retained.peekitem(0)[0] < start_ms:
-            _, retained = self._retained.popitem(0)
-            self._seen_ids.difference_update(retained.trade_ids)
-            for market in retained.markets:
-                self._markets[market].history.drop_older_than(start_ms)
+        """Take the trades older than ``start_ms`` off the tape and the market histories."""
+        while self._histories_by_oldest and self._histories_by_oldest[0][0] < start_ms:
+            oldest_before, market = self._histories_by_oldest[0]
+            history = self._markets[market].history
+            length_before = len(history)
+            history.drop_older_than(start_ms)
+            self._market_history_trades += len(history) - length_before
+            self._reindex_history(market, oldest_before, history.oldest_ts())
         self._tape.drop_older_than(start_ms)
+
+    def _forget_ids_before(self, start_ms: int) -> None:
+        while self._ids_by_minute and self._ids_by_minute.peekitem(0)[0] < start_ms:
+            _, ids = self._ids_by_minute.popitem(0)
+            self._seen_ids.difference_update(ids)

@@ -41,6 +41,7 @@ class StreamFormatError(FlowboardError):
 class AddTrade:
     trade: Trade
     now_ms: int
+    absent_from_store: bool = False  # the ingest asked its store (Aggregator.needs_store_check)
 
 
 @attrs.frozen(slots=True)
@@ -93,7 +94,7 @@ def apply(agg: Aggregator, batch: Batch) -> list[Event]:
     events: list[Event] = []
     for item in batch.inputs:
         if isinstance(item, AddTrade):
-            events.extend(agg.add_trade(item.trade, item.now_ms))
+            events.extend(agg.add_trade(item.trade, item.now_ms, absent_from_store=item.absent_from_store))
         elif isinstance(item, Advance):
             events.extend(agg.advance(item.now_ms))
         else:
@@ -103,7 +104,7 @@ def apply(agg: Aggregator, batch: Batch) -> list[Event]:
 
 # -- entries: JSON arrays of exact integers ---------------------------------------------------
 # [version, now_ms, seq, input...] with each input one of
-#   ["t", now_ms, trade_id, ticker, yes_price, count, "y"|"n", ts_ms]
+#   ["t", now_ms, trade_id, ticker, yes_price, count, "y"|"n", ts_ms] (+ 1 when absent_from_store)
 #   ["a", now_ms]
 #   ["m", ticker, title, category, close_ts_ms|null, event_ticker, series_ticker,
 #    open_interest|null, liquidity|null]
@@ -113,7 +114,10 @@ def _encode_input(item: Input) -> list[Any]:
     if isinstance(item, AddTrade):
         t = item.trade
         side = "y" if t.taker_side == "yes" else "n"
-        return ["t", item.now_ms, t.trade_id, t.ticker, t.yes_price, t.count, side, t.ts_ms]
+        entry = ["t", item.now_ms, t.trade_id, t.ticker, t.yes_price, t.count, side, t.ts_ms]
+        # Only a trade older than the ids the aggregator remembers carries the flag: the
+        # common entry keeps its length, and an edge must know the ingest's store said yes.
+        return [*entry, 1] if item.absent_from_store else entry
     if isinstance(item, Advance):
         return ["a", item.now_ms]
     return ["m", *attrs.astuple(item.meta, recurse=False)]
@@ -126,9 +130,11 @@ def encode_batch(batch: Batch) -> bytes:
 def _decode_input(raw: Any) -> Input:
     code = raw[0]
     if code == "t":
-        _, now_ms, trade_id, ticker, yes_price, count, side, ts_ms = raw
+        _, now_ms, trade_id, ticker, yes_price, count, side, ts_ms, *flag = raw
+        if flag not in ([], [1]):
+            raise StreamFormatError(f"a trade input ends in 1 or nothing, got {flag!r}")
         trade = Trade(trade_id, ticker, yes_price, count, "yes" if side == "y" else "no", ts_ms)
-        return AddTrade(trade, now_ms)
+        return AddTrade(trade, now_ms, absent_from_store=bool(flag))
     if code == "a":
         return Advance(raw[1])
     if code == "m":
@@ -155,9 +161,9 @@ class JournalingAggregator(Aggregator):
         super().__init__(**sizes)
         self._journal: list[Input] = []
 
-    def add_trade(self, trade: Trade, now_ms: int) -> list[Event]:
-        self._journal.append(AddTrade(trade, now_ms))
-        return super().add_trade(trade, now_ms)
+    def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
+        self._journal.append(AddTrade(trade, now_ms, absent_from_store))
+        return super().add_trade(trade, now_ms, absent_from_store=absent_from_store)
 
     def advance(self, now_ms: int) -> list[Event]:
         self._journal.append(Advance(now_ms))

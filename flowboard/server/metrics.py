@@ -1,23 +1,50 @@
-"""Prometheus metrics of one process (a registry of its own, so tests can run several)."""
+"""Prometheus metrics of one process (a registry of its own, so tests can run several).
+
+Next to ours, what operators expect of any process: resident memory, CPU seconds and open
+descriptors (``process_*``, Linux), the interpreter (``python_info``) and the garbage
+collector (``python_gc_*``). The ``_created`` series are left out: one per counter, they
+only repeat the process start time.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from flowboard.logs import SuppressedLinesCollector
+
+# A process-wide switch of prometheus-client; every registry here is one process's.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.trades_ingested = Counter(
             "flowboard_trades_ingested", "Trades accepted by the aggregator", registry=r
         )
         self.duplicates = Counter(
             "flowboard_trades_duplicate", "Trades ignored because their trade_id was seen", registry=r
+        )
+        self.unverified = Counter(
+            "flowboard_trades_unverified",
+            "Trades older than the remembered ids, stored but not shown: the store could not be asked",
+            registry=r,
         )
         self.feed_messages = Counter(
             "flowboard_feed_messages", "Raw feed messages read, by type", ["type"], registry=r

@@ -15,14 +15,15 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
+import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
-from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
+from flowboard.aggregate.aggregator import Aggregator, dedup_start_ms, retention_start_ms
 from flowboard.aggregate.events import Event, MarketAdded, TradeAdded
 from flowboard.config import Config
 from flowboard.errors import ConfigError, MalformedMessage, StoreError
@@ -33,7 +34,7 @@ from flowboard.ingest.recording import open_replay_clock, serve_replay
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import RawMessage, serve_simulator
 from flowboard.logs import ThrottledLog
-from flowboard.model import MarketMeta
+from flowboard.model import MarketMeta, Trade
 from flowboard.protocol.session import SessionLimits
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 from flowboard.scaleout import redis_io
@@ -83,17 +84,37 @@ class Ingestor:
         self._malformed_log = ThrottledLog(log, "feed")
 
     def ingest(self, text: str, now_ms: int) -> list[Event]:
+        """Parse and accept one raw message, without asking the store about old trades."""
+        trade = self.parse(text)
+        return [] if trade is None else self.accept(trade, now_ms)
+
+    def parse(self, text: str) -> Trade | None:
+        """The trade in a raw feed message; None for other messages and malformed ones (counted)."""
         try:
             message = decode_message(text)
             self.metrics.feed_messages.labels(message.type).inc()
             if message.type != "trade":
-                return []
-            trade = trade_from_msg(message.msg)
+                return None
+            return trade_from_msg(message.msg)
         except MalformedMessage as exc:
             self.metrics.malformed.inc()
             self._malformed_log.warning("skipped a malformed feed message: %s", exc)
-            return []
-        events = self.agg.add_trade(trade, now_ms)
+            return None
+
+    def accept(self, trade: Trade, now_ms: int, lookup: StoreLookup | None = None) -> list[Event]:
+        """Aggregate and store ``trade`` unless it is a duplicate. ``lookup`` holds the store's
+        answer for the trades older than the ids the aggregator remembers."""
+        absent_from_store = False
+        if lookup is not None and trade.trade_id in lookup.checked:
+            if trade.trade_id in lookup.unverified:
+                # The store is the record of every trade and its unique key refuses a duplicate,
+                # so it gets the trade; the views do not, as it might be counted twice there.
+                self.metrics.unverified.inc()
+                if self.store is not None:
+                    self.store.offer((trade,))
+                return []
+            absent_from_store = trade.trade_id not in lookup.stored
+        events = self.agg.add_trade(trade, now_ms, absent_from_store=absent_from_store)
         accepted = False
         for event in events:
             if isinstance(event, TradeAdded):
@@ -104,9 +125,48 @@ class Ingestor:
             self.metrics.trades_ingested.inc()
             if self.store is not None:
                 self.store.offer((trade,))
+            if lookup is not None:
+                # Stored now, as far as the rest of this batch is concerned.
+                lookup.stored.add(trade.trade_id)
         else:
             self.metrics.duplicates.inc()
         return events
+
+
+@attrs.define
+class StoreLookup:
+    """What the store said about the trade ids a batch asked it for."""
+
+    checked: set[str] = attrs.Factory(set)
+    stored: set[str] = attrs.Factory(set)  # committed or queued: a duplicate
+    unverified: set[str] = attrs.Factory(set)  # the store could not answer
+
+
+async def look_up_old_trades(
+    agg: Aggregator, store: Store | None, trades: Sequence[Trade], wall_ms: Callable[[], int]
+) -> tuple[int, StoreLookup]:
+    """The time to aggregate ``trades`` at, and the store's answer for those of them that the
+    aggregator can no longer tell from a duplicate at that time (``needs_store_check``).
+
+    The clock moves while the store answers, and can carry more trades past the horizon:
+    asked again until nothing new needs asking, so there is no await between the last
+    answer and aggregating at the time returned.
+    """
+    lookup = StoreLookup()
+    while True:
+        now = wall_ms()
+        unchecked = {t.trade_id for t in trades if agg.needs_store_check(t, now)} - lookup.checked
+        if not unchecked:
+            return now, lookup
+        lookup.checked |= unchecked
+        if store is None:
+            lookup.unverified |= unchecked
+            continue
+        try:
+            lookup.stored |= await store.stored_trade_ids(unchecked)
+        except StoreError as exc:
+            lookup.unverified |= unchecked
+            log.warning("store lookup of %d late trades failed (%s): stored, not shown", len(unchecked), exc)
 
 
 def bind_socket(
@@ -195,10 +255,11 @@ async def _aggregate(
                 batch.append(receive.receive_nowait())
             except trio.WouldBlock:
                 break
-        now = runtime.wall_ms()
+        trades = [trade for raw in batch if (trade := ingestor.parse(raw.text)) is not None]
+        now, lookup = await look_up_old_trades(runtime.agg, runtime.store, trades, runtime.wall_ms)
         events: list[Event] = []
-        for raw in batch:
-            events.extend(ingestor.ingest(raw.text, now))
+        for trade in trades:
+            events.extend(ingestor.accept(trade, now, lookup))
         runtime.hub.publish(events, now)
 
 
@@ -298,6 +359,7 @@ def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMes
         lambda: hub.statistics().grouped_clients,
     )
     metrics.gauge("flowboard_seq", "Sequence number of the latest event", lambda: hub.seq)
+    _register_aggregator_gauges(runtime)
     if receive is not None:
         metrics.gauge(
             "flowboard_ingest_queue_depth",
@@ -420,7 +482,8 @@ async def _run(
         elif kalshi:
             kalshi_settings = kalshi_config(config)
             last_stored = await store.last_trade_ms()
-            known = await store.known_trade_ids_since(retention_start_ms(wall_ms(), agg.window_ms))
+            # Older trades are looked up in the store when they come (look_up_old_trades).
+            known = await store.known_trade_ids_since(dedup_start_ms(wall_ms(), agg.dedup_horizon_ms))
             for market in range(agg.markets_count()):
                 request_meta(agg.ticker(market))
             await nursery.start(
@@ -574,6 +637,27 @@ async def _run_edge(
         runtime.not_ready.discard("starting")
         log.info("flowboard edge listening on %s", runtime.url)
         task_status.started(runtime)
+
+
+def _register_aggregator_gauges(runtime: Runtime) -> None:
+    """What the aggregator holds: each bounded by a horizon or a size, never by the trades seen."""
+    agg = runtime.agg
+    metrics = runtime.metrics
+    figures = {
+        "markets": ("Markets known (ids and metadata)", lambda: agg.statistics().markets),
+        "window_trades": ("Trades held in the window", lambda: agg.statistics().trades_in_window),
+        "history_trades": (
+            "Latest trades held per market, summed",
+            lambda: agg.statistics().market_history_trades,
+        ),
+        "tape_trades": ("Trades held on the tape", lambda: agg.statistics().tape_trades),
+        "remembered_ids": (
+            "Trade ids remembered for de-duplication (the rest: the store)",
+            lambda: agg.statistics().remembered_trade_ids,
+        ),
+    }
+    for name, (documentation, read) in figures.items():
+        metrics.gauge(f"flowboard_aggregator_{name}", documentation, read)
 
 
 def _register_publisher_gauges(runtime: Runtime, stats: PublisherStats) -> None:

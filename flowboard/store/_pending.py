@@ -98,6 +98,9 @@ class PendingTrades:
         self.dropped_total += dropped
         return dropped
 
+    def trade_ids(self) -> set[str]:
+        return {trade.trade_id for trade in self._trades}
+
     def oldest(self, limit: int) -> list[Trade]:
         return list(islice(self._trades, limit))
 

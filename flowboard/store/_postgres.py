@@ -211,6 +211,13 @@ class PostgresDatabase:
             rows = connection.execute("SELECT trade_id FROM trades WHERE ts_ms >= %s", (since_ms,)).fetchall()
         return {str(trade_id) for (trade_id,) in rows}
 
+    def stored_trade_ids(self, trade_ids: Sequence[str]) -> set[str]:
+        with self._transaction("looking trade ids up") as connection:
+            rows = connection.execute(
+                "SELECT trade_id FROM trades WHERE trade_id = ANY(%s)", (list(trade_ids),)
+            ).fetchall()
+        return {str(trade_id) for (trade_id,) in rows}
+
     def save_meta(self, metas: Sequence[MarketMeta]) -> None:
         rows = [meta_row(m) for m in metas]
         with self._transaction("saving market metadata") as connection, connection.cursor() as cursor:

@@ -28,6 +28,8 @@ _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
 # What orders the trades of one millisecond: the order they arrived in (``_schema`` v3).
 _STORED_COLUMNS = f"{_TRADE_COLUMNS}, arrival"
 _META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker, open_interest, liquidity"
+# Below SQLite's limit on bound parameters (999 before 3.32).
+_IDS_PER_LOOKUP = 500
 
 _INSERT_TRADE = (
     f"INSERT INTO trades ({_STORED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
@@ -194,6 +196,18 @@ class SqliteDatabase:
                 "SELECT trade_id FROM trades WHERE ts_ms >= ?", (since_ms,)
             ).fetchall()
         return {trade_id for (trade_id,) in rows}
+
+    def stored_trade_ids(self, trade_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with _as_store_error("looking trade ids up", self._path):
+            for start in range(0, len(trade_ids), _IDS_PER_LOOKUP):
+                chunk = trade_ids[start : start + _IDS_PER_LOOKUP]
+                placeholders = ",".join("?" * len(chunk))
+                rows = self._reader.execute(
+                    f"SELECT trade_id FROM trades WHERE trade_id IN ({placeholders})", chunk
+                ).fetchall()
+                found.update(trade_id for (trade_id,) in rows)
+        return found
 
     def save_meta(self, metas: Sequence[MarketMeta]) -> None:
         rows = [meta_row(m) for m in metas]
