@@ -7,7 +7,7 @@
     python -m bench capacity [--steps 500,1000,2000,3000,4000,5000,6000] [--duration 15] [--repeat 3]
     python -m bench overload [--clients 10000] [--rate 10] [--duration 30]
     python -m bench slow [--clients 500] [--rate 10] [--duration 30] [--repeat 3]
-    python -m bench soak [--rate 100] [--clients 200] [--duration 600]
+    python -m bench soak [--rate 100] [--clients 200] [--minutes 30] [--role edge]
     python -m bench scaleout [--rate 50] [--steps ...]     # its own options, see bench/scaleout.py
 
 Each run starts the real server (``python -m flowboard serve --port 0 --seed 42 ...``) as a
@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,8 @@ from bench.load import (
 from bench.mass import Mass
 from bench.server import PeerProcess, ServerProcess, git_commit, machine, proc_usage
 from flowboard.testing.wsclient import open_wire_client
+
+SOAK_REDIS_URL = os.environ.get("FLOWBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -871,20 +875,96 @@ async def slow(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- soak ----------------------------------------------------------------------------------------
 
+#: The window is full from the start (the simulator's warm start backdates it), but buffers,
+#: rings and the allocator settle for a while: growth is measured after this minute.
+SOAK_SETTLED_S = 15 * 60
+SOAK_SAMPLE_S = 60.0
+
+
+def rss_slope_mib_per_hour(samples: Sequence[tuple[float, int]], after_s: float) -> float | None:
+    """Least-squares slope of (seconds, RSS KiB) samples taken at or after ``after_s``."""
+    points = [(t, kib / 1024) for t, kib in samples if t >= after_s]
+    if len(points) < 2:
+        return None
+    mean_t = statistics.fmean(t for t, _ in points)
+    mean_m = statistics.fmean(m for _, m in points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return 3600 * sum((t - mean_t) * (m - mean_m) for t, m in points) / spread
+
+
+def aggregator_bytes_per_window_trade(rate: float) -> dict[str, float]:
+    """Resident memory the aggregator takes in this process, fed the seeded simulator at
+    ``rate`` for 20 minutes of trade time (the trades made as they come, so they are counted
+    too): per in-window trade, the marginal cost of a window twice as long, where the fixed
+    parts (per-market histories, tape, buckets) cancel out, and all of it per in-window trade."""
+    import gc
+
+    from flowboard.aggregate.aggregator import Aggregator
+    from flowboard.ingest.simulator import Simulator
+
+    start_ms = 1_767_225_600_000  # 2026-01-01 00:00 UTC
+    end_ms = start_ms + 20 * 60_000
+    held: dict[int, tuple[int, int]] = {}
+    # Both kept until the end: memory freed by the first would be reused by the second.
+    aggregators = []
+    for window_ms in (300_000, 600_000):
+        sim = Simulator(seed=42, rate=rate, start_ms=start_ms)
+        gc.collect()
+        before = proc_usage(os.getpid())[1]
+        agg = Aggregator(window_ms=window_ms)
+        at_ms, trade = sim.next_trade(start_ms)
+        while at_ms < end_ms:
+            agg.add_trade(trade, at_ms)
+            at_ms, trade = sim.next_trade(at_ms)
+        agg.advance(end_ms)
+        gc.collect()
+        held[window_ms] = (1024 * (proc_usage(os.getpid())[1] - before), agg.statistics().trades_in_window)
+        aggregators.append(agg)
+    del aggregators
+    (short_bytes, short_trades), (long_bytes, long_trades) = held[300_000], held[600_000]
+    return {
+        "window_trades": long_trades,
+        "aggregator_rss_bytes": long_bytes,
+        "bytes_per_window_trade_marginal": (long_bytes - short_bytes) / (long_trades - short_trades),
+        "bytes_per_window_trade_all_state": long_bytes / long_trades,
+    }
+
+
+def _soak_servers(args: argparse.Namespace) -> tuple[ServerProcess, ServerProcess | None]:
+    """The process the clients use, and for ``--role edge`` the ingest that feeds it."""
+    if args.role != "edge":
+        return ServerProcess(rate=args.rate), None
+    redis = ["--redis", SOAK_REDIS_URL, "--redis-prefix", f"soak-{uuid.uuid4().hex}"]
+    ingest = ServerProcess(rate=args.rate, extra=["--role", "ingest", *redis])
+    db = ingest.argv[ingest.argv.index("--db") + 1]
+    # The edge reads the ingest's store (market history) and serves the clients.
+    return ServerProcess(rate=args.rate, extra=["--role", "edge", *redis, "--db", db]), ingest
+
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    server = ServerProcess(rate=args.rate)
-    url = server.start()
+    if args.minutes is not None:
+        args.duration = args.minutes * 60
+    heap = aggregator_bytes_per_window_trade(args.rate)
+    server, ingest = _soak_servers(args)
     mass = None
     try:
+        if ingest is not None:
+            ingest.start()
+        started = time.monotonic()
+        url = server.start()
+        rss_before_clients_kib = proc_usage(server.pid)[1]
         async with trio.open_nursery() as nursery:
             sample = await open_group(nursery, url, Group("v2", deflate=True, clients=args.sample))
             mass = Mass(ws_base(url) + "/ws", args.clients - args.sample, deflate=True, procs=args.procs)
             await trio.to_thread.run_sync(mass.wait_connected)
-            nursery.start_soon(_sample_server, server, 10.0)
+            await trio.sleep(SOAK_SAMPLE_S)
+            rss_with_clients_kib = proc_usage(server.pid)[1]
+            nursery.start_soon(_sample_server, server, SOAK_SAMPLE_S)
+            if ingest is not None:
+                nursery.start_soon(_sample_server, ingest, SOAK_SAMPLE_S)
             cpu0, t0 = proc_usage(server.pid)[0], time.monotonic()
             _set_measuring(sample, True)
-            await trio.sleep(args.duration)
+            await trio.sleep(max(0.0, args.duration - (time.monotonic() - started)))
             _set_measuring(sample, False)
             seconds = time.monotonic() - t0
             cpu1 = proc_usage(server.pid)[0]
@@ -894,14 +974,26 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         mass_summary = mass.finish() if mass is not None else {}
         server.stop()
+        if ingest is not None:
+            ingest.stop()
     summary = summarize_group(sample, seconds)
     rss = [(round(s.t), s.rss_kib) for s in server.samples]
-    errors = server.errors_logged()
+    errors = server.errors_logged() + (ingest.errors_logged() if ingest is not None else [])
+    settled = [kib for t, kib in rss if t >= SOAK_SETTLED_S]
     results = {
+        "role": args.role,
         "seconds": seconds,
         "sample": summary,
         "mass": mass_summary,
         "rss_kib_over_time": rss,
+        "rss_slope_mib_per_hour_after_15_min": rss_slope_mib_per_hour(rss, SOAK_SETTLED_S),
+        "rss_slope_target_mib_per_hour": 1.0,
+        "steady_rss_mib": statistics.fmean(settled) / 1024 if settled else None,
+        # Includes a minute of the server settling: an upper bound.
+        "bytes_per_client": 1024 * (rss_with_clients_kib - rss_before_clients_kib) / args.clients,
+        "aggregator_heap": heap,
+        "aggregator_metrics": {k: v for k, v in metrics.items() if k.startswith("flowboard_aggregator_")},
+        "process_metrics": {k: v for k, v in metrics.items() if k.startswith(("process_", "python_gc_"))},
         "server_cpu_percent": 100 * (cpu1 - cpu0) / seconds,
         "view_check": check,
         "errors_logged": errors[:10],
@@ -909,8 +1001,22 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "resyncs": metrics.get("flowboard_client_resyncs_total", 0),
         "ok": check.get("ok") and not errors and not summary["closed"] and not mass_summary.get("closed"),
     }
+    if ingest is not None:
+        ingest_rss = [(round(s.t), s.rss_kib) for s in ingest.samples]
+        results["ingest_rss_kib_over_time"] = ingest_rss
+        results["ingest_rss_slope_mib_per_hour_after_15_min"] = rss_slope_mib_per_hour(
+            ingest_rss, SOAK_SETTLED_S
+        )
     print(_table(["t s", "RSS MiB"], [[t, kib / 1024] for t, kib in rss]))
     lat = summary["latency_ms"]
+    slope = results["rss_slope_mib_per_hour_after_15_min"]
+    print(
+        f"{args.role}: RSS slope after minute 15: {_fmt(slope, 2)} MiB/h (target <= 1);"
+        f" steady RSS {_fmt(results['steady_rss_mib'])} MiB;"
+        f" {results['bytes_per_client']:,.0f} B/client;"
+        f" {heap['bytes_per_window_trade_marginal']:,.0f} B per in-window trade"
+        f" ({heap['bytes_per_window_trade_all_state']:,.0f} with all aggregator state)"
+    )
     print(
         f"sample p50 {_fmt(lat['p50'])} p99 {_fmt(lat['p99'])} ms;"
         f" server CPU {results['server_cpu_percent']:.0f}%;"
@@ -928,7 +1034,7 @@ SCENARIOS = {
     "capacity": (capacity, {"duration": 15.0, "rate": 10.0, "settle": 5.0, "repeat": 1}),
     "overload": (overload, {"duration": 30.0, "clients": 10_000, "rate": 10.0, "warmup": 5.0}),
     "slow": (slow, {"duration": 30.0, "clients": 500, "rate": 10.0, "warmup": 5.0, "repeat": 1}),
-    "soak": (soak, {"duration": 600.0, "clients": 200, "rate": 100.0}),
+    "soak": (soak, {"duration": 1800.0, "clients": 200, "rate": 100.0}),
 }
 
 
@@ -959,6 +1065,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paths", default="/ws,/ws/stream", help="cost: endpoints measured (/ws first)")
     parser.add_argument("--procs", type=int, default=2, help="counting-client processes (bench.mass)")
     parser.add_argument("--keep-going", action="store_true", help="capacity: go on after a failing step")
+    parser.add_argument("--minutes", type=float, help="soak: minutes from the server's start (or --duration)")
+    parser.add_argument("--role", choices=["all", "edge"], default="all", help="soak: clients on an edge")
     args = parser.parse_args(arguments)
     run, defaults = SCENARIOS[args.scenario]
     for name, value in defaults.items():
@@ -969,7 +1077,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _raise_nofile()
     params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if v is not None}
     results = trio.run(run, args)
-    path = _write(args.scenario, params, results)
+    name = "soak-edge" if args.scenario == "soak" and args.role == "edge" else args.scenario
+    path = _write(name, params, results)
     print(f"wrote {path}")
     check = results.get("view_check")
     if check is not None and check.get("ok") is False:

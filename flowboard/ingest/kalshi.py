@@ -109,7 +109,10 @@ class KalshiConfig:
     reconcile_lookback_s: float | None = None  # default: 2 x interval + 30 s
     backfill_margin_s: float = 5.0  # re-read this much before the last trade seen
     max_backfill_s: float = 24 * 3600.0  # never reach further back than this
-    dedup_ttl_s: float = 3600.0  # forget forwarded ids this long (trade time) after newer trades
+    # Forget forwarded ids this long (trade time) after newer trades: a duplicate comes from a
+    # reconciliation (lookback_s, 150 s) or a backfill (backfill_margin_s before the newest
+    # trade); older ones are the store's to refuse (pipeline.look_up_old_trades).
+    dedup_ttl_s: float = 600.0
     rest_rate_per_s: float = 5.0  # backfill + reconciliation; Kalshi allows ~20 reads/s in all
     message_queue_size: int = 1024  # frames buffered by trio-websocket before TCP backpressure
 
