@@ -38,7 +38,7 @@ import trio.testing
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.config import Config
 from flowboard.ingest.simulator import Simulator
-from flowboard.model import MarketMeta
+from flowboard.model import MarketMeta, Trade
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.scaleout.redis_io import (
     JournalingHub,
@@ -187,6 +187,29 @@ def test_batches_replayed_on_a_loaded_snapshot_give_the_same_events() -> None:
     assert replica.top_trades() == ingest.top_trades()
     assert replica.analytics("day") == ingest.analytics("day")
     assert replica.statistics() == ingest.statistics()
+
+
+def test_an_edge_counts_a_late_trade_exactly_when_the_ingest_did() -> None:
+    """A trade older than the remembered ids is counted on the ingest's store's word; the entry
+    carries that word, so an edge, which has no store to ask, decides the same."""
+    ingest = JournalingAggregator()
+    _simulated(ingest, seed=7, seconds=120)
+    ingest.take_journal()
+    replica = Aggregator()
+    load_state(replica, dump_state(ingest))
+    late = Trade("late-1", "KXLATE-1", 4200, 3, "no", BASE_MS - 30 * 60_000)
+    assert ingest.needs_store_check(late, BASE_MS)
+    expected = ingest.add_trade(late, BASE_MS, absent_from_store=True)
+    expected += ingest.add_trade(Trade("late-2", "KXLATE-1", 4200, 3, "no", late.ts_ms), BASE_MS)
+    batch = Batch(BASE_MS, 1, ingest.take_journal())
+    entry = encode_batch(batch)
+    assert b'"late-1","KXLATE-1",4200,3,"n",%d,1]' % late.ts_ms in entry
+    assert decode_batch(entry) == batch
+    assert apply(replica, decode_batch(entry)) == expected
+    assert replica.statistics() == ingest.statistics()
+    assert replica.analytics("hour") == ingest.analytics("hour")
+    with pytest.raises(StreamFormatError, match="ends in 1 or nothing"):
+        decode_batch(entry.replace(b"%d,1]" % late.ts_ms, b"%d,7]" % late.ts_ms))
 
 
 def test_journal_records_every_kind_of_input() -> None:
