@@ -23,7 +23,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
-from flowboard.aggregate.aggregator import Aggregator, dedup_start_ms, retention_start_ms
+from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
 from flowboard.aggregate.events import Event, MarketAdded, TradeAdded
 from flowboard.config import Config
 from flowboard.errors import ConfigError, MalformedMessage, StoreError
@@ -482,8 +482,8 @@ async def _run(
         elif kalshi:
             kalshi_settings = kalshi_config(config)
             last_stored = await store.last_trade_ms()
-            # Older trades are looked up in the store when they come (look_up_old_trades).
-            known = await store.known_trade_ids_since(dedup_start_ms(wall_ms(), agg.dedup_horizon_ms))
+            repeatable_since = _repeatable_since_ms(kalshi_settings, wall_ms(), last_stored)
+            known = await store.known_trade_ids_since(repeatable_since)
             for market in range(agg.markets_count()):
                 request_meta(agg.ticker(market))
             await nursery.start(
@@ -579,6 +579,17 @@ async def _open_simulator(config: Config, store: Store, agg: Aggregator, now_ms:
             last_prices[agg.ticker(market)] = last.yes_price
     sim.resume_prices(last_prices)
     return sim
+
+
+def _repeatable_since_ms(kalshi: KalshiConfig, now_ms: int, last_stored_ms: int | None) -> int:
+    """The oldest stored trade Kalshi can send again after a start: the start-up backfill
+    re-reads from just before the last stored trade, a reconciliation re-reads its lookback.
+    Only these ids are handed to the ingest; any older repeat is refused by the store's word
+    (look_up_old_trades), so start-up memory does not grow with the day."""
+    # REST asks in whole seconds, from the second before: up to 2 s more than asked for.
+    margin_ms = int(kalshi.backfill_margin_s * 1000) + 2_000
+    since = now_ms - int(kalshi.lookback_s * 1000) - margin_ms
+    return since if last_stored_ms is None else min(since, last_stored_ms - margin_ms)
 
 
 def _session_limits(config: Config) -> SessionLimits:
