@@ -350,8 +350,9 @@ class Aggregator:
         ``minutes`` summarise every stored trade, oldest minute first; ``recent`` are whole trades
         in (ts_ms, arrival) order, at least: every trade in the window at ``now_ms``, the latest
         ``tape_size``, and each market's latest ``history_len``. Trades older than the retention
-        horizon are left out, as ``add_trade`` refuses them. Only for an aggregator that holds
-        no trades yet (metadata may be set): it does not announce what it restores.
+        horizon are left out, as ``add_trade`` refuses them, and of the ids only those of the
+        de-duplication horizon are kept. Only for an aggregator that holds no trades yet
+        (metadata may be set): it does not announce what it restores.
         """
         if self._trades_total:
             raise RuntimeError(f"restore needs an aggregator without trades; it has {self._trades_total}")

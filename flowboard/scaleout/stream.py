@@ -30,7 +30,9 @@ from flowboard.model import MarketMeta, Trade
 
 #: Bumped when the entry or snapshot format changes; an edge refuses what it cannot read.
 #: 2: prices in $0.000001 (were $0.0001), market metadata with open interest and liquidity.
-FORMAT_VERSION = 2
+#: 3: the aggregator keeps ids for its de-duplication horizon only (another state), and a
+#: trade input may carry the ingest's store's word (``absent_from_store``).
+FORMAT_VERSION = 3
 
 
 class StreamFormatError(FlowboardError):
