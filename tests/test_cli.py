@@ -151,14 +151,17 @@ def _schema_versions(db: Path) -> list[int]:
 
 
 def test_unknown_schema_version_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    """A database from a newer Flowboard stops start-up with one line; its data stays as it was."""
+    """A database from a newer Flowboard stops start-up with one line; the file stays byte for byte
+    as it was (not even the journal mode is set)."""
     db = tmp_path / "newer.db"
     with contextlib.closing(sqlite3.connect(db)) as connection:
         connection.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms BIGINT)")
         connection.execute("INSERT INTO schema_version VALUES (99, 0)")
         connection.commit()
+    before = db.read_bytes()
     result = run_flowboard("serve", "--port", "0", "--db", str(db))
     assert_one_line_error(result, "the database has schema version 99, newer than this Flowboard knows")
+    assert db.read_bytes() == before, "the file was written to"
     assert _schema_versions(db) == [99]
 
 

@@ -95,18 +95,33 @@ class SqliteDatabase:
         self._lock = SqliteWriterLock(path) if exclusive else None
         try:
             self._writer = _connect(path, config)
+            # Before anything is written (the journal mode rewrites the file's header): a
+            # database of a newer Flowboard must be left exactly as it is.
+            self._refuse_newer_schema()
             self._writer.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit survives a power cut, not only a crash. It costs one fsync per batch.
             self._writer.execute("PRAGMA synchronous = FULL")
             self._reader = _connect(path, config)
             self._reader.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as error:
+        except BaseException as error:
             if self._lock is not None:
                 self._lock.release()
+            if not isinstance(error, sqlite3.Error):
+                raise
             raise ConfigError(
                 f"--db {path}: cannot open it as a SQLite database ({error}); "
                 "check the path and its permissions"
             ) from error
+
+    def _refuse_newer_schema(self) -> None:
+        """Raise (pending_migrations' one-line error) if the file's schema is newer than ours;
+        reads only."""
+        has_versions = self._writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if has_versions:
+            (version,) = self._writer.execute(CURRENT_VERSION).fetchone()
+            pending_migrations(int(version))
 
     @contextmanager
     def _write_transaction(self, action: str) -> Iterator[sqlite3.Connection]:
