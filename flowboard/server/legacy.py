@@ -12,7 +12,6 @@ the bound closes it with 4008 and a reason.
 
 from __future__ import annotations
 
-import logging
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -27,8 +26,6 @@ from flowboard.protocol.v2 import CLOSE_TOO_SLOW
 from flowboard.server import guards
 from flowboard.server.hub import Wakeup
 from flowboard.server.runtime import Runtime
-
-log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
 ANALYTICS_EVERY_MS = 1_000
@@ -175,7 +172,7 @@ async def _send_messages(runtime: Runtime, feed: V1Feed, connection: V1Connectio
             return
         if queue.close_reason is not None:
             metrics.closed_slow.inc()
-            log.info("closing a slow v1 client: %s", queue.close_reason)
+            guards.client_log.info("closing a slow v1 client: %s", queue.close_reason)
             await websocket.close(CLOSE_TOO_SLOW, queue.close_reason[:120])
             return
         _queue_timed(runtime, feed, connection, due)
@@ -196,7 +193,7 @@ async def _send_messages(runtime: Runtime, feed: V1Feed, connection: V1Connectio
         # stream is intact and the close frame goes after it.
         metrics.closed_slow.inc()
         reason = f"too slow: a message waited {stall_timeout:.0f} s for the socket"
-        log.info("closing a stalled v1 client: %s", reason)
+        guards.client_log.info("closing a stalled v1 client: %s", reason)
         with trio.move_on_after(1):
             await websocket.close(CLOSE_TOO_SLOW, reason)
         return

@@ -8,7 +8,6 @@ slow client costs bounded memory and no one else's time.
 
 from __future__ import annotations
 
-import logging
 import math
 import weakref
 
@@ -23,8 +22,6 @@ from flowboard.server import connection, guards
 from flowboard.server.hub import Client, FrameCounter
 from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import Runtime
-
-log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -213,7 +210,9 @@ class _Sender:
                 raise self.error
             if wire is not None and wire.backlog and not await wire.flush():
                 self.metrics.closed_slow.inc()
-                log.info("aborted a stalled client: a frame waited %.0f s for its socket", stall_timeout)
+                guards.client_log.info(
+                    "aborted a stalled client: a frame waited %.0f s for its socket", stall_timeout
+                )
                 return
             # client.session is read afresh each time (never held across a wait): it changes
             # when the client joins or leaves a group, and a member's old session must go.
@@ -223,7 +222,7 @@ class _Sender:
             close_reason = client.session.close_reason
             if close_reason is not None:
                 self.metrics.closed_slow.inc()
-                log.info("closing a slow client: %s", close_reason)
+                guards.client_log.info("closing a slow client: %s", close_reason)
                 await websocket.close(v2.CLOSE_TOO_SLOW, close_reason[:120])
                 return
             if wire is not None and not wire.can_send():
