@@ -77,12 +77,13 @@ def synthetic_trades(count: int, seed: int) -> list[Trade]:
     ts_ms = START_MS
     for ticker in chosen:
         ts_ms += 0 if rng.random() < 0.3 else rng.randint(1, 5)
-        tick = 1 if rng.random() < 0.1 else 100  # a tenth of markets tick at $0.0001
+        # Prices in $0.000001: whole cents mostly, a tenth of markets at $0.0001 ticks.
+        sub_cent = rng.random() < 0.1
         trades.append(
             Trade(
                 trade_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                 ticker=ticker,
-                yes_price=rng.randint(1, 99) * 100 if tick == 100 else rng.randint(1, 9999),
+                yes_price=rng.randint(1, 9999) * 100 if sub_cent else rng.randint(1, 99) * 10_000,
                 count=rng.choice((100, 100, 500, 1000, 2500))
                 if rng.random() < 0.8
                 else rng.randint(1, 500_000),
