@@ -24,6 +24,30 @@ def test_the_interval_lengthens_while_the_loop_is_behind_and_returns_to_zero_aft
     assert intervals == [0.25, 0.125, 0.0625, 0.03125, 0.0, 0.0]
 
 
+def test_a_timer_late_only_because_of_our_own_pass_is_not_behind() -> None:
+    """With thousands of clients one publish pass blocks the loop for tens of ms: a timer late by
+    no more than that pass, at a low busy share, must not start coalescing (it would only add
+    latency); lag beyond the pass, or a high busy share, still does."""
+    coalescer = Coalescer(min_interval_s=0.02, max_interval_s=0.5, behind_lag_s=0.05, recovered_lag_s=0.02)
+    assert coalescer.observe(lag_s=0.080, busy_share=0.3, own_pass_s=0.075) == 0.0
+    assert coalescer.observe(lag_s=0.200, busy_share=0.3, own_pass_s=0.075) == 0.02
+    coalescer = Coalescer(min_interval_s=0.02, max_interval_s=0.5, behind_lag_s=0.05, recovered_lag_s=0.02)
+    assert coalescer.observe(lag_s=0.080, busy_share=0.7, own_pass_s=0.075) == 0.02
+
+
+def test_the_hub_reports_its_longest_pass() -> None:
+    """Each publish records how long it held the loop, so the coalescer can tell its own pass
+    from a loop that is behind."""
+    h = Harness()
+    h.hub.busy_clock = iter([0.0, 0.010, 1.0, 1.030, 2.0, 2.005]).__next__
+    h.hub.longest_pass_s = 0.0
+    busy_before = h.hub.busy_s
+    for index in range(3):
+        h.trade(TICKERS[index], 5000, 100, "yes")
+    assert abs(h.hub.longest_pass_s - 0.030) < 1e-9
+    assert abs(h.hub.busy_s - busy_before - 0.045) < 1e-9
+
+
 def test_while_coalescing_trades_wait_for_the_tick_and_go_out_batched_in_one_frame() -> None:
     """With an interval set, publish only offers; the tick sends each group one frame with every
     trade since the last, and the views stay exact."""

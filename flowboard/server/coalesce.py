@@ -30,8 +30,14 @@ class Coalescer:
     # Seconds between sends; 0 means each publish sends at once.
     interval_s: float = 0.0
 
-    def observe(self, *, lag_s: float, busy_share: float) -> float:
-        """One timer period's lag and the share of it spent publishing; returns the interval."""
+    def observe(self, *, lag_s: float, busy_share: float, own_pass_s: float = 0.0) -> float:
+        """One timer period's lag and the share of it spent publishing; returns the interval.
+
+        ``own_pass_s``: the longest single publish in the period. A timer that waited for one of
+        our own passes (one write per client: tens of ms with thousands of clients) is late by
+        that much without the loop being behind; batching would only add to every viewer's
+        latency, so only the lag beyond it counts. A busy share past the bound still does."""
+        lag_s = max(0.0, lag_s - own_pass_s)
         if lag_s > self.behind_lag_s or busy_share > self.behind_busy_share:
             self.interval_s = min(self.max_interval_s, max(self.min_interval_s, self.interval_s * 2))
         elif lag_s < self.recovered_lag_s and busy_share < self.recovered_busy_share and self.interval_s:

@@ -148,6 +148,9 @@ class Hub:
         # Seconds spent publishing and sending (for the coalescing decision), on ``busy_clock``
         # (the server sets trio's, so that a test's mock clock keeps decisions deterministic).
         self.busy_s = 0.0
+        # The longest single publish or send since the coalescer last looked: a timer that
+        # waited for one of ours was late because of our own pass, not because we are behind.
+        self.longest_pass_s = 0.0
         self.busy_clock: Callable[[], float] = time.perf_counter
         # Called for every frame a group sent (metrics); set by the server.
         self.count_group_frame: FrameCounter = lambda frame, receivers: None
@@ -190,14 +193,19 @@ class Hub:
             self.unsent = True
         else:
             self._send(now_ms)
-        self.busy_s += self.busy_clock() - started
+        self._account_pass(self.busy_clock() - started)
 
     def send(self, now_ms: int) -> None:
         """The coalescing tick: send what was offered since the last send."""
         if self.unsent:
             started = self.busy_clock()
             self._send(now_ms)
-            self.busy_s += self.busy_clock() - started
+            self._account_pass(self.busy_clock() - started)
+
+    def _account_pass(self, elapsed_s: float) -> None:
+        self.busy_s += elapsed_s
+        if elapsed_s > self.longest_pass_s:
+            self.longest_pass_s = elapsed_s
 
     def _offer(self, events: Iterable[Event], now_ms: int) -> None:
         ring = self._ring

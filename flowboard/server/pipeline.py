@@ -304,7 +304,10 @@ async def _pace_delivery(
         hub.send(runtime.wall_ms())
         busy_share = (hub.busy_s - busy_before) / (period + lag)
         busy_before = hub.busy_s
-        hub.coalesce_interval_s = coalescer.observe(lag_s=lag, busy_share=busy_share)
+        hub.coalesce_interval_s = coalescer.observe(
+            lag_s=lag, busy_share=busy_share, own_pass_s=hub.longest_pass_s
+        )
+        hub.longest_pass_s = 0.0
         period = hub.coalesce_interval_s or _LAG_PERIOD_S
         due = woke + period
 
