@@ -514,26 +514,20 @@ class Aggregator:
 
     def today(self) -> tuple[int, int]:
         """(trades, usd) of the trades timed on the UTC date of ``now_ms``."""
-        day_start = floor_to(self._now_ms, DAY_MS)
-        trades = usd = 0
-        hours = self._buckets["day"]
-        for hour in hours.irange(day_start, day_start + DAY_MS, inclusive=(True, False)):
-            bucket = hours[hour]
-            trades += bucket.trades
-            usd += bucket.usd
-        return trades, usd
+        buckets = self._today_buckets()
+        return sum(bucket.trades for bucket in buckets), sum(bucket.usd for bucket in buckets)
 
     def today_flow(self) -> tuple[int, int]:
         """(contracts, net flow) of the trades timed on the UTC date of ``now_ms``, in hundredths;
         net flow is YES takers' contracts minus NO takers'."""
+        buckets = self._today_buckets()
+        return sum(bucket.contracts for bucket in buckets), sum(bucket.net_flow for bucket in buckets)
+
+    def _today_buckets(self) -> list[_Totals]:
+        """The day view's hourly buckets of the UTC date of ``now_ms``."""
         day_start = floor_to(self._now_ms, DAY_MS)
-        contracts = net_flow = 0
         hours = self._buckets["day"]
-        for hour in hours.irange(day_start, day_start + DAY_MS, inclusive=(True, False)):
-            bucket = hours[hour]
-            contracts += bucket.contracts
-            net_flow += bucket.net_flow
-        return contracts, net_flow
+        return [hours[hour] for hour in hours.irange(day_start, day_start + DAY_MS, inclusive=(True, False))]
 
     def active_markets(self) -> int:
         """Markets with at least one trade in the window."""
