@@ -60,3 +60,27 @@ async def test_cancelling_kills_and_reaps_the_child(tmp_path: Path) -> None:
         os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG does not wait): already reaped
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # and gone
+
+
+async def test_a_snapshot_child_that_dies_does_not_stop_the_ingest(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A child killed before it handed over its bytes (the OOM killer, a signal to the process
+    group) is counted and logged; the snapshot loop tries again next period instead of ending
+    the ingest's nursery."""
+    from flowboard.scaleout import redis_io
+
+    attempts: list[int] = []
+
+    async def write_snapshot(*args: object) -> None:
+        attempts.append(len(attempts))
+        if len(attempts) == 1:
+            raise ChildDumpError("the snapshot child was killed by signal 9")
+
+    monkeypatch.setattr(redis_io, "_write_snapshot", write_snapshot)
+    stats = redis_io.PublisherStats()
+    settings = redis_io.RedisSettings(url="redis://127.0.0.1:1/0", snapshot_s=5)
+    with trio.move_on_after(12):
+        await redis_io._snapshots_forever(None, None, 0, stats, settings)  # type: ignore[arg-type]
+    assert attempts == [0, 1]
+    assert stats.snapshot_failures == 1

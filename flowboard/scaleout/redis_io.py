@@ -40,7 +40,7 @@ from coredis import PureToken
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.aggregate.events import Event
-from flowboard.scaleout.forked import dump_in_child
+from flowboard.scaleout.forked import ChildDumpError, dump_in_child
 from flowboard.scaleout.stream import (
     FORMAT_VERSION,
     Batch,
@@ -206,6 +206,7 @@ class PublisherStats:
     snapshot_bytes: int = 0
     snapshot_s: float = 0.0  # how long the latest one took to take (in a forked child)
     snapshot_pause_s: float = 0.0  # how long the loop stopped for it (the fork)
+    snapshot_failures: int = 0  # children that died before handing over their bytes
     # The resume-horizon period each older-snapshot slot was last written in (Redis may restart).
     slot_periods: list[int] = attrs.Factory(lambda: [-1, -1])
 
@@ -298,7 +299,13 @@ async def _snapshots_forever(
     while True:
         # The loop's share is the fork's pause; the child's pickling is background work (nice 19).
         await trio.sleep(max(settings.snapshot_s, stats.snapshot_pause_s / _MAX_SNAPSHOT_SHARE))
-        await _write_snapshot(redis, settings, runtime, stamp, stats)
+        try:
+            await _write_snapshot(redis, settings, runtime, stamp, stats)
+        except ChildDumpError as error:
+            # The child died (the OOM killer, a signal to the whole process group): the edges
+            # keep the previous snapshot, and the ingest must go on ingesting; try next period.
+            stats.snapshot_failures += 1
+            log.warning("snapshot not written: %s; trying again in %.0f s", error, settings.snapshot_s)
 
 
 async def _write_snapshot(
