@@ -77,10 +77,22 @@ class MarketMeta:
     series_ticker: str = ""
     open_interest: int | None = None  # contracts held open, in hundredths; None when unknown
     liquidity: int | None = None  # dollars, in USD units (Kalshi's liquidity_dollars); None when unknown
+    # Kalshi's multivariate-event collection of a combination ("parlay") market; "" for others.
+    mve_collection_ticker: str = ""
 
 
 #: Longest ticker or trade id taken from a feed or named in a request (Kalshi's are far shorter).
 MAX_NAME_CHARS = 200
+
+
+#: Kalshi's auto-generated combination ("parlay") markets: tickers in its multivariate-event series.
+PARLAY_TICKER_PREFIX = "KXMVE"
+
+
+def is_parlay(ticker: str, meta: MarketMeta | None = None) -> bool:
+    """Whether a market is a combination ("parlay") market, whose size is structural noise in
+    rankings: its ticker says so, or its metadata names a multivariate-event collection."""
+    return ticker.startswith(PARLAY_TICKER_PREFIX) or (meta is not None and meta.mve_collection_ticker != "")
 
 
 def series_of(ticker: str) -> str:
