@@ -10,7 +10,7 @@ from fake_kalshi import TICKERS, FakeKalshi, eventually
 from flowboard.ingest.kalshi import KalshiConfig
 from flowboard.ingest.kalshi_rest import TokenBucket
 from flowboard.ingest.metadata import MetadataFetcher, build_meta, serve_metadata
-from flowboard.model import MarketMeta
+from flowboard.model import MarketMeta, is_parlay
 
 BASE_MS = 1_760_000_000_000
 
@@ -165,3 +165,13 @@ def test_token_bucket_spaces_requests() -> None:
     bucket = TokenBucket(rate=10.0, burst=2.0)
     assert [bucket.reserve(0.0) for _ in range(4)] == [0.0, 0.0, 0.1, 0.2]
     assert bucket.reserve(1.0) == 0.0
+
+
+def test_build_meta_keeps_the_parlay_collection() -> None:
+    """A combination market's ``mve_collection_ticker`` is kept (it makes ``is_parlay`` true even
+    when the ticker does not say so); a market without one has ""."""
+    parlay = build_meta({"ticker": "X-1", "mve_collection_ticker": "KXMVECROSSCATEGORY"}, None, None)
+    assert parlay.mve_collection_ticker == "KXMVECROSSCATEGORY"
+    assert is_parlay(parlay.ticker, parlay)
+    plain = build_meta({"ticker": "X-1"}, None, None)
+    assert plain.mve_collection_ticker == "" and not is_parlay(plain.ticker, plain)

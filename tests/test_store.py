@@ -227,6 +227,32 @@ async def test_trades_of_a_version_2_store_are_converted_exactly(db_url: str) ->
     assert loaded == time_then_arrival([*migrated, later])
 
 
+async def test_markets_of_a_version_5_store_load_as_not_parlays(db_url: str) -> None:
+    """Migration 6 adds the parlay collection column; markets stored before it load with "" (not
+    a parlay by metadata) until their metadata is fetched again."""
+    dialect = "postgres" if db_url.startswith("postgresql://") else "sqlite"
+    statements = [s for m in MIGRATIONS if m.version <= 5 for s in m.statements(dialect)]
+    statements.append("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+    statements += [f"INSERT INTO schema_version VALUES ({v}, 0)" for v in range(1, 6)]
+    statements.append(
+        "INSERT INTO markets (ticker, title, category, event_ticker, series_ticker) VALUES ('KXA-1', 'A', '', '', '')"
+    )
+    await trio.to_thread.run_sync(_raw_execute, db_url, statements)
+    async with running_store(db_url) as store:
+        assert await store.load_meta() == [MarketMeta("KXA-1", title="A")]
+
+
+def _raw_execute(db_url: str, statements: list[str]) -> None:
+    if db_url.startswith("postgresql://"):
+        with psycopg.connect(db_url) as connection:
+            for statement in statements:
+                connection.execute(statement)
+        return
+    with sqlite3.connect(db_url) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
 # -- writing -------------------------------------------------------------------------------
 
 
@@ -349,16 +375,18 @@ async def test_last_trade_time_and_known_ids(store: Store) -> None:
 
 async def test_market_metadata_is_saved_replaced_and_loaded(store: Store) -> None:
     """save_meta inserts or replaces by ticker; load_meta returns every market, unknown close
-    times, open interest and liquidity staying None."""
+    times, open interest and liquidity staying None; a parlay keeps its collection ticker."""
+    parlay = MarketMeta("KXMVESPORTS-25NOV30-X1", "yes Chiefs,yes Over 45.5", mve_collection_ticker="KXMVESPORTS")
     await store.save_meta(
         [
             MarketMeta("KXB-1", "Will B?", "Economics", BASE_MS, "KXB-EV", "KXB", 1_234_567, 10**15 + 1),
             MarketMeta("KXA-1", title="Will A?"),
+            parlay,
         ]
     )
     replaced = MarketMeta("KXB-1", "Will B, really?", "Economics", None, "KXB-EV", "KXB", 42, None)
     await store.save_meta([replaced])
-    assert await store.load_meta() == [MarketMeta("KXA-1", title="Will A?"), replaced]
+    assert await store.load_meta() == [MarketMeta("KXA-1", title="Will A?"), replaced, parlay]
 
 
 # -- retention -----------------------------------------------------------------------------

@@ -113,6 +113,7 @@ def build_meta(
         open_interest=_open_interest(market),
         # Deprecated by Kalshi (KALSHI.md: always "0.0000" today), shown as it comes.
         liquidity=_decimal_units(market.get("liquidity_dollars"), USD_DECIMALS),
+        mve_collection_ticker=_text(market, "mve_collection_ticker"),
     )
 
 

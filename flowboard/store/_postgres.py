@@ -27,7 +27,10 @@ from ._summary import FLOW_SQL, USD_SQL, StoredSummary, merge_recent, summarize_
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"
 # What orders the trades of one millisecond: the order they arrived in (``_schema`` v3).
 _STORED_COLUMNS = f"{_TRADE_COLUMNS}, arrival"
-_META_COLUMNS = "ticker, title, category, close_ts_ms, event_ticker, series_ticker, open_interest, liquidity"
+_META_COLUMNS = (
+    "ticker, title, category, close_ts_ms, event_ticker, series_ticker, open_interest, liquidity, "
+    "mve_collection_ticker"
+)
 
 # One statement per batch: the columns travel as seven arrays instead of a round trip per row.
 _INSERT_TRADES = (
@@ -62,11 +65,12 @@ _MARKETS_LATEST = (
     "ORDER BY ts_ms DESC, arrival DESC LIMIT %s) AS latest"
 )
 _UPSERT_META = (
-    f"INSERT INTO markets ({_META_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    f"INSERT INTO markets ({_META_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (ticker) DO UPDATE SET "
     "title = excluded.title, category = excluded.category, close_ts_ms = excluded.close_ts_ms, "
     "event_ticker = excluded.event_ticker, series_ticker = excluded.series_ticker, "
-    "open_interest = excluded.open_interest, liquidity = excluded.liquidity"
+    "open_interest = excluded.open_interest, liquidity = excluded.liquidity, "
+    "mve_collection_ticker = excluded.mve_collection_ticker"
 )
 _UPSERT_SOURCE_STATE = (
     "INSERT INTO source_state (name, value) VALUES (%s, %s) "

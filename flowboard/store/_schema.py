@@ -78,6 +78,9 @@ _BOOK_FIGURES = (
     "ALTER TABLE markets ADD COLUMN liquidity BIGINT",
 )
 
+# Existing rows were stored before the field was read: "" until their metadata is fetched again.
+_PARLAY_COLLECTION = ("ALTER TABLE markets ADD COLUMN mve_collection_ticker TEXT NOT NULL DEFAULT ''",)
+
 _SOURCE_STATE = "CREATE TABLE source_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -118,6 +121,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         summary="market open interest (hundredths of a contract) and liquidity (USD units), when known",
         sqlite=_BOOK_FIGURES,
         postgres=_BOOK_FIGURES,
+    ),
+    Migration(
+        version=6,
+        summary="a combination (parlay) market's multivariate-event collection (Kalshi's mve_collection_ticker)",
+        sqlite=_PARLAY_COLLECTION,
+        postgres=_PARLAY_COLLECTION,
     ),
 )
 
