@@ -235,7 +235,8 @@ async def test_markets_of_a_version_5_store_load_as_not_parlays(db_url: str) -> 
     statements.append("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)")
     statements += [f"INSERT INTO schema_version VALUES ({v}, 0)" for v in range(1, 6)]
     statements.append(
-        "INSERT INTO markets (ticker, title, category, event_ticker, series_ticker) VALUES ('KXA-1', 'A', '', '', '')"
+        "INSERT INTO markets (ticker, title, category, event_ticker, series_ticker)"
+        " VALUES ('KXA-1', 'A', '', '', '')"
     )
     await trio.to_thread.run_sync(_raw_execute, db_url, statements)
     async with running_store(db_url) as store:
@@ -376,7 +377,9 @@ async def test_last_trade_time_and_known_ids(store: Store) -> None:
 async def test_market_metadata_is_saved_replaced_and_loaded(store: Store) -> None:
     """save_meta inserts or replaces by ticker; load_meta returns every market, unknown close
     times, open interest and liquidity staying None; a parlay keeps its collection ticker."""
-    parlay = MarketMeta("KXMVESPORTS-25NOV30-X1", "yes Chiefs,yes Over 45.5", mve_collection_ticker="KXMVESPORTS")
+    parlay = MarketMeta(
+        "KXMVESPORTS-25NOV30-X1", "yes Chiefs,yes Over 45.5", mve_collection_ticker="KXMVESPORTS"
+    )
     await store.save_meta(
         [
             MarketMeta("KXB-1", "Will B?", "Economics", BASE_MS, "KXB-EV", "KXB", 1_234_567, 10**15 + 1),

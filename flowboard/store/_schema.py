@@ -124,7 +124,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         version=6,
-        summary="a combination (parlay) market's multivariate-event collection (Kalshi's mve_collection_ticker)",
+        summary="a combination (parlay) market's collection (Kalshi's mve_collection_ticker)",
         sqlite=_PARLAY_COLLECTION,
         postgres=_PARLAY_COLLECTION,
     ),
