@@ -12,18 +12,17 @@ import math
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from functools import partial
 
 import trio
 
 from flowboard.config import Config, parse_argv
 from flowboard.errors import ConfigError, StoreError
-from flowboard.ingest.kalshi import serve_kalshi
+from flowboard.ingest.feed import FeedItem
 from flowboard.ingest.recording import record
 from flowboard.ingest.simulator import Simulator
-from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.ingest.sources import open_source
 from flowboard.scaleout.workers import serve_workers
-from flowboard.server.pipeline import kalshi_config, run_server, wall_clock_ms
+from flowboard.server.pipeline import run_server, wall_clock_ms
 
 #: Signals that stop the process gracefully. SIGHUP too: a closed terminal or a supervisor's
 #: hang-up must not kill the process before it has flushed the store.
@@ -58,30 +57,31 @@ async def _supervise_until_signalled(config: Config, argv: Sequence[str]) -> Non
 
 async def _record_until_stopped(config: Config) -> None:
     """``flowboard record``: the raw feed into a JSON Lines file, until Ctrl-C or --duration."""
-    assert config.out is not None
-    send, receive = trio.open_memory_channel[RawMessage](10_000)
+    out = config.record.out
+    assert out is not None, "validated with the configuration"
+    source = config.source
+    send, receive = trio.open_memory_channel[FeedItem](source.ingest_buffer)
     stop = trio.Event()
     sim = None
-    if config.source == "sim":
+    if source.kind == "sim":
         sim = Simulator(
-            seed=config.seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_clock_ms()
+            seed=source.seed, rate=source.rate, n_markets=source.sim_markets, start_ms=wall_clock_ms()
         )
     # The simulator's markets go first, so a replay shows their titles (Kalshi's come from REST).
     metas = sim.markets if sim is not None else ()
+    serve_source = open_source(source, config.kalshi, send, wall_ms=wall_clock_ms, simulator=sim)
 
     async def feed(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with send, trio.open_nursery() as sources:
-            if sim is not None:
-                await sources.start(partial(serve_simulator, sim, send, wall_ms=wall_clock_ms))
-            else:
-                await sources.start(partial(serve_kalshi, kalshi_config(config), send, wall_ms=wall_clock_ms))
+            await sources.start(serve_source)
             task_status.started()
             await stop.wait()
             sources.cancel_scope.cancel()
 
     async def stop_on_signal_or_deadline() -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            with trio.move_on_after(config.duration_s if config.duration_s is not None else math.inf):
+            duration_s = config.record.duration_s
+            with trio.move_on_after(duration_s if duration_s is not None else math.inf):
                 async for _ in signals:
                     break
         stop.set()
@@ -89,9 +89,9 @@ async def _record_until_stopped(config: Config) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(feed)
         nursery.start_soon(stop_on_signal_or_deadline)
-        stats = await record(receive, config.out, config.gzip, metas=metas)
+        stats = await record(receive, out, config.record.gzip, metas=metas)
         nursery.cancel_scope.cancel()
-    print(f"recorded {stats.messages} messages to {config.out}", flush=True)
+    print(f"recorded {stats.messages} messages to {out}", flush=True)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -111,12 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flowboard: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         if command == "record":
             trio.run(_record_until_stopped, config)
-        elif config.workers:
+        elif config.scaleout.workers:
             trio.run(_supervise_until_signalled, config, args)
         else:
             trio.run(_serve_until_signalled, config)

@@ -1,79 +1,37 @@
-"""One configuration for a Flowboard process, from flags and ``FLOWBOARD_<NAME>`` variables.
+"""One configuration for a Flowboard process, in sections, from flags and ``FLOWBOARD_<NAME>`` variables.
 
 Every flag of ``flowboard serve`` can also be set in the environment (``--rate 50`` ==
 ``FLOWBOARD_RATE=50``); a flag on the command line wins. A value that cannot work stops
 the process at start-up with one line that names the flag or variable and what it expects.
+
+The configuration is a tree of frozen attrs sections (``Config.server``, ``.source``,
+``.kalshi``, ``.store``, ``.delivery``, ``.scaleout``, ``.record``); each part of the process
+receives only its own section. The flags are generated from the sections' fields declared with
+:func:`flowboard.options.flag` (help, default and unit included); the parsed values are
+structured into the sections by cattrs, whose construction runs each field's validators once;
+:func:`_check_combinations` checks what involves more than one field.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
+import cattrs
 
 from flowboard.errors import ConfigError
+from flowboard.ingest.kalshi import KalshiConfig
+from flowboard.options import FLAG, Flag, between, flag, non_negative, one_of, parse_bool, positive
+from flowboard.protocol.session import SessionLimits
+from flowboard.server.deflate import DeflateSettings
+from flowboard.store import StoreConfig
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-
-
-@attrs.frozen
-class Config:
-    """Settings of a ``flowboard serve`` process; units are in the names."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    source: str = "sim"  # sim | kalshi | replay
-    replay_file: str | None = None
-    speed: float = 1.0  # replay speed; 0 = as fast as possible
-    rate: float = 10.0  # simulator: mean trades per second
-    seed: int = 1
-    sim_markets: int = 300
-    sim_history_s: float = 600.0  # simulator warm start: trades backdated over this many seconds
-    sim_burst: tuple[float, float] | None = None  # (trades/s, seconds) played first, then --rate
-    db: str = "flowboard.db"
-    retention_days: float = 7.0
-    web_dir: str = str(WEB_DIR)
-    deflate: bool = True
-    deflate_window_bits: int = 12
-    deflate_mem_level: int = 4
-    max_pending_trades: int = 2_000  # per client, before a resync
-    max_resyncs: int = 3  # per client per minute, before a 4008 close
-    stall_timeout_s: float = 10.0  # a frame the socket has not taken by then -> 4008
-    ring_size: int = 20_000  # events kept for resuming clients
-    ingest_buffer: int = 10_000  # raw feed messages waiting to be aggregated
-    tick_s: float = 1.0  # how often windows expire and the clock is checked
-    log_level: str = "info"
-    # Abuse limits (flowboard.server.guards): commands a connection may send, connections held.
-    command_rate: float = 5.0  # commands per second per connection, on average
-    command_burst: int = 20  # commands a connection may send at once
-    max_connections: int = 4_000  # WebSocket connections in all; 0 = no limit
-    max_connections_per_ip: int = 100  # WebSocket connections from one address; 0 = no limit
-    # Origins allowed to open /ws and /ws/stream besides the server's own; ("*",) = any.
-    allowed_origins: tuple[str, ...] = ()
-    # --source kalshi
-    kalshi_env: str = "prod"
-    kalshi_ws_url: str | None = None
-    kalshi_rest_url: str | None = None
-    kalshi_key_id: str = ""
-    kalshi_private_key: str | None = None  # path of the PEM file; never its content
-    markets: tuple[str, ...] = ()
-    # Scale-out (flowboard.scaleout): all | ingest | edge
-    role: str = "all"
-    redis: str | None = None  # redis://HOST:PORT/N, for --role ingest/edge and --workers
-    workers: int = 0  # edge processes of one machine, with one ingest; 0 = one process
-    reuse_port: bool = False  # SO_REUSEPORT: share --port with other processes
-    stream_maxlen: int = 100_000  # Redis stream entries kept (approximately)
-    snapshot_s: float = 5.0  # seconds between the ingest's snapshots in Redis, at least
-    redis_backlog: int = 10_000  # batches an ingest holds for Redis while it is away
-    redis_prefix: str = "flowboard"  # of the keys in Redis
-    # flowboard record
-    out: str | None = None
-    gzip: bool = False
-    duration_s: float | None = None  # stop recording after this long; None = until SIGINT
 
 
 def _burst(text: str) -> tuple[float, float]:
@@ -85,38 +43,6 @@ def _burst(text: str) -> tuple[float, float]:
     if not sep or burst[0] <= 0 or burst[1] <= 0:
         raise ValueError("expected RATE:SECONDS, e.g. 500:10")
     return burst
-
-
-def _tickers(text: str) -> tuple[str, ...]:
-    tickers = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not tickers:
-        raise ValueError("expected a comma-separated list of market tickers")
-    return tickers
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError("must be greater than 0")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
 
 
 def _origins(text: str) -> tuple[str, ...]:
@@ -136,20 +62,308 @@ def _redis_url(text: str) -> str:
     return text
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be between 0 and 65535")
-    return value
+def _directory(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not Path(value).is_dir():
+        raise ConfigError(f"--web-dir={value!r} is not a directory")
 
 
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
+@attrs.frozen
+class ServerConfig:
+    """The HTTP server: where it listens, what it serves, whom it lets in."""
+
+    host: str = flag("127.0.0.1", "--host", "address to listen on")
+    port: int = flag(
+        8000, "--port", "port to listen on (0 = any free port)", int, validator=between(0, 65535)
+    )
+    web_dir: str = flag(str(WEB_DIR), "--web-dir", "directory served at /", validator=_directory)
+    log_level: str = flag(
+        "info",
+        "--log-level",
+        "debug, info, warning or error",
+        commands=("serve", "record"),
+        validator=one_of(("debug", "info", "warning", "error")),
+    )
+    # Abuse limits (flowboard.server.guards): commands a connection may send, connections held.
+    command_rate: float = flag(
+        5.0,
+        "--command-rate",
+        "commands a connection may send, on average",
+        float,
+        unit="/s",
+        validator=positive,
+    )
+    command_burst: int = flag(
+        20, "--command-burst", "commands a connection may send at once", int, validator=positive
+    )
+    max_connections: int = flag(
+        4_000,
+        "--max-connections",
+        "WebSocket connections in all (0 = no limit; never more than open files allow)",
+        int,
+        validator=non_negative,
+    )
+    max_connections_per_ip: int = flag(
+        100,
+        "--max-connections-per-ip",
+        "WebSocket connections from one address (0 = no limit)",
+        int,
+        validator=non_negative,
+    )
+    allowed_origins: tuple[str, ...] = flag(
+        (),
+        "--allowed-origins",
+        "origins that may open the streams besides the server's own, comma-separated; * = any",
+        _origins,
+    )
+    tick_s: float = 1.0  # how often windows expire and the clock is checked
+    graceful_timeout_s: float = 2.0  # connections may finish this long once the server stops
+    shutdown_drain_s: float = 2.0  # clients get this long to take their goodbye frames
+
+
+@attrs.frozen
+class SourceConfig:
+    """Where trades come from, and the simulator's settings."""
+
+    kind: str = flag(
+        "sim",
+        "--source",
+        "where trades come from: sim, kalshi or replay FILE",
+        commands=("serve", "record"),
+        validator=one_of(("sim", "kalshi", "replay")),
+    )
+    replay_file: str | None = None  # the recording of --source replay (the positional FILE)
+    speed: float = flag(
+        1.0, "--speed", "replay speed (0 = as fast as possible)", float, unit="x", validator=non_negative
+    )
+    rate: float = flag(
+        10.0,
+        "--rate",
+        "simulator: mean trades per second",
+        float,
+        commands=("serve", "record"),
+        validator=positive,
+    )
+    seed: int = flag(1, "--seed", "simulator: random seed", int, commands=("serve", "record"))
+    sim_markets: int = flag(
+        300,
+        "--sim-markets",
+        "simulator: number of markets",
+        int,
+        commands=("serve", "record"),
+        validator=positive,
+    )
+    sim_history_s: float = flag(
+        600.0,
+        "--sim-history",
+        "simulator: backdated trades at start",
+        float,
+        unit=" s",
+        validator=non_negative,
+    )
+    sim_burst: tuple[float, float] | None = flag(
+        None, "--sim-burst", "simulator: RATE:SECONDS played first (e.g. 500:10), then --rate", _burst
+    )
+    ingest_buffer: int = 10_000  # parsed feed messages waiting to be aggregated
+    drain_limit: int = 500  # messages aggregated per pass: one publish (one wake-up per client) for a burst
+    metadata_queue: int = 10_000  # tickers waiting for the metadata fetcher
+
+
+@attrs.frozen
+class DeliveryConfig:
+    """What each client gets and how: compression, per-client bounds, resumption."""
+
+    deflate: DeflateSettings = attrs.field(factory=DeflateSettings)
+    session: SessionLimits = attrs.field(factory=SessionLimits)
+    stall_timeout_s: float = flag(
+        10.0,
+        "--stall-timeout",
+        "a frame the socket has not taken by then closes it (4008)",
+        float,
+        unit=" s",
+        validator=positive,
+    )
+    ring_size: int = flag(20_000, "--ring-size", "events kept for resuming clients", int, validator=positive)
+    lag_period_s: float = 0.05  # how often the loop's lag is sampled while frames go out at once
+
+
+@attrs.frozen
+class ScaleoutConfig:
+    """Beyond one process (flowboard.scaleout): the role and the Redis stream they meet on."""
+
+    role: str = flag(
+        "all",
+        "--role",
+        "all: one process; ingest: source, aggregation, store, publishing to --redis; "
+        "edge: serves browsers from --redis",
+        validator=one_of(("all", "ingest", "edge")),
+    )
+    redis: str | None = flag(
+        None, "--redis", "Redis for --role ingest/edge and --workers: redis://HOST:PORT/N", _redis_url
+    )
+    workers: int = flag(
+        0, "--workers", "one ingest and this many edge processes sharing --port", int, validator=non_negative
+    )
+    reuse_port: bool = flag(
+        False, "--reuse-port", "share --port with other processes (SO_REUSEPORT)", parse_bool
+    )
+    stream_maxlen: int = flag(
+        100_000, "--stream-maxlen", "Redis stream entries kept (about)", int, validator=positive
+    )
+    snapshot_s: float = flag(
+        5.0,
+        "--snapshot-interval",
+        "time between snapshots in Redis, at least",
+        float,
+        unit=" s",
+        validator=positive,
+    )
+    backlog: int = flag(
+        10_000, "--redis-backlog", "batches an ingest holds while Redis is away", int, validator=positive
+    )
+    prefix: str = flag(
+        "flowboard", "--redis-prefix", "prefix of the keys in Redis (dashboards sharing a database)"
+    )
+    connect_timeout_s: float | None = 5.0  # None: wait as long as it takes
+    resume_horizon_s: float = 30.0  # a starting edge's ring reaches back at least this far
+
+    @property
+    def url(self) -> str:
+        if self.redis is None:
+            raise ConfigError("--redis is needed for --role ingest/edge and --workers")
+        return self.redis
+
+    @property
+    def stream_key(self) -> str:
+        return f"{self.prefix}:inputs"
+
+    @property
+    def snapshot_key(self) -> str:
+        return f"{self.prefix}:snapshot"
+
+    def older_snapshot_key(self, slot: int) -> str:
+        return f"{self.prefix}:snapshot:{slot}"
+
+
+@attrs.frozen
+class RecordConfig:
+    """``flowboard record``: where the raw feed goes and for how long."""
+
+    out: str | None = flag(
+        None, "--out", "the JSON Lines file to write (gzip when it ends in .gz)", commands=("record",)
+    )
+    gzip: bool = flag(False, "--gzip", "gzip the recording", parse_bool, commands=("record",))
+    duration_s: float | None = flag(
+        None,
+        "--duration",
+        "stop after this long (default: until Ctrl-C)",
+        float,
+        unit=" s",
+        commands=("record",),
+        validator=positive,
+    )
+
+
+@attrs.frozen
+class Config:
+    """Settings of a ``flowboard`` process, one section per part."""
+
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    source: SourceConfig = attrs.field(factory=SourceConfig)
+    kalshi: KalshiConfig = attrs.field(factory=KalshiConfig)
+    store: StoreConfig = attrs.field(factory=StoreConfig)
+    delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
+    scaleout: ScaleoutConfig = attrs.field(factory=ScaleoutConfig)
+    record: RecordConfig = attrs.field(factory=RecordConfig)
+
+
+#: Structures plain values into the sections; errors of the sections' validators pass through
+#: as they are (ConfigError, naming the flag), not wrapped.
+_converter = cattrs.Converter(detailed_validation=False)
+
+
+def _options(section: type, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Flag, Any]]:
+    """``(path of the field, its flag, its default)`` of every flag field under ``section``."""
+    for field in attrs.fields(section):
+        option = field.metadata.get(FLAG)
+        if isinstance(option, Flag):
+            yield (*path, field.name), option, field.default
+        else:
+            # A nested section is a field whose default is made by an attrs class.
+            factory = getattr(field.default, "factory", None)
+            if isinstance(factory, type) and attrs.has(factory):
+                yield from _options(factory, (*path, field.name))
+
+
+#: Every flag, in the order of the sections: ``(path, flag, default)``.
+OPTIONS = list(_options(Config))
+
+
+def _dest(option: Flag) -> str:
+    return option.name.lstrip("-").replace("-", "_")
+
+
+def _shown(default: Any, unit: str) -> str:
+    if default is None or default == () or default == "":
+        return ""
+    if isinstance(default, bool):
+        return f" (default {'on' if default else 'off'})"
+    text = f"{default:g}" if isinstance(default, float) else str(default)
+    return f" (default {text}{unit})"
+
+
+def structure(values: Mapping[str, Any]) -> Config:
+    """The configuration with ``values`` (keyed by flag name without the dashes, e.g.
+    ``sim_history`` for ``--sim-history``; ``replay_file`` for the recording) set over the
+    defaults, validated: ConfigError with one line when it cannot work."""
+    by_dest = {_dest(option): path for path, option, _ in OPTIONS}
+    by_dest["replay_file"] = ("source", "replay_file")
+    tree: dict[str, Any] = {}
+    for dest, value in values.items():
+        if dest not in by_dest:
+            raise TypeError(f"no configuration flag --{dest.replace('_', '-')}")
+        *sections, name = by_dest[dest]
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    config = _converter.structure(tree, Config)
+    _check_combinations(config)
+    return config
+
+
+def make_config(**values: Any) -> Config:
+    """``structure(values)``, for code and tests: ``make_config(port=0, rate=20.0, db=path)``."""
+    return structure(values)
+
+
+def _check_combinations(config: Config) -> None:
+    """What no single field can check: values that only work together."""
+    source = config.source
+    if source.kind == "replay":
+        if not source.replay_file:
+            raise ConfigError("--source replay needs the recording: flowboard serve --source replay FILE")
+        if not Path(source.replay_file).is_file():
+            raise ConfigError(f"replay file {source.replay_file!r} does not exist or is not a file")
+    elif source.replay_file:
+        raise ConfigError(
+            f"unexpected argument {source.replay_file!r} (a FILE is only taken with --source replay)"
+        )
+    scaleout = config.scaleout
+    if scaleout.role in ("ingest", "edge") and scaleout.redis is None:
+        raise ConfigError(
+            f"--role {scaleout.role} needs --redis redis://HOST:PORT/N (the ingest and edges meet there)"
+        )
+    if scaleout.workers:
+        if scaleout.redis is None:
+            raise ConfigError(
+                "--workers needs --redis redis://HOST:PORT/N: its ingest and edges share the stream there"
+            )
+        if scaleout.role != "all":
+            raise ConfigError(f"--workers starts its own ingest and edges: leave out --role {scaleout.role}")
+        if config.server.port == 0:
+            raise ConfigError("--workers needs a fixed --port for its edges to share")
+    elif scaleout.redis is not None and scaleout.role == "all":
+        raise ConfigError("--redis is only used with --role ingest, --role edge or --workers N")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -159,232 +373,68 @@ class _OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see flowboard serve --help)")
 
 
-# (flag, Config field, parser, help)
-_SERVE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
-    ("--host", "host", str, "address to listen on"),
-    ("--port", "port", _port, "port to listen on (0 = any free port)"),
-    ("--rate", "rate", _positive(float), "simulator: mean trades per second"),
-    ("--seed", "seed", int, "simulator: random seed"),
-    ("--sim-markets", "sim_markets", _positive(int), "simulator: number of markets"),
-    ("--sim-burst", "sim_burst", _burst, "simulator: RATE:SECONDS played first (e.g. 500:10), then --rate"),
-    (
-        "--sim-history",
-        "sim_history_s",
-        _non_negative_float,
-        "simulator: seconds of backdated trades at start",
-    ),
-    ("--speed", "speed", _non_negative_float, "replay speed (0 = as fast as possible)"),
-    ("--db", "db", str, "SQLite file path or postgresql:// URL"),
-    ("--retention-days", "retention_days", _positive(float), "days of trades to keep in the store"),
-    ("--web-dir", "web_dir", str, "directory served at /"),
-    ("--deflate-window-bits", "deflate_window_bits", int, "permessage-deflate window bits (9-15)"),
-    ("--deflate-mem-level", "deflate_mem_level", int, "permessage-deflate zlib memLevel (1-9)"),
-    ("--max-pending-trades", "max_pending_trades", _positive(int), "per client, before a resync"),
-    ("--max-resyncs", "max_resyncs", _positive(int), "per client per minute, before closing it (4008)"),
-    ("--stall-timeout", "stall_timeout_s", _positive(float), "seconds a frame may wait for a slow socket"),
-    ("--ring-size", "ring_size", _positive(int), "events kept for resuming clients"),
-    ("--log-level", "log_level", str, "debug, info, warning or error"),
-    ("--command-rate", "command_rate", _positive(float), "commands per second a connection may send"),
-    ("--command-burst", "command_burst", _positive(int), "commands a connection may send at once"),
-    (
-        "--max-connections",
-        "max_connections",
-        _non_negative_int,
-        "WebSocket connections in all (0 = no limit; never more than open files allow)",
-    ),
-    (
-        "--max-connections-per-ip",
-        "max_connections_per_ip",
-        _non_negative_int,
-        "WebSocket connections from one address (0 = no limit)",
-    ),
-    (
-        "--allowed-origins",
-        "allowed_origins",
-        _origins,
-        "origins that may open the streams besides the server's own, comma-separated; * = any",
-    ),
-    ("--kalshi-env", "kalshi_env", str, "Kalshi environment: prod or demo"),
-    ("--kalshi-ws-url", "kalshi_ws_url", str, "override the environment's WebSocket URL"),
-    ("--kalshi-rest-url", "kalshi_rest_url", str, "override the environment's REST URL (.../trade-api/v2)"),
-    ("--kalshi-key-id", "kalshi_key_id", str, "Kalshi API key id (connects unsigned without one)"),
-    ("--kalshi-private-key", "kalshi_private_key", str, "path of the PEM private key of that API key id"),
-    ("--markets", "markets", _tickers, "only these market tickers, comma-separated (default: all)"),
-    ("--redis", "redis", _redis_url, "Redis for --role ingest/edge and --workers: redis://HOST:PORT/N"),
-    ("--workers", "workers", _non_negative_int, "one ingest and this many edge processes sharing --port"),
-    ("--stream-maxlen", "stream_maxlen", _positive(int), "Redis stream entries kept (about)"),
-    ("--snapshot-interval", "snapshot_s", _positive(float), "seconds between snapshots in Redis"),
-    ("--redis-backlog", "redis_backlog", _positive(int), "batches an ingest holds while Redis is away"),
-    ("--redis-prefix", "redis_prefix", str, "prefix of the keys in Redis (dashboards sharing a database)"),
-]
-
-# Options of `flowboard record` besides the source ones.
-_RECORD_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
-    ("--out", "out", str, "the JSON Lines file to write (gzip when it ends in .gz)"),
-    ("--duration", "duration_s", _positive(float), "stop after this many seconds (default: until Ctrl-C)"),
-]
-_SOURCE_FIELDS = {
-    "rate",
-    "seed",
-    "sim_markets",
-    "log_level",
-    "kalshi_env",
-    "kalshi_ws_url",
-    "kalshi_rest_url",
-    "kalshi_key_id",
-    "kalshi_private_key",
-    "markets",
-}
-
-
-def _env_name(flag: str) -> str:
-    return "FLOWBOARD_" + flag.lstrip("-").replace("-", "_").upper()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="flowboard", description="Live trade-flow dashboard for Kalshi.")
+    parser.add_argument(
+        "--version", action="version", version=f"flowboard {importlib.metadata.version('flowboard')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     serve = commands.add_parser("serve", help="run the dashboard server")
-    for flag, field, _, help_text in _SERVE_OPTIONS:
-        serve.add_argument(flag, dest=field, default=None, help=f"{help_text} [{_env_name(flag)}]")
-    serve.add_argument(
-        "--source",
-        choices=("sim", "kalshi", "replay"),
-        default=None,
-        help="where trades come from [FLOWBOARD_SOURCE]",
-    )
     serve.add_argument("replay_file", nargs="?", default=None, help="the recording for --source replay")
-    serve.add_argument(
-        "--role",
-        choices=("all", "ingest", "edge"),
-        default=None,
-        help="all: one process; ingest: source, aggregation, store, publishing to --redis; "
-        "edge: serves browsers from --redis [FLOWBOARD_ROLE]",
-    )
-    serve.add_argument(
-        "--reuse-port",
-        dest="reuse_port",
-        action="store_true",
-        default=None,
-        help="share --port with other processes (SO_REUSEPORT) [FLOWBOARD_REUSE_PORT]",
-    )
-    serve.add_argument(
-        "--no-deflate", dest="deflate", action="store_false", default=None, help="turn permessage-deflate off"
-    )
     record = commands.add_parser("record", help="write the raw feed to a file for --source replay")
-    for flag, field, _, help_text in _SERVE_OPTIONS + _RECORD_OPTIONS:
-        if field in _SOURCE_FIELDS or field in ("out", "duration_s"):
-            record.add_argument(flag, dest=field, default=None, help=f"{help_text} [{_env_name(flag)}]")
-    record.add_argument("--source", choices=("sim", "kalshi"), default=None, help="where trades come from")
-    record.add_argument("--gzip", action="store_true", default=False, help="gzip the recording")
+    for command, sub in (("serve", serve), ("record", record)):
+        for _, option, default in OPTIONS:
+            if command not in option.commands:
+                continue
+            help_text = f"{option.help}{_shown(default, option.unit)} [{option.env}]"
+            if isinstance(default, bool):
+                sub.add_argument(
+                    option.name,
+                    dest=_dest(option),
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=help_text,
+                )
+            else:
+                sub.add_argument(option.name, dest=_dest(option), default=None, help=help_text)
     return parser
 
 
-def _value(
-    flag: str, field: str, parse: Callable[[str], Any], given: str | None, env: Mapping[str, str]
-) -> Any:
-    if given is not None:
-        origin, text = flag, given
-    elif _env_name(flag) in env:
-        origin, text = _env_name(flag), env[_env_name(flag)]
-    else:
-        return attrs.NOTHING
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise ConfigError(f"{origin}={text!r}: {exc}") from None
-
-
-def parse_record_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+def _values(args: argparse.Namespace, command: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The flags given on the command line or in the environment, parsed (not yet validated)."""
     values: dict[str, Any] = {}
-    for flag, field, parse, _ in _SERVE_OPTIONS + _RECORD_OPTIONS:
-        if hasattr(args, field):
-            value = _value(flag, field, parse, getattr(args, field), env)
-            if value is not attrs.NOTHING:
-                values[field] = value
-    values["source"] = args.source or env.get("FLOWBOARD_SOURCE", "sim")
-    if values["source"] not in ("sim", "kalshi"):
-        raise ConfigError(f"FLOWBOARD_SOURCE={values['source']!r}: record takes sim or kalshi")
-    if "out" not in values:
-        raise ConfigError("flowboard record needs --out FILE")
-    values["gzip"] = bool(args.gzip)
-    config = Config(**values)
-    _check(config)
-    return config
-
-
-def parse_serve_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
-    values: dict[str, Any] = {}
-    for flag, field, parse, _ in _SERVE_OPTIONS:
-        value = _value(flag, field, parse, getattr(args, field), env)
-        if value is not attrs.NOTHING:
-            values[field] = value
-    source = args.source or env.get("FLOWBOARD_SOURCE", "sim")
-    if source not in ("sim", "kalshi", "replay"):
-        raise ConfigError(f"FLOWBOARD_SOURCE={source!r}: expected sim, kalshi or replay")
-    values["source"] = source
-    role = args.role or env.get("FLOWBOARD_ROLE", "all")
-    if role not in ("all", "ingest", "edge"):
-        raise ConfigError(f"FLOWBOARD_ROLE={role!r}: expected all, ingest or edge")
-    values["role"] = role
-    if args.reuse_port:
-        values["reuse_port"] = True
-    elif "FLOWBOARD_REUSE_PORT" in env:
-        values["reuse_port"] = _value("--reuse-port", "reuse_port", _bool, None, env)
-    if args.deflate is False:
-        values["deflate"] = False
-    elif "FLOWBOARD_DEFLATE" in env:
-        values["deflate"] = _value("--deflate", "deflate", _bool, None, env)
-    replay_file = args.replay_file or env.get("FLOWBOARD_REPLAY_FILE")
-    if source == "replay":
-        if not replay_file:
-            raise ConfigError("--source replay needs the recording: flowboard serve --source replay FILE")
-        if not Path(replay_file).is_file():
-            raise ConfigError(f"replay file {replay_file!r} does not exist or is not a file")
-        values["replay_file"] = replay_file
-    elif replay_file:
-        raise ConfigError(f"unexpected argument {replay_file!r} (a FILE is only taken with --source replay)")
-    config = Config(**values)
-    _check(config)
-    _check_roles(config)
-    return config
-
-
-def _check_roles(config: Config) -> None:
-    if config.role in ("ingest", "edge") and config.redis is None:
-        raise ConfigError(
-            f"--role {config.role} needs --redis redis://HOST:PORT/N (the ingest and edges meet there)"
-        )
-    if config.workers:
-        if config.redis is None:
-            raise ConfigError(
-                "--workers needs --redis redis://HOST:PORT/N: its ingest and edges share the stream there"
-            )
-        if config.role != "all":
-            raise ConfigError(f"--workers starts its own ingest and edges: leave out --role {config.role}")
-        if config.port == 0:
-            raise ConfigError("--workers needs a fixed --port for its edges to share")
-    elif config.redis is not None and config.role == "all":
-        raise ConfigError("--redis is only used with --role ingest, --role edge or --workers N")
-
-
-def _check(config: Config) -> None:
-    if not 9 <= config.deflate_window_bits <= 15:
-        raise ConfigError(f"--deflate-window-bits={config.deflate_window_bits}: must be between 9 and 15")
-    if not 1 <= config.deflate_mem_level <= 9:
-        raise ConfigError(f"--deflate-mem-level={config.deflate_mem_level}: must be between 1 and 9")
-    if config.kalshi_env not in ("prod", "demo"):
-        raise ConfigError(f"--kalshi-env={config.kalshi_env!r}: expected prod or demo")
-    if config.log_level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"--log-level={config.log_level!r}: expected debug, info, warning or error")
-    if not Path(config.web_dir).is_dir():
-        raise ConfigError(f"--web-dir={config.web_dir!r} is not a directory")
+    for _, option, _default in OPTIONS:
+        if command not in option.commands:
+            continue
+        given = getattr(args, _dest(option))
+        if isinstance(given, bool):
+            values[_dest(option)] = given
+            continue
+        if given is not None:
+            origin, text = option.name, given
+        elif option.env in env:
+            origin, text = option.env, env[option.env]
+        else:
+            continue
+        try:
+            values[_dest(option)] = option.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}={text!r}: {exc}") from None
+    return values
 
 
 def parse_argv(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[str, Config]:
     """``(command, config)`` for a command line, or ConfigError with one line to show."""
     environ = os.environ if env is None else env
     args = build_parser().parse_args(list(argv))
+    values = _values(args, args.command, environ)
     if args.command == "record":
-        return args.command, parse_record_args(args, environ)
-    return args.command, parse_serve_args(args, environ)
+        if values.get("source", "sim") not in ("sim", "kalshi"):
+            raise ConfigError(f"--source={values['source']!r}: record takes sim or kalshi")
+        if "out" not in values:
+            raise ConfigError("flowboard record needs --out FILE")
+    else:
+        replay_file = args.replay_file or environ.get("FLOWBOARD_REPLAY_FILE")
+        if replay_file:
+            values["replay_file"] = replay_file
+    return args.command, structure(values)

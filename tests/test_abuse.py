@@ -26,7 +26,7 @@ import orjson
 import pytest
 import trio
 
-from flowboard.config import Config, parse_argv
+from flowboard.config import make_config, parse_argv
 from flowboard.errors import ConfigError, ProtocolError
 from flowboard.limits import ConnectionCounter, TokenBucket
 from flowboard.logs import ThrottledLog, suppressed_lines
@@ -111,7 +111,7 @@ def test_origin_rules(origin: str | None, host: str, allowed: tuple[str, ...], e
 def test_allowed_origins_flag_is_validated() -> None:
     """A value that is not an origin stops start-up with one line naming it."""
     _, config = parse_argv(["serve", "--allowed-origins", "https://a.example, http://b.example:8080/"])
-    assert config.allowed_origins == ("https://a.example", "http://b.example:8080")
+    assert config.server.allowed_origins == ("https://a.example", "http://b.example:8080")
     with pytest.raises(ConfigError, match="expected \\* or origins like"):
         parse_argv(["serve", "--allowed-origins", "a.example"])
 
@@ -163,11 +163,11 @@ def test_throttled_log_lets_a_burst_through_then_one_per_interval(caplog: pytest
 
 @pytest.fixture
 async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
-    config = Config(
+    config = make_config(
         port=0,
         rate=20.0,
         seed=7,
-        sim_history_s=60.0,
+        sim_history=60.0,
         db=str(tmp_path / "flowboard.db"),
         command_rate=2.0,
         command_burst=5,

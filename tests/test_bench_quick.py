@@ -26,7 +26,7 @@ from bench.load import (
     v1_kind,
     v2_kind,
 )
-from flowboard.config import Config
+from flowboard.config import make_config
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 
@@ -39,7 +39,7 @@ def virtual_wall_ms() -> int:
 
 @pytest.fixture
 async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
-    config = Config(port=0, rate=10.0, seed=42, sim_history_s=120.0, db=str(tmp_path / "bench.db"))
+    config = make_config(port=0, rate=10.0, seed=42, sim_history=120.0, db=str(tmp_path / "bench.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         yield runtime

@@ -18,7 +18,7 @@ from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from flowboard.config import Config
+from flowboard.config import make_config
 from flowboard.protocol import v2
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.server import connection
@@ -31,7 +31,7 @@ BASE_MS = 1_795_800_000_000
 
 @pytest.fixture
 async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
-    config = Config(port=0, rate=200.0, seed=11, sim_history_s=60.0, db=str(tmp_path / "f.db"))
+    config = make_config(port=0, rate=200.0, seed=11, sim_history=60.0, db=str(tmp_path / "f.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(
             partial(run_server, config, wall_ms=lambda: BASE_MS + round(trio.current_time() * 1000))

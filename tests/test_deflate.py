@@ -21,7 +21,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, RsvBits
 from wsproto.handshake import server_extensions_handshake
 
-from flowboard.config import Config
+from flowboard.config import make_config
+from flowboard.errors import DeflateOfferError
 from flowboard.protocol import v2
 from flowboard.server import deflate
 from flowboard.server.pipeline import run_server
@@ -101,8 +102,8 @@ async def test_real_server_negotiates_per_configuration(
     enabled: bool, autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """Through hypercorn: the handshake carries our window, or no deflate with --no-deflate."""
-    config = Config(
-        port=0, sim_history_s=10.0, deflate=enabled, deflate_window_bits=12, db=str(tmp_path / "f.db")
+    config = make_config(
+        port=0, sim_history=10.0, deflate=enabled, deflate_window_bits=12, db=str(tmp_path / "f.db")
     )
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(
@@ -305,7 +306,7 @@ def test_a_malformed_offer_is_declined_and_counted(offer: str) -> None:
     assert extension.accept(offer) is None
     assert not extension.enabled()
     assert declined == [offer]
-    with pytest.raises(deflate.DeflateOfferError, match=r"expected .*, got"):
+    with pytest.raises(DeflateOfferError, match=r"expected .*, got"):
         deflate.parse_offer(offer)
 
 
@@ -337,7 +338,7 @@ async def test_real_server_serves_a_malformed_offer_uncompressed_with_one_log_li
     """Through hypercorn: ``server_max_window_bits=abc`` gets 101 without deflate, frames that are
     not compressed, one INFO line and nothing worse in the log, and a count in /metrics."""
     caplog.set_level(logging.INFO)
-    config = Config(port=0, sim_history_s=10.0, db=str(tmp_path / "f.db"))
+    config = make_config(port=0, sim_history=10.0, db=str(tmp_path / "f.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(
             partial(run_server, config, wall_ms=lambda: BASE_MS + round(trio.current_time() * 1000))

@@ -12,7 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from flowboard.scaleout.forked import ChildDumpError, dump_in_child
+from flowboard.config import ScaleoutConfig
+from flowboard.errors import ChildDumpError
+from flowboard.scaleout.forked import dump_in_child
 
 
 async def test_the_bytes_are_of_the_moment_of_the_call_though_the_state_changes_at_once() -> None:
@@ -79,7 +81,7 @@ async def test_a_snapshot_child_that_dies_does_not_stop_the_ingest(
 
     monkeypatch.setattr(redis_io, "_write_snapshot", write_snapshot)
     stats = redis_io.PublisherStats()
-    settings = redis_io.RedisSettings(url="redis://127.0.0.1:1/0", snapshot_s=5)
+    settings = ScaleoutConfig(redis="redis://127.0.0.1:1/0", snapshot_s=5)
     with trio.move_on_after(12):
         await redis_io._snapshots_forever(None, None, 0, stats, settings)  # type: ignore[arg-type]
     assert attempts == [0, 1]

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from strategies import REAL_TICKERS
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.config import Config
+from flowboard.config import Config, make_config
 from flowboard.server import page_policy
 from flowboard.server.app import create_app
 from flowboard.server.hub import Hub
@@ -46,7 +46,7 @@ class ServerInThread:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInThread]:
     """One real server for the module, in its own thread and trio run."""
     db = tmp_path_factory.mktemp("http") / "flowboard.db"
-    config = Config(port=0, rate=20.0, seed=3, sim_history_s=120.0, db=str(db))
+    config = make_config(port=0, rate=20.0, seed=3, sim_history=120.0, db=str(db))
     started: queue.Queue[ServerInThread | BaseException] = queue.Queue(1)
 
     async def serve() -> None:

@@ -16,12 +16,12 @@ import trio
 import trio.testing
 from fake_kalshi import FakeKalshi, eventually, session_private_key, write_test_key
 
-from flowboard.errors import ConfigError
+from flowboard.errors import ConfigError, RestUnavailable
 from flowboard.ingest.backfill import RecentIds
+from flowboard.ingest.feed import FeedItem, Received
 from flowboard.ingest.kalshi import KalshiConfig, KalshiIngest, serve_kalshi
 from flowboard.ingest.kalshi_format import decode_message, trade_from_msg
-from flowboard.ingest.kalshi_rest import RestUnavailable, open_rest_client
-from flowboard.ingest.sources import RawMessage
+from flowboard.ingest.kalshi_rest import open_rest_client
 from flowboard.model import Trade
 
 BASE_MS = 1_760_000_000_000
@@ -37,7 +37,7 @@ class Harness:
     fake: FakeKalshi
     ingest: KalshiIngest
     received: list[Trade]
-    raw: list[RawMessage]
+    raw: list[Received]
 
     def ids(self) -> list[str]:
         return [t.trade_id for t in self.received]
@@ -59,11 +59,11 @@ async def running(
     signed: bool = True,
     **config_options: Any,
 ) -> AsyncIterator[Harness]:
-    """The fake Kalshi, the ingest connected to it, and a consumer that parses like the pipeline."""
+    """The fake Kalshi, the ingest connected to it, and a consumer of what it forwards."""
     key = session_private_key()
     fake = FakeKalshi(wall_ms=wall_ms, public_keys={"test-key": key.public_key()}, **(fake_options or {}))
     received: list[Trade] = []
-    raw: list[RawMessage] = []
+    raw: list[Received] = []
     extra = {k: config_options.pop(k) for k in ("last_stored_ts_ms", "is_known") if k in config_options}
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
@@ -80,14 +80,16 @@ async def running(
             assert tmp_path is not None
             options |= {"key_id": "test-key", "private_key_path": str(write_test_key(tmp_path))}
         options |= config_options
-        send, receive = trio.open_memory_channel[RawMessage](1000)
+        send, receive = trio.open_memory_channel[FeedItem](1000)
 
         async def consume() -> None:
-            async for message in receive:
-                raw.append(message)
-                envelope = decode_message(message.text)
-                assert envelope.type == "trade", message.text
-                received.append(trade_from_msg(envelope.msg))
+            async for item in receive:
+                assert isinstance(item, Received), item
+                raw.append(item)
+                if item.raw is not None:
+                    # The text kept for `record` is the message the trade was parsed from.
+                    assert trade_from_msg(decode_message(item.raw).msg) == item.trade
+                received.append(item.trade)
 
         nursery.start_soon(consume)
         ingest = await nursery.start(
@@ -121,7 +123,7 @@ async def test_wrong_key_is_refused_and_reported(
 ) -> None:
     """A key the server does not know is refused (401): logged plainly, counted, retried with backoff."""
     fake = FakeKalshi(wall_ms=wall_ms, public_keys={}, require_auth=True)
-    send, _receive = trio.open_memory_channel[RawMessage](10)
+    send, _receive = trio.open_memory_channel[FeedItem](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         config = KalshiConfig(
@@ -163,7 +165,7 @@ async def test_unsigned_connection_refused_says_what_to_configure(
 ) -> None:
     """When the server requires auth and no key is configured, the log says which flags to set."""
     fake = FakeKalshi(wall_ms=wall_ms, require_auth=True)
-    send, _receive = trio.open_memory_channel[RawMessage](10)
+    send, _receive = trio.open_memory_channel[FeedItem](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         config = KalshiConfig(ws_url=fake.ws_url, rest_url=fake.rest_url, reconcile_interval_s=0)
@@ -177,7 +179,7 @@ async def test_unsigned_connection_refused_says_what_to_configure(
 
 async def test_start_up_errors_are_config_errors(tmp_path: Path) -> None:
     """Missing key file, garbage PEM and bad URLs stop serve_kalshi before it reports started."""
-    send, _receive = trio.open_memory_channel[RawMessage](1)
+    send, _receive = trio.open_memory_channel[FeedItem](1)
     missing = tmp_path / "missing.pem"
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a key at all")
@@ -264,7 +266,7 @@ async def test_sequence_gap_is_backfilled(tmp_path: Path, autojump_clock: Any) -
         stats = h.ingest.statistics()
         assert stats.gaps == 1 and stats.backfilled == 1
         assert h.received == [first, third, missing]
-        assert decode_message(h.raw[-1].text).sid == 0 and decode_message(h.raw[-1].text).seq is None
+        assert h.raw[-1].raw is None  # from REST: no feed text
 
 
 async def test_a_feed_full_of_gaps_cannot_flood_the_log(
@@ -301,7 +303,7 @@ async def test_legacy_messages_are_forwarded_and_parse(tmp_path: Path, autojump_
         await h.fake.publish(trade, delivery="legacy")
         await h.settle()
         assert h.received == [trade]
-        assert '"yes_price":' in h.raw[0].text
+        assert h.raw[0].raw is not None and '"yes_price":' in h.raw[0].raw
 
 
 async def test_unknown_types_and_garbage_are_counted_not_forwarded(
@@ -408,7 +410,7 @@ async def test_start_up_backfill_from_the_store(tmp_path: Path, autojump_clock: 
     fake.trades.extend(history)
     stored = {t.trade_id for t in history[:10]}
     received: list[str] = []
-    send, receive = trio.open_memory_channel[RawMessage](100)
+    send, receive = trio.open_memory_channel[FeedItem](100)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         config = KalshiConfig(
@@ -432,7 +434,9 @@ async def test_start_up_backfill_from_the_store(tmp_path: Path, autojump_clock: 
         await trio.sleep(5)
         while True:
             try:
-                received.append(trade_from_msg(decode_message(receive.receive_nowait().text).msg).trade_id)
+                item = receive.receive_nowait()
+                assert isinstance(item, Received)
+                received.append(item.trade.trade_id)
             except trio.WouldBlock:
                 break
         nursery.cancel_scope.cancel()

@@ -11,9 +11,8 @@ from typing import Any
 import trio
 from fake_kalshi import FakeKalshi, eventually, session_private_key, write_test_key
 
+from flowboard.ingest.feed import FeedItem, Received
 from flowboard.ingest.kalshi import KalshiConfig, KalshiIngest, serve_kalshi
-from flowboard.ingest.kalshi_format import decode_message, trade_from_msg
-from flowboard.ingest.sources import RawMessage
 from flowboard.model import Trade
 
 BASE_MS = 1_760_000_000_000
@@ -52,12 +51,12 @@ async def test_thousands_of_trades_through_fifty_faults(
     kinds = list((FAULT_KINDS * FAULTS)[:FAULTS])
     rng.shuffle(kinds)
     fault_at = dict(zip(sorted(rng.sample(range(50, TRADES - 50), FAULTS)), kinds, strict=True))
-    send, receive = trio.open_memory_channel[RawMessage](1000)
+    send, receive = trio.open_memory_channel[FeedItem](1000)
 
     async def consume() -> None:
-        # What the pipeline does with each message.
-        async for message in receive:
-            received.append(trade_from_msg(decode_message(message.text).msg))
+        async for item in receive:
+            assert isinstance(item, Received)
+            received.append(item.trade)
 
     async def run_ingest(config: KalshiConfig, *, task_status: trio.TaskStatus[KalshiIngest]) -> None:
         nonlocal ingest_runs

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_kalshi import FakeKalshi, eventually, session_private_key, write_test_key
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.config import Config
+from flowboard.config import Config, make_config
+from flowboard.ingest.feed import RawMessage
 from flowboard.ingest.kalshi_format import decode_message, trade_from_msg
 from flowboard.ingest.recording import decode_line, decode_meta_line
-from flowboard.ingest.sources import RawMessage
 from flowboard.model import MarketMeta
 from flowboard.protocol.decoder import ViewState
 from flowboard.server.pipeline import run_server
@@ -54,7 +54,7 @@ def kalshi_server_config(fake: FakeKalshi, tmp_path: Path, **overrides: Any) -> 
         "port": 0,
     }
     settings.update(overrides)
-    return Config(**settings)
+    return make_config(**settings)
 
 
 class FoldingClient:
@@ -308,9 +308,9 @@ async def test_sim_recording_replays_to_the_same_aggregated_state(
     simulator's titles and categories. The replay runs on the recording's clock, so a
     recording a year old still fills the windows and the hour view."""
     metas, messages = recorded(sim_recording)
-    assert len(messages) > 50 and len(metas) == Config().sim_markets
+    assert len(messages) > 50 and len(metas) == Config().source.sim_markets
     a_year_later = messages[-1].received_ms + 365 * 24 * 3600 * 1000
-    config = Config(
+    config = make_config(
         source="replay", replay_file=str(sim_recording), speed=0, port=0, db=str(tmp_path / "replay.db")
     )
     async with trio.open_nursery() as nursery:
@@ -340,7 +340,7 @@ async def test_replay_at_speed_keeps_the_recorded_pace_on_the_dashboard_clock(
     the trades in are never ahead of that clock; at the end it has reached the last one's time."""
     _, messages = recorded(sim_recording)
     first, last = messages[0].received_ms, messages[-1].received_ms
-    config = Config(
+    config = make_config(
         source="replay", replay_file=str(sim_recording), speed=4, port=0, db=str(tmp_path / "r.db")
     )
     async with trio.open_nursery() as nursery:

@@ -14,7 +14,6 @@ from test_store import db_url, postgres_url, running_store, wait_until  # noqa: 
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
 from flowboard.aggregate.events import Event, TradeAdded
 from flowboard.errors import StoreError
-from flowboard.ingest.kalshi_format import encode_envelope, encode_trade_msg
 from flowboard.model import MINUTE_MS, Trade
 from flowboard.server.metrics import Metrics
 from flowboard.server.pipeline import Ingestor, StoreLookup, look_up_old_trades
@@ -39,11 +38,9 @@ async def aggregate(
     ingestor: Ingestor, store: Store | None, trades: Sequence[Trade], wall_ms: Callable[[], int]
 ) -> list[Event]:
     """One batch through the pipeline's steps: ask the store, then accept at the time returned."""
-    texts = [encode_envelope(encode_trade_msg(t), sid=1, seq=None) for t in trades]
-    parsed = [t for text in texts if (t := ingestor.parse(text)) is not None]
-    now, lookup = await look_up_old_trades(ingestor.agg, store, parsed, wall_ms)
+    now, lookup = await look_up_old_trades(ingestor.agg, store, trades, wall_ms)
     events: list[Event] = []
-    for t in parsed:
+    for t in trades:
         events.extend(ingestor.accept(t, now, lookup))
     return events
 

@@ -20,7 +20,7 @@ import trio
 from wsproto import ConnectionType, WSConnection
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.config import Config
+from flowboard.config import make_config
 from flowboard.model import MarketMeta, Trade
 from flowboard.protocol import v1
 from flowboard.server.legacy import feed_of
@@ -200,7 +200,7 @@ def test_client_messages() -> None:
 
 @pytest.fixture
 async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
-    config = Config(port=0, rate=20.0, seed=7, sim_history_s=120.0, db=str(tmp_path / "flowboard.db"))
+    config = make_config(port=0, rate=20.0, seed=7, sim_history=120.0, db=str(tmp_path / "flowboard.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         yield runtime
@@ -373,8 +373,8 @@ async def test_stalled_v1_client_is_closed_and_does_not_slow_another(
 ) -> None:
     """A v1 client that stops reading is dropped (by us with 4008 past the queue bound or the
     stall timeout, or by hypercorn first); a reading client meanwhile gets every trade."""
-    config = Config(
-        port=0, rate=300.0, seed=3, sim_history_s=0.0, stall_timeout_s=2.0, db=str(tmp_path / "f.db")
+    config = make_config(
+        port=0, rate=300.0, seed=3, sim_history=0.0, stall_timeout=2.0, db=str(tmp_path / "f.db")
     )
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))

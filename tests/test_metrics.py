@@ -10,7 +10,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowboard.config import Config
+from flowboard.config import make_config
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 
@@ -26,7 +26,7 @@ async def test_metrics_show_the_process_and_what_the_aggregator_holds(
 ) -> None:
     """Resident memory, CPU seconds, open descriptors and GC come with the aggregator's held
     trades and remembered ids; no series ends in _created."""
-    config = Config(port=0, rate=20.0, seed=7, sim_history_s=120.0, db=str(tmp_path / "flowboard.db"))
+    config = make_config(port=0, rate=20.0, seed=7, sim_history=120.0, db=str(tmp_path / "flowboard.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         await trio.sleep(3)

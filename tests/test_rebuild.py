@@ -25,7 +25,7 @@ from test_store import db_url, load_all, postgres_url, running_store, wait_until
 
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
 from flowboard.aggregate.events import TradeAdded
-from flowboard.config import Config
+from flowboard.config import make_config
 from flowboard.ingest.kalshi_format import encode_envelope, encode_trade_msg
 from flowboard.ingest.recording import encode_line
 from flowboard.ingest.sources import RawMessage
@@ -287,7 +287,7 @@ async def test_server_restart_rebuilds_the_stored_state(db_url: str, tmp_path: P
     """On each backend: the server stores every trade it accepts, and a server started on the
     same database shows the state of replaying them. Real clock: the writer's worker threads
     must finish their commits within the shutdown flush, which virtual time would cut short."""
-    config = Config(port=0, rate=300.0, seed=11, sim_history_s=60.0, sim_markets=40, db=db_url)
+    config = make_config(port=0, rate=300.0, seed=11, sim_history=60.0, sim_markets=40, db=db_url)
     async with trio.open_nursery() as nursery:
         first: Runtime = await nursery.start(partial(run_server, config))
         await trio.sleep(2)
@@ -301,7 +301,7 @@ async def test_server_restart_rebuilds_the_stored_state(db_url: str, tmp_path: P
     empty = tmp_path / "empty.jsonl"
     empty.touch()
     # A source that adds nothing: what the second server shows is only what it rebuilt.
-    quiet = Config(port=0, source="replay", replay_file=str(empty), db=db_url)
+    quiet = make_config(port=0, source="replay", replay_file=str(empty), db=db_url)
     async with trio.open_nursery() as nursery:
         second: Runtime = await nursery.start(partial(run_server, quiet))
         rebuilt = reads(second.agg)
@@ -319,7 +319,7 @@ async def test_a_restarted_simulator_keeps_its_markets_and_their_titles(db_url: 
     """The default setup, stopped and started again on each backend: the simulator's metadata is
     stored like any source's, and the restarted simulator trades the same markets (tickers,
     titles, categories, close times) with new trade ids, so hot markets keep their titles."""
-    config = Config(port=0, rate=300.0, seed=11, sim_history_s=60.0, sim_markets=40, db=db_url)
+    config = make_config(port=0, rate=300.0, seed=11, sim_history=60.0, sim_markets=40, db=db_url)
     async with trio.open_nursery() as nursery:
         first: Runtime = await nursery.start(partial(run_server, config))
         await trio.sleep(1)
@@ -392,7 +392,7 @@ async def test_trades_of_one_millisecond_show_in_one_order_everywhere_and_after_
     recording.write_bytes(recording_of(trades))
     expected = ["late", *reversed(arrivals), "early"]
 
-    config = Config(port=0, source="replay", replay_file=str(recording), speed=0, db=db_url)
+    config = make_config(port=0, source="replay", replay_file=str(recording), speed=0, db=db_url)
     async with trio.open_nursery() as nursery:
         first: Runtime = await nursery.start(partial(run_server, config))
         await wait_until(lambda: first.agg.trades_total == len(trades))
@@ -403,7 +403,7 @@ async def test_trades_of_one_millisecond_show_in_one_order_everywhere_and_after_
 
     empty = tmp_path / "empty.jsonl"
     empty.touch()
-    quiet = Config(port=0, source="replay", replay_file=str(empty), db=db_url)
+    quiet = make_config(port=0, source="replay", replay_file=str(empty), db=db_url)
     async with trio.open_nursery() as nursery:
         second: Runtime = await nursery.start(partial(run_server, quiet))
         after = await shown_orders(second, ticker)
@@ -421,7 +421,7 @@ async def test_a_price_with_six_decimals_is_kept_end_to_end(db_url: str, tmp_pat
     recording.write_bytes(recording_of([five, six]))
     assert '\\"yes_price_dollars\\":\\"0.36505\\"' in recording.read_text()  # as Kalshi would write it
 
-    config = Config(port=0, source="replay", replay_file=str(recording), speed=0, db=db_url)
+    config = make_config(port=0, source="replay", replay_file=str(recording), speed=0, db=db_url)
     async with trio.open_nursery() as nursery:
         server: Runtime = await nursery.start(partial(run_server, config))
         await wait_until(lambda: server.agg.trades_total == 2)

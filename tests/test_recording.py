@@ -1,4 +1,4 @@
-"""Record a source to JSON Lines and replay it through the same RawMessage path."""
+"""Record a source to JSON Lines and replay it through the same parser as the live feed."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import trio
 
 from flowboard.errors import ConfigError
+from flowboard.ingest.feed import FeedItem, RawMessage, Received
 from flowboard.ingest.kalshi_format import decode_message, encode_envelope, encode_trade_msg, trade_from_msg
 from flowboard.ingest.recording import record, serve_replay
 from flowboard.ingest.simulator import Simulator
-from flowboard.ingest.sources import RawMessage
 from flowboard.model import Trade
 
 
@@ -31,22 +31,31 @@ def _messages(n: int) -> list[RawMessage]:
     return out
 
 
+def _received(message: RawMessage) -> Received:
+    """What a live source sends for ``message``: the trade, and the text for the recorder."""
+    trade = trade_from_msg(decode_message(message.text).msg)
+    return Received(received_ms=message.received_ms, trade=trade, raw=message.text)
+
+
 async def _record(messages: list[RawMessage], path: Path, **kwargs: Any) -> None:
-    send, receive = trio.open_memory_channel[RawMessage](10)
+    send, receive = trio.open_memory_channel[FeedItem](10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: record(receive, path, **kwargs))
         async with send:
             for message in messages:
-                await send.send(message)
+                await send.send(_received(message))
 
 
 async def _replay(path: Path, speed: float) -> tuple[list[tuple[float, RawMessage]], Any]:
+    """The messages a replay sends (as the text each trade was parsed from), with trio's time."""
     got: list[tuple[float, RawMessage]] = []
-    send, receive = trio.open_memory_channel[RawMessage](10)
+    send, receive = trio.open_memory_channel[FeedItem](10)
 
     async def consume() -> None:
-        async for message in receive:
-            got.append((trio.current_time(), message))
+        async for item in receive:
+            assert isinstance(item, Received) and item.raw is not None
+            assert trade_from_msg(decode_message(item.raw).msg) == item.trade
+            got.append((trio.current_time(), RawMessage(received_ms=item.received_ms, text=item.raw)))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume)
@@ -101,7 +110,7 @@ async def test_malformed_lines_are_counted_and_skipped(tmp_path: Path, autojump_
 
 async def test_replay_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A recording that cannot be opened stops start-up with its path in the message."""
-    send, _receive = trio.open_memory_channel[RawMessage](1)
+    send, _receive = trio.open_memory_channel[FeedItem](1)
     async with trio.open_nursery() as nursery:
         with pytest.raises(ConfigError, match=r"cannot read recording .*nope\.jsonl"):
             await nursery.start(
@@ -114,13 +123,13 @@ async def test_replay_of_a_missing_file_is_a_config_error(tmp_path: Path) -> Non
 
 
 async def test_recording_a_simulated_source(tmp_path: Path, autojump_clock: Any) -> None:
-    """The simulator's messages, recorded and replayed, parse to the same trades."""
+    """The simulator's trades (never text), recorded and replayed, parse to the same trades."""
     from flowboard.ingest.sources import serve_simulator
 
     path = tmp_path / "sim.jsonl.gz"
-    sent: list[RawMessage] = []
-    send, receive = trio.open_memory_channel[RawMessage](100)
-    tap_send, tap_receive = trio.open_memory_channel[RawMessage](100)
+    sent: list[FeedItem] = []
+    send, receive = trio.open_memory_channel[FeedItem](100)
+    tap_send, tap_receive = trio.open_memory_channel[FeedItem](100)
 
     async def tap() -> None:
         async with tap_send:
@@ -141,4 +150,6 @@ async def test_recording_a_simulated_source(tmp_path: Path, autojump_clock: Any)
         await record(tap_receive, path)
         nursery.cancel_scope.cancel()
     got, _ = await _replay(path, speed=0)
-    assert [m for _, m in got] == sent
+    assert [(m.received_ms, trade_from_msg(decode_message(m.text).msg)) for _, m in got] == [
+        (item.received_ms, item.trade) for item in sent if isinstance(item, Received)
+    ]

@@ -36,14 +36,13 @@ import trio
 import trio.testing
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.config import Config
+from flowboard.config import Config, ScaleoutConfig, make_config
 from flowboard.ingest.simulator import Simulator
 from flowboard.model import MarketMeta, Trade
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.scaleout.redis_io import (
     JournalingHub,
     PublisherStats,
-    RedisSettings,
     _write_snapshot,
     open_redis,
     parse_snapshot,
@@ -259,27 +258,36 @@ def test_unreadable_entries_and_snapshots_are_refused_with_a_reason() -> None:
 
 @asynccontextmanager
 async def serving(
-    config: Config, redis: RedisSettings | None
+    config: Config, redis: ScaleoutConfig | None
 ) -> AsyncIterator[tuple[Runtime, trio.CancelScope]]:
     """A server in a nursery of its own; cancelling the scope kills it abruptly (no goodbye)."""
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(
-            partial(run_server, config, wall_ms=virtual_wall_ms, redis=redis)
+            partial(run_server, _with(config, redis), wall_ms=virtual_wall_ms)
         )
         yield runtime, nursery.cancel_scope
         nursery.cancel_scope.cancel()
 
 
 def _config(tmp_path: Path, name: str, role: str, redis_url: str | None) -> Config:
-    return Config(
-        port=0, rate=20.0, seed=11, sim_history_s=120.0, snapshot_s=2.0,
+    return make_config(
+        port=0, rate=20.0, seed=11, sim_history=120.0, snapshot_interval=2.0,
         db=str(tmp_path / f"{name}.db"), role=role, redis=redis_url,
     )  # fmt: skip
 
 
-def _settings(url: str) -> RedisSettings:
+def _settings(url: str) -> ScaleoutConfig:
     # No connect timeout: under the autojump clock it would expire in virtual time.
-    return RedisSettings(url=url, snapshot_s=2.0, connect_timeout_s=None, prefix=f"test-{uuid.uuid4().hex}")
+    return ScaleoutConfig(
+        redis=url, snapshot_s=2.0, connect_timeout_s=None, prefix=f"test-{uuid.uuid4().hex}"
+    )
+
+
+def _with(config: Config, redis: ScaleoutConfig | None) -> Config:
+    """``config`` meeting the others on ``redis`` (its own role kept); unchanged for None."""
+    if redis is None:
+        return config
+    return attrs.evolve(config, scaleout=attrs.evolve(redis, role=config.scaleout.role))
 
 
 async def real_sleep(seconds: float) -> None:
@@ -370,7 +378,7 @@ async def settle(
     return summaries
 
 
-async def snapshot_in_redis(settings: RedisSettings, timeout_s: float = 30.0) -> None:
+async def snapshot_in_redis(settings: ScaleoutConfig, timeout_s: float = 30.0) -> None:
     """Wait (real time) until the ingest's snapshot is in Redis. A forked child writes it in real
     time while virtual time runs on, and an edge started under a frozen clock would wait for it
     in virtual time, that is for ever."""
@@ -404,7 +412,7 @@ async def test_edges_and_a_single_process_give_identical_views(
             config = _config(tmp_path, name, role, redis_url if role != "all" else None)
             runtimes[name] = await nursery.start(
                 partial(
-                    run_server, config, wall_ms=virtual_wall_ms, redis=settings if role != "all" else None
+                    run_server, _with(config, settings if role != "all" else None), wall_ms=virtual_wall_ms
                 )
             )
 
@@ -452,7 +460,7 @@ async def test_the_snapshot_is_the_ingests_state_at_the_moment_it_was_taken(
     async with trio.open_nursery() as nursery:
         config = _config(tmp_path, "ingest", "ingest", redis_url)
         ingest: Runtime = await nursery.start(
-            partial(run_server, config, wall_ms=virtual_wall_ms, redis=settings)
+            partial(run_server, _with(config, settings), wall_ms=virtual_wall_ms)
         )
         await trio.sleep(30)
         hub = ingest.hub
@@ -497,7 +505,7 @@ async def test_redis_restart_and_a_killed_edge_lose_nothing(
                 with trio.CancelScope() as scope:
                     scopes[name] = scope
                     await run_server(
-                        config, wall_ms=virtual_wall_ms, redis=settings if role != "all" else None,
+                        _with(config, settings if role != "all" else None), wall_ms=virtual_wall_ms,
                         task_status=task_status,
                     )  # fmt: skip
 

@@ -20,14 +20,15 @@ import trio.testing
 from wsproto import ConnectionType, WSConnection
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.config import Config
+from flowboard.config import Config, make_config
 from flowboard.errors import StoreError
+from flowboard.ingest.feed import FeedCounters, FeedParser
 from flowboard.model import MarketMeta
 from flowboard.protocol import v2
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.server.hub import Hub
 from flowboard.server.metrics import Metrics
-from flowboard.server.pipeline import Ingestor, _save_meta_periodically, run_server
+from flowboard.server.pipeline import _save_meta_periodically, run_server
 from flowboard.server.runtime import Runtime
 from flowboard.store import Store
 from flowboard.testing.wsclient import ConnectionClosed, WireClient, open_wire_client
@@ -41,7 +42,7 @@ def virtual_wall_ms() -> int:
 
 @pytest.fixture
 async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
-    config = Config(port=0, rate=20.0, seed=7, sim_history_s=120.0, db=str(tmp_path / "flowboard.db"))
+    config = make_config(port=0, rate=20.0, seed=7, sim_history=120.0, db=str(tmp_path / "flowboard.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         yield runtime
@@ -193,11 +194,11 @@ async def test_stalled_client_does_not_delay_a_fast_one(
 ) -> None:
     """A client whose socket stops taking data is resynced, then dropped once its socket has
     taken nothing for --stall-timeout (10 s); the fast one keeps its pace all along."""
-    config = Config(
+    config = make_config(
         port=0,
         rate=300.0,
         seed=3,
-        sim_history_s=0.0,
+        sim_history=0.0,
         max_pending_trades=200,
         max_resyncs=2,
         db=str(tmp_path / "flowboard.db"),
@@ -220,7 +221,7 @@ async def test_stalled_client_does_not_delay_a_fast_one(
                 lags.append(runtime.hub.seq - frame[0])
         assert received > 300 * 20 * 0.8
         stats = runtime.hub.statistics()
-        assert stats.pending_trades_max <= config.max_pending_trades + 1
+        assert stats.pending_trades_max <= config.delivery.session.max_pending_trades + 1
         assert stalled_client.session.statistics().resyncs >= 1
         assert stalled_client not in runtime.hub.clients
         assert runtime.metrics.closed_slow._value.get() == 1
@@ -274,19 +275,23 @@ async def test_http_api_reports_the_aggregated_state(
 
 
 def test_malformed_feed_messages_are_counted_and_skipped() -> None:
-    """Garbage, wrong types and broken trades never raise; each is counted."""
-    from flowboard.aggregate.aggregator import Aggregator
+    """Garbage, wrong types and broken trades never raise; each is counted (in the server's
+    metrics, through the counters the pipeline gives the parser)."""
     from flowboard.server.metrics import Metrics
 
     metrics = Metrics()
-    ingestor = Ingestor(Aggregator(), metrics)
+    parser = FeedParser(
+        FeedCounters(
+            message=lambda kind: metrics.feed_messages.labels(kind).inc(), malformed=metrics.malformed.inc
+        )
+    )
     for text in [
         "garbage",
         "[]",
         '{"type":"trade","msg":{"market_ticker":"X"}}',
         '{"type":"ticker","msg":{}}',
     ]:
-        assert ingestor.ingest(text, BASE_MS) == []
+        assert parser.parse(text) is None
     assert metrics.malformed._value.get() == 3
     assert metrics.feed_messages.labels("ticker")._value.get() == 1
 

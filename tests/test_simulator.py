@@ -11,9 +11,10 @@ import orjson
 import pytest
 import trio
 
-from flowboard.ingest.kalshi_format import decode_message, encode_trade_msg, trade_from_msg
+from flowboard.ingest.feed import FeedItem, Received
+from flowboard.ingest.kalshi_format import encode_trade_msg, trade_from_msg
 from flowboard.ingest.simulator import Simulator
-from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.ingest.sources import serve_simulator
 from flowboard.model import COUNT_SCALE, ONE_DOLLAR, Trade, series_of
 
 START_MS = 1_767_200_000_000  # 2025-12-31 16:53:20 UTC
@@ -212,17 +213,17 @@ def test_history_backdates_a_warm_start() -> None:
     assert next_ms >= START_MS
 
 
-async def test_serve_simulator_emits_kalshi_messages_in_real_time(
+async def test_serve_simulator_emits_trades_in_real_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """The task sends each trade as Kalshi's current WebSocket text at its time, with seq 1, 2, 3..."""
+    """The task sends each trade, parsed (no text: nothing to parse back), at its time."""
 
     # trio's clock is float seconds; rounding maps it back to the exact ms the task slept until.
     def wall_ms() -> int:
         return START_MS + round(trio.current_time() * 1000)
 
     twin = Simulator(5, 20.0, start_ms=START_MS)
-    send, receive = trio.open_memory_channel[RawMessage](10)
+    send, receive = trio.open_memory_channel[FeedItem](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(
             partial(serve_simulator, Simulator(5, 20.0, start_ms=START_MS), send, wall_ms=wall_ms)
@@ -231,21 +232,20 @@ async def test_serve_simulator_emits_kalshi_messages_in_real_time(
         nursery.cancel_scope.cancel()
 
     now_ms = START_MS
-    for seq, raw in enumerate(received, start=1):
+    for item in received:
         now_ms, expected = twin.next_trade(now_ms)
-        message = decode_message(raw.text)
-        assert (message.type, message.sid, message.seq) == ("trade", 1, seq)
-        assert trade_from_msg(message.msg) == expected
-        assert raw.received_ms == expected.ts_ms
+        assert isinstance(item, Received)
+        assert (item.trade, item.raw) == (expected, None)
+        assert item.received_ms == expected.ts_ms
     assert wall_ms() == received[-1].received_ms
 
 
 async def _count_messages(
     sim: Simulator, *, seconds: float, burst: tuple[float, float] | None = None
-) -> list[RawMessage]:
+) -> list[Received]:
     """Run serve_simulator for ``seconds`` of virtual time and collect what it sends."""
-    send, receive = trio.open_memory_channel[RawMessage](100_000)
-    received: list[RawMessage] = []
+    send, receive = trio.open_memory_channel[FeedItem](100_000)
+    received: list[Received] = []
 
     def wall_ms() -> int:
         return 1_795_800_000_000 + round(trio.current_time() * 1000)
@@ -254,6 +254,7 @@ async def _count_messages(
         await nursery.start(partial(serve_simulator, sim, send, wall_ms=wall_ms, burst=burst))
         with trio.move_on_after(seconds):
             async for message in receive:
+                assert isinstance(message, Received)
                 received.append(message)
         nursery.cancel_scope.cancel()
     return received
@@ -276,7 +277,7 @@ async def test_a_late_source_sends_what_came_due_instead_of_thinning_the_feed(
     """When the source cannot run for a while, the trades due meanwhile still all arrive."""
     rate = 50.0
     sim = Simulator(seed=6, rate=rate, start_ms=1_795_800_000_000)
-    send, receive = trio.open_memory_channel[RawMessage](0)
+    send, receive = trio.open_memory_channel[FeedItem](0)
     received = 0
 
     def wall_ms() -> int:

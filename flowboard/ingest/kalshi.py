@@ -1,10 +1,8 @@
 """The real Kalshi feed: WebSocket ``trade`` channel plus REST backfill (KALSHI.md).
 
-``serve_kalshi`` runs forever and forwards every Kalshi trade exactly once as a
-:class:`~flowboard.ingest.sources.RawMessage` holding a WebSocket ``trade`` message;
-the pipeline parses it with ``decode_message`` / ``trade_from_msg`` like any other
-source. Trades recovered over REST are re-encoded in the current WebSocket format
-(``sid`` 0, no ``seq``) so the pipeline has one path.
+``serve_kalshi`` runs forever and forwards every Kalshi trade exactly once, parsed, as a
+:class:`~flowboard.ingest.feed.Received` (with the message's text, for ``flowboard record``).
+Trades recovered over REST are forwarded the same way, without text.
 
 Per connection: connect (signed when a key is configured), subscribe to ``trade``,
 read. Trio-websocket answers Kalshi's pings. The module reads the envelope of every
@@ -39,19 +37,15 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from flowboard.errors import ConfigError, MalformedMessage
+from flowboard.errors import ConfigError, MalformedMessage, RestUnavailable
 from flowboard.ingest.backfill import RecentIds, fetch_trades
+from flowboard.ingest.feed import FeedCounters, FeedItem, Received
 from flowboard.ingest.kalshi_auth import SigningKey, load_signing_key
-from flowboard.ingest.kalshi_format import (
-    decode_message,
-    encode_envelope,
-    encode_trade_msg,
-    trade_from_msg,
-)
-from flowboard.ingest.kalshi_rest import RestClient, RestUnavailable, backoff_delay, open_rest_client
-from flowboard.ingest.sources import RawMessage
+from flowboard.ingest.kalshi_format import decode_message, trade_from_msg
+from flowboard.ingest.kalshi_rest import RestClient, backoff_delay, open_rest_client
 from flowboard.logs import ThrottledLog
 from flowboard.model import Trade
+from flowboard.options import flag, parse_list
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +64,9 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
 #: Error codes after which the subscription is gone and must be made again.
 RESUBSCRIBE_CODES = frozenset({10, 25})
 AUTH_REQUIRED_CODE = 9
+
+#: The Kalshi flags are taken by ``flowboard serve`` and ``flowboard record``.
+_BOTH = ("serve", "record")
 
 #: Message types that are replies to our own commands: nothing to do.
 _REPLY_TYPES = frozenset({"unsubscribed", "ok"})
@@ -93,12 +90,29 @@ def _check_url(flag: str, url: str | None, schemes: tuple[str, ...]) -> None:
 class KalshiConfig:
     """Everything the Kalshi source needs; durations in seconds, rates per second."""
 
-    env: Literal["prod", "demo"] = "prod"
-    ws_url: str | None = None  # overrides the environment's WebSocket URL
-    rest_url: str | None = None  # overrides the environment's REST base URL (.../trade-api/v2)
-    key_id: str = ""
-    private_key_path: str | None = None  # PEM RSA key; unsigned connection when None
-    markets: tuple[str, ...] = ()  # empty: every market
+    env: Literal["prod", "demo"] = flag(
+        "prod", "--kalshi-env", "Kalshi environment: prod or demo", commands=_BOTH
+    )
+    ws_url: str | None = flag(
+        None, "--kalshi-ws-url", "override the environment's WebSocket URL", commands=_BOTH
+    )
+    rest_url: str | None = flag(
+        None, "--kalshi-rest-url", "override the environment's REST URL (.../trade-api/v2)", commands=_BOTH
+    )
+    key_id: str = flag(
+        "", "--kalshi-key-id", "Kalshi API key id (connects unsigned without one)", commands=_BOTH
+    )
+    # PEM RSA key; unsigned connection when None. The path only: never its content.
+    private_key_path: str | None = flag(
+        None, "--kalshi-private-key", "path of the PEM private key of that API key id", commands=_BOTH
+    )
+    markets: tuple[str, ...] = flag(
+        (),
+        "--markets",
+        "only these market tickers, comma-separated (default: all)",
+        parse_list,
+        commands=_BOTH,
+    )
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     backoff_reset_after_s: float = 30.0  # a subscribed connection that lived this long resets backoff
@@ -219,9 +233,10 @@ class KalshiIngest:
     def __init__(
         self,
         config: KalshiConfig,
-        send: trio.MemorySendChannel[RawMessage],
+        send: trio.MemorySendChannel[FeedItem],
         *,
         wall_ms: Callable[[], int],
+        counters: FeedCounters | None = None,
         rng: random.Random | None = None,
         last_stored_ts_ms: Callable[[], int | None] | None = None,
         is_known: Callable[[str], bool] | None = None,
@@ -230,6 +245,7 @@ class KalshiIngest:
         self._config = config
         self._send = send
         self._wall_ms = wall_ms
+        self._counters = counters if counters is not None else FeedCounters()  # the server's metrics
         self._rng = rng if rng is not None else random.Random()
         self._last_stored_ts_ms = last_stored_ts_ms  # start-up backfill from the store
         self._is_known = is_known  # store lookup, for REST trades only (live ones are new)
@@ -450,6 +466,7 @@ class KalshiIngest:
             except MalformedMessage as exc:
                 self._count_malformed(exc)
                 continue
+            self._counters.message(message.type)
             if message.sid is not None and message.seq is not None:
                 self._check_seq(message.sid, message.seq)
             if message.type == "trade":
@@ -505,7 +522,7 @@ class KalshiIngest:
 
     # ------------------------------------------------------------------ forwarding
 
-    async def _forward(self, trade: Trade, text: str, *, backfilled: bool) -> None:
+    async def _forward(self, trade: Trade, text: str | None, *, backfilled: bool) -> None:
         if self._config.markets and trade.ticker not in self._config.markets:
             return
         known = backfilled and self._is_known is not None and self._is_known(trade.trade_id)
@@ -518,10 +535,11 @@ class KalshiIngest:
         self._trades_forwarded += 1
         if backfilled:
             self._backfilled += 1
-        await self._send.send(RawMessage(received_ms=self._wall_ms(), text=text))
+        await self._send.send(Received(received_ms=self._wall_ms(), trade=trade, raw=text))
 
     def _count_malformed(self, exc: MalformedMessage) -> None:
         self._malformed += 1
+        self._counters.malformed()
         log.debug("Kalshi: skipping a malformed message: %s", exc)
 
     # ------------------------------------------------------------------ backfill
@@ -585,15 +603,15 @@ class KalshiIngest:
                 continue
             failures = 0
             for trade in trades:
-                text = encode_envelope(encode_trade_msg(trade), sid=0, seq=None)
-                await self._forward(trade, text, backfilled=True)
+                await self._forward(trade, None, backfilled=True)
 
 
 async def serve_kalshi(
     config: KalshiConfig,
-    send: trio.MemorySendChannel[RawMessage],
+    send: trio.MemorySendChannel[FeedItem],
     *,
     wall_ms: Callable[[], int],
+    counters: FeedCounters | None = None,
     rng: random.Random | None = None,
     last_stored_ts_ms: Callable[[], int | None] | None = None,
     is_known: Callable[[str], bool] | None = None,
@@ -610,6 +628,7 @@ async def serve_kalshi(
         config,
         send,
         wall_ms=wall_ms,
+        counters=counters,
         rng=rng,
         last_stored_ts_ms=last_stored_ts_ms,
         is_known=is_known,

@@ -21,18 +21,10 @@ import httpx
 import orjson
 import trio
 
-from flowboard.errors import FlowboardError
+from flowboard.errors import RestUnavailable
 from flowboard.ingest.kalshi_auth import SigningKey
 
 log = logging.getLogger(__name__)
-
-
-class RestUnavailable(FlowboardError):
-    """Kalshi's REST API kept failing (not 429: those are waited out), or refused a request."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status  # the HTTP status of a refusal (4xx), None after repeated failures
 
 
 @attrs.define

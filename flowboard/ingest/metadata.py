@@ -24,8 +24,9 @@ from typing import Any
 import attrs
 import trio
 
+from flowboard.errors import RestUnavailable
 from flowboard.ingest.kalshi import KalshiConfig
-from flowboard.ingest.kalshi_rest import RestClient, RestUnavailable, open_rest_client
+from flowboard.ingest.kalshi_rest import RestClient, open_rest_client
 from flowboard.model import COUNT_DECIMALS, USD_DECIMALS, MarketMeta, series_of, to_units
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
 """Record a source's raw messages to JSON Lines, and replay them as a source.
 
 A recording is one JSON object per line, ``{"received_ms": <int>, "text": "<raw message>"}``,
-gzip-compressed when the path ends with ``.gz`` (or when asked). Replaying feeds the
-same :class:`~flowboard.ingest.sources.RawMessage` path as a live source, so a recording
-exercises exactly the parsing and aggregation the live feed does.
+gzip-compressed when the path ends with ``.gz`` (or when asked). A replay parses each line's
+text with the same :class:`~flowboard.ingest.feed.FeedParser` as the live feed, so a recording
+exercises exactly the parsing and aggregation the live feed does. A trade that reached the
+recorder without text (the simulator's, Kalshi's REST backfill) is written as Kalshi's current
+WebSocket ``trade`` message.
 
 A recording may also hold market metadata, one market per line as ``{"meta": {"ticker": ...,
 "title": ..., "category": ..., "close_ts_ms": ..., "event_ticker": ..., "series_ticker": ...}}``
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -30,7 +32,8 @@ import orjson
 import trio
 
 from flowboard.errors import ConfigError
-from flowboard.ingest.sources import RawMessage
+from flowboard.ingest.feed import FeedCounters, FeedItem, FeedParser, RawMessage, Received
+from flowboard.ingest.kalshi_format import encode_envelope, encode_trade_msg
 from flowboard.model import MarketMeta
 
 log = logging.getLogger(__name__)
@@ -43,9 +46,24 @@ def _is_gzip(path: Path, gzip: bool) -> bool:
     return gzip or path.suffix == ".gz"
 
 
+#: The subscription id written with trades that came without text, as if subscribed once.
+RECORDED_SID = 1
+
+
 def encode_line(message: RawMessage) -> bytes:
     """One recording line (with its newline)."""
     return orjson.dumps({"received_ms": message.received_ms, "text": message.text}) + b"\n"
+
+
+def encode_item(item: FeedItem) -> bytes:
+    """The recording line of what a source sent: its text as received, or else the trade (or
+    the market's metadata) written out."""
+    if isinstance(item, MarketMeta):
+        return encode_meta_line(item)
+    text = item.raw
+    if text is None:
+        text = encode_envelope(encode_trade_msg(item.trade), sid=RECORDED_SID, seq=None)
+    return encode_line(RawMessage(received_ms=item.received_ms, text=text))
 
 
 def decode_line(line: bytes) -> RawMessage | None:
@@ -156,14 +174,14 @@ class RecordStatistics:
 
 
 async def record(
-    source_messages: trio.MemoryReceiveChannel[RawMessage],
+    source_messages: trio.MemoryReceiveChannel[FeedItem],
     out_path: str | Path,
     gzip: bool = False,
     *,
     metas: Iterable[MarketMeta] = (),
 ) -> RecordStatistics:
-    """Write ``metas``, then every message from ``source_messages`` to ``out_path`` until the
-    channel closes. ``messages`` counts the feed messages only."""
+    """Write ``metas``, then everything from ``source_messages`` to ``out_path`` until the
+    channel closes. ``messages`` counts what came from the channel."""
     path = Path(out_path)
     try:
         handle: IO[bytes] = await trio.to_thread.run_sync(_open_for_writing, path, _is_gzip(path, gzip))
@@ -175,10 +193,10 @@ async def record(
         if header:
             await trio.to_thread.run_sync(handle.write, header)
         async for first in source_messages:
-            batch = [encode_line(first)]
+            batch = [encode_item(first)]
             while len(batch) < BATCH_LINES:
                 try:
-                    batch.append(encode_line(source_messages.receive_nowait()))
+                    batch.append(encode_item(source_messages.receive_nowait()))
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             await trio.to_thread.run_sync(handle.write, b"".join(batch))
@@ -204,12 +222,12 @@ class ReplayStatistics:
 
 async def serve_replay(
     path: str | Path,
-    send: trio.MemorySendChannel[RawMessage],
+    send: trio.MemorySendChannel[FeedItem],
     *,
     speed: float = 1.0,
     gzip: bool = False,
     clock: ReplayClock | None = None,
-    on_meta: Callable[[MarketMeta], None] | None = None,
+    counters: FeedCounters | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> ReplayStatistics:
     """Feed the recording at ``path`` to ``send`` at ``speed`` x the recorded pace.
@@ -217,7 +235,8 @@ async def serve_replay(
     ``speed`` 0 replays as fast as ``send`` accepts. The recorded gaps are waited out
     with ``trio.sleep`` (so tests can use the autojump clock). Each message keeps its
     recorded ``received_ms``; ``clock`` (made here when not given) follows the replay.
-    Metadata lines go to ``on_meta`` (sync) when they are reached. Returns at the end of
+    Each message is parsed (``counters`` count them, and the malformed ones, which are
+    skipped); metadata lines are sent when they are reached. Returns at the end of
     the file; ``send`` stays open. Raises ``ConfigError`` (before reporting started) when
     the file cannot be opened.
     """
@@ -231,6 +250,7 @@ async def serve_replay(
     task_status.started()
     if clock is not None:
         clock.begin()
+    parser = FeedParser(counters)
     messages = malformed = metas = 0
     try:
         while True:
@@ -249,9 +269,9 @@ async def serve_replay(
                     meta = decode_meta_line(line)
                     if meta is None:
                         malformed += 1
-                    elif on_meta is not None:
-                        on_meta(meta)
-                    metas += meta is not None
+                    else:
+                        await send.send(meta)
+                        metas += 1
                     continue
                 if clock is None:
                     clock = ReplayClock(message.received_ms, speed)
@@ -260,8 +280,10 @@ async def serve_replay(
                     await trio.sleep_until(clock.time_of(message.received_ms))
                 else:
                     clock.played(message.received_ms)
-                await send.send(message)
                 messages += 1
+                trade = parser.parse(message.text)
+                if trade is not None:
+                    await send.send(Received(received_ms=message.received_ms, trade=trade, raw=message.text))
             await trio.lowlevel.checkpoint()
     finally:
         with trio.CancelScope(shield=True):

@@ -1,42 +1,37 @@
-"""Trade sources as trio tasks: each one sends the raw text of feed messages down a channel.
+"""Trade sources as trio tasks, and :func:`open_source`, which picks the configured one.
 
-Every source, simulated or live, emits Kalshi's WebSocket text, so the rest of the
-pipeline parses all of them with the same ``decode_message`` + ``trade_from_msg``.
+Every source sends :data:`~flowboard.ingest.feed.FeedItem` (parsed trades, market metadata)
+down a channel into aggregation; ``flowboard serve`` and ``flowboard record`` both start theirs
+with :func:`open_source`. Parsing lives with the sources that receive text (``kalshi``,
+``recording``), once; the simulator never makes text.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 
-import attrs
 import trio
 
-from flowboard.ingest.kalshi_format import encode_envelope, encode_trade_msg
+from flowboard.config import SourceConfig
+from flowboard.ingest.feed import FeedCounters, FeedItem, RawMessage, Received
+from flowboard.ingest.kalshi import KalshiConfig, serve_kalshi
+from flowboard.ingest.recording import ReplayClock, serve_replay
 from flowboard.ingest.simulator import Simulator
 
-#: The subscription id the simulator's messages carry, as if it had subscribed once.
-SIMULATOR_SID = 1
-
-
-@attrs.frozen(slots=True)
-class RawMessage:
-    """One feed message as it came off the wire, stamped with when it arrived."""
-
-    received_ms: int  # wall clock, Unix ms
-    text: str
+__all__ = ["FeedItem", "RawMessage", "Received", "open_source", "serve_simulator"]
 
 
 async def serve_simulator(
     sim: Simulator,
-    send: trio.MemorySendChannel[RawMessage],
+    send: trio.MemorySendChannel[FeedItem],
     *,
     wall_ms: Callable[[], int],
     burst: tuple[float, float] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Play ``sim`` in real time: each trade is sent as Kalshi's current ``trade`` message
-    when ``wall_ms()`` reaches its time, with ``seq`` counting up from 1. Runs until cancelled.
+    """Play ``sim`` in real time: each trade is sent when ``wall_ms()`` reaches its time. Runs
+    until cancelled.
 
     The simulator keeps its own clock: when the process falls behind, the trades that came due
     meanwhile are all sent at once (a busy server sees the whole load, never a thinned one).
@@ -49,7 +44,7 @@ async def serve_simulator(
         base_rate = sim.rate
         sim.set_rate(burst[0])
         burst_until_ms = at_ms + int(burst[1] * 1000)
-    for seq in itertools.count(1):
+    while True:
         if base_rate is not None and at_ms >= burst_until_ms:
             sim.set_rate(base_rate)
             base_rate = None
@@ -57,5 +52,42 @@ async def serve_simulator(
         delay_ms = at_ms - wall_ms()
         if delay_ms > 0:
             await trio.sleep(delay_ms / 1000)
-        text = encode_envelope(encode_trade_msg(trade), sid=SIMULATOR_SID, seq=seq)
-        await send.send(RawMessage(received_ms=wall_ms(), text=text))
+        await send.send(Received(received_ms=wall_ms(), trade=trade))
+
+
+def open_source(
+    config: SourceConfig,
+    kalshi: KalshiConfig,
+    send: trio.MemorySendChannel[FeedItem],
+    *,
+    wall_ms: Callable[[], int],
+    counters: FeedCounters | None = None,
+    simulator: Simulator | None = None,
+    replay_clock: ReplayClock | None = None,
+    last_stored_ts_ms: int | None = None,
+    known_ids: Iterable[str] = (),
+) -> Callable[..., Awaitable[object]]:
+    """The task (for ``nursery.start``) that feeds ``send`` from ``config.kind``'s source.
+
+    ``simulator``: the one to play (the server's resumes its markets after a restart; a new
+    one otherwise). ``replay_clock``: the clock a replay runs on. ``last_stored_ts_ms`` and
+    ``known_ids``: where Kalshi's start-up backfill begins and what it must not repeat."""
+    if config.kind == "sim":
+        sim = simulator or Simulator(
+            seed=config.seed, rate=config.rate, n_markets=config.sim_markets, start_ms=wall_ms()
+        )
+        return partial(serve_simulator, sim, send, wall_ms=wall_ms, burst=config.sim_burst)
+    if config.kind == "kalshi":
+        return partial(
+            serve_kalshi,
+            kalshi,
+            send,
+            wall_ms=wall_ms,
+            counters=counters,
+            last_stored_ts_ms=lambda: last_stored_ts_ms,
+            known_ids=known_ids,
+        )
+    assert config.replay_file is not None, "validated with the configuration"
+    return partial(
+        serve_replay, config.replay_file, send, speed=config.speed, clock=replay_clock, counters=counters
+    )

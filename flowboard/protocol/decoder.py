@@ -14,15 +14,12 @@ import attrs
 import orjson
 
 from flowboard.aggregate.aggregator import Aggregator
+from flowboard.errors import DecodeError
 from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, ONE_DOLLAR, Trade
 from flowboard.protocol import v2
 
 # A trade as the client holds it: (market, price, count, side, ts_ms).
 Row = tuple[int, int, int, int, int]
-
-
-class DecodeError(ValueError):
-    """A frame that does not follow docs/protocol.md."""
 
 
 @attrs.define

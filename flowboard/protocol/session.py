@@ -29,6 +29,7 @@ from flowboard.aggregate.events import (
     WindowChanged,
 )
 from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, Trade
+from flowboard.options import flag, positive
 from flowboard.protocol import v2
 
 #: The hello's ``t0`` is the aggregator's clock floored to this grid, so that clients that
@@ -44,8 +45,14 @@ _CADENCED = frozenset({"hour", "day", "today"})
 class SessionLimits:
     """Bounds and sizes of one client's stream (defaults carry their units in the name)."""
 
-    max_pending_trades: int = 2_000  # past this the client is resynced from a snapshot
-    max_resyncs: int = 3  # more resyncs than this within resync_period_ms -> closed (4008)
+    # Past this the client is resynced from a snapshot.
+    max_pending_trades: int = flag(
+        2_000, "--max-pending-trades", "per client, before a resync", int, validator=positive
+    )
+    # More resyncs than this within resync_period_ms -> closed (4008).
+    max_resyncs: int = flag(
+        3, "--max-resyncs", "per client per minute, before closing it (4008)", int, validator=positive
+    )
     resync_period_ms: int = 60_000
     snapshot_tape: int = 50  # trades in the snapshot's tape
     detail_trades: int = 50  # trades sent when a market's detail opens

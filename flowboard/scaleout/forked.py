@@ -26,13 +26,9 @@ from typing import NoReturn
 import attrs
 import trio
 
-from flowboard.errors import FlowboardError
+from flowboard.errors import ChildDumpError
 
 _READ_SIZE = 1 << 20
-
-
-class ChildDumpError(FlowboardError):
-    """The child that serialised the state failed; the message says how it ended."""
 
 
 @attrs.frozen

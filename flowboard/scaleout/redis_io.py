@@ -40,14 +40,15 @@ from coredis import PureToken
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.aggregate.events import Event
-from flowboard.scaleout.forked import ChildDumpError, dump_in_child
+from flowboard.config import ScaleoutConfig
+from flowboard.errors import ChildDumpError, StreamFormatError
+from flowboard.scaleout.forked import dump_in_child
 from flowboard.scaleout.stream import (
     FORMAT_VERSION,
     Batch,
     Input,
     JournalingAggregator,
     Offset,
-    StreamFormatError,
     apply,
     decode_batch,
     dump_state,
@@ -73,28 +74,6 @@ _SNAPSHOT_POLL_S = 0.2
 _MAX_SNAPSHOT_SHARE = 0.02  # of the ingest's loop, at most, spent writing snapshots
 
 
-@attrs.frozen
-class RedisSettings:
-    url: str
-    stream_maxlen: int = 100_000  # stream entries kept (approximately)
-    snapshot_s: float = 5.0  # seconds between snapshots, at least
-    backlog: int = 10_000  # batches an ingest holds for Redis (and for a Redis that restarts)
-    connect_timeout_s: float | None = 5.0
-    prefix: str = "flowboard"  # of the keys: several dashboards can share a database
-    resume_horizon_s: float = 30.0  # a starting edge's ring reaches back at least this far
-
-    @property
-    def stream_key(self) -> str:
-        return f"{self.prefix}:inputs"
-
-    @property
-    def snapshot_key(self) -> str:
-        return f"{self.prefix}:snapshot"
-
-    def older_snapshot_key(self, slot: int) -> str:
-        return f"{self.prefix}:snapshot:{slot}"
-
-
 class _Backoff:
     """0.1 s doubling to 5 s between reconnection attempts; back to 0.1 s after a success."""
 
@@ -110,7 +89,7 @@ class _Backoff:
 
 
 @asynccontextmanager
-async def open_redis(settings: RedisSettings) -> AsyncIterator[coredis.Redis[bytes]]:
+async def open_redis(settings: ScaleoutConfig) -> AsyncIterator[coredis.Redis[bytes]]:
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
         settings.url,
         retry_policy=coredis.retry.NoRetryPolicy(),
@@ -212,7 +191,7 @@ class PublisherStats:
 
 
 async def serve_publisher(
-    settings: RedisSettings,
+    settings: ScaleoutConfig,
     runtime: Runtime,
     stats: PublisherStats,
     *,
@@ -254,19 +233,19 @@ async def serve_publisher(
         await trio.sleep(backoff.take())
 
 
-async def _choose_stamp(redis: coredis.Redis[bytes], settings: RedisSettings, now_ms: int) -> int:
+async def _choose_stamp(redis: coredis.Redis[bytes], settings: ScaleoutConfig, now_ms: int) -> int:
     """This ingest's stamp: its start, above any entry already in the stream (ids only grow)."""
     top = await _stream_top(redis, settings)
     return max(now_ms, top.stamp + 1) if top is not None else now_ms
 
 
-async def _stream_top(redis: coredis.Redis[bytes], settings: RedisSettings) -> Offset | None:
+async def _stream_top(redis: coredis.Redis[bytes], settings: ScaleoutConfig) -> Offset | None:
     entries = await redis.xrevrange(settings.stream_key, count=1)
     return Offset.parse(entries[0].identifier) if entries else None
 
 
 async def _publish_forever(
-    redis: coredis.Redis[bytes], outbox: Outbox, stamp: int, settings: RedisSettings
+    redis: coredis.Redis[bytes], outbox: Outbox, stamp: int, settings: ScaleoutConfig
 ) -> None:
     while True:
         pending = outbox.unpublished(_PUBLISH_CHUNK)
@@ -294,7 +273,7 @@ async def _publish_forever(
 
 
 async def _snapshots_forever(
-    redis: coredis.Redis[bytes], runtime: Runtime, stamp: int, stats: PublisherStats, settings: RedisSettings
+    redis: coredis.Redis[bytes], runtime: Runtime, stamp: int, stats: PublisherStats, settings: ScaleoutConfig
 ) -> None:
     while True:
         # The loop's share is the fork's pause; the child's pickling is background work (nice 19).
@@ -309,7 +288,7 @@ async def _snapshots_forever(
 
 
 async def _write_snapshot(
-    redis: coredis.Redis[bytes], settings: RedisSettings, runtime: Runtime, stamp: int, stats: PublisherStats
+    redis: coredis.Redis[bytes], settings: ScaleoutConfig, runtime: Runtime, stamp: int, stats: PublisherStats
 ) -> None:
     hub = runtime.hub
     assert isinstance(hub, JournalingHub)
@@ -378,7 +357,7 @@ def _reaches(snapshot: Offset, needed: Offset | None) -> bool:
 class Follower:
     """Edge: keeps the runtime's aggregator and hub a replica of the ingest's."""
 
-    def __init__(self, settings: RedisSettings, runtime: Runtime) -> None:
+    def __init__(self, settings: ScaleoutConfig, runtime: Runtime) -> None:
         self.settings = settings
         self.runtime = runtime
         # The stream entry the replica's state is after; None until a snapshot is loaded.

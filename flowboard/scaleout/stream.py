@@ -25,7 +25,7 @@ import orjson
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.aggregate.events import Event
-from flowboard.errors import FlowboardError
+from flowboard.errors import StreamFormatError
 from flowboard.model import MarketMeta, Trade
 
 #: Bumped when the entry or snapshot format changes; an edge refuses what it cannot read.
@@ -33,10 +33,6 @@ from flowboard.model import MarketMeta, Trade
 #: 3: the aggregator keeps ids for its de-duplication horizon only (another state), and a
 #: trade input may carry the ingest's store's word (``absent_from_store``).
 FORMAT_VERSION = 3
-
-
-class StreamFormatError(FlowboardError):
-    """A stream entry or snapshot that this version cannot read; the message says what came."""
 
 
 @attrs.frozen(slots=True)

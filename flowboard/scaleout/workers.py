@@ -52,15 +52,20 @@ async def serve_workers(
     """Run and supervise the children until cancelled; started with the edges' URL once each
     edge listens."""
     children = [Child("ingest", child_args(argv, "ingest", config))]
-    children += [Child(f"edge {n}", child_args(argv, "edge", config)) for n in range(1, config.workers + 1)]
+    children += [
+        Child(f"edge {n}", child_args(argv, "edge", config)) for n in range(1, config.scaleout.workers + 1)
+    ]
     async with trio.open_nursery() as nursery:
         for child in children:
             nursery.start_soon(_keep_running, child)
         for child in children[1:]:
             await child.listening.wait()
-        task_status.started(f"http://{config.host}:{config.port}")
+        task_status.started(f"http://{config.server.host}:{config.server.port}")
         log.info(
-            "%d edges listening on port %d; ingest at %s", config.workers, config.port, children[0].url or "?"
+            "%d edges listening on port %d; ingest at %s",
+            config.scaleout.workers,
+            config.server.port,
+            children[0].url or "?",
         )
 
 

@@ -156,11 +156,11 @@ def _name(kind: str, text: str) -> str:
 def create_app(runtime: Runtime) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = guards.guard(  # type: ignore[method-assign]
-        connection.capture(app.asgi_app), runtime.config, runtime.metrics
+        connection.capture(app.asgi_app), runtime.config.server, runtime.metrics
     )
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     agg = runtime.agg
-    web_dir = Path(runtime.config.web_dir)
+    web_dir = Path(runtime.config.server.web_dir)
     index_path = web_dir / "index.html"
     csp = page_policy.content_security_policy(index_path.read_text() if index_path.is_file() else "")
 

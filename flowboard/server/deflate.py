@@ -41,8 +41,9 @@ from wsproto.events import CloseConnection, Event
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
-from flowboard.errors import FlowboardError
+from flowboard.errors import DeflateOfferError
 from flowboard.logs import ThrottledLog
+from flowboard.options import between, flag, parse_bool
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ _WINDOWS = ("server_max_window_bits", "client_max_window_bits")
 _LARGEST_WINDOW_BITS = 15
 #: zlib's smallest raw-deflate window; it also inflates what an 8-bit window compressed.
 _SMALLEST_ZLIB_WINDOW_BITS = 9
-
-
-class DeflateOfferError(FlowboardError):
-    """A permessage-deflate offer that RFC 7692 says to decline; the message says what was wrong."""
 
 
 @attrs.frozen
@@ -130,10 +127,14 @@ class DeflateCounters:
 
 @attrs.frozen
 class DeflateSettings:
-    enabled: bool = True
-    window_bits: int = attrs.field(default=12, validator=attrs.validators.in_(range(9, 16)))
-    mem_level: int = attrs.field(default=4, validator=attrs.validators.in_(range(1, 10)))
-    level: int = attrs.field(default=6, validator=attrs.validators.in_(range(0, 10)))
+    enabled: bool = flag(True, "--deflate", "permessage-deflate for browsers that offer it", parse_bool)
+    window_bits: int = flag(
+        12, "--deflate-window-bits", "permessage-deflate window bits, 9-15", int, validator=between(9, 15)
+    )
+    mem_level: int = flag(
+        4, "--deflate-mem-level", "permessage-deflate zlib memLevel, 1-9", int, validator=between(1, 9)
+    )
+    level: int = attrs.field(default=6, validator=between(0, 9))
     # A client message that inflates past this is refused with 1009 (the command limit).
     max_inflated_bytes: int = MAX_COMMAND_BYTES
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import trio
 from quart import websocket
 
-from flowboard.config import Config
+from flowboard.config import ServerConfig
 from flowboard.limits import ConnectionCounter, TokenBucket
 from flowboard.logs import ThrottledLog
 from flowboard.protocol.session import ClientSession
@@ -122,7 +122,7 @@ async def _refuse(scope: dict[str, Any], send: Any, status: int, reason: str) ->
         await send({"type": "websocket.close", "code": CLOSE_POLICY})
 
 
-def guard(app: ASGIApp, config: Config, metrics: Metrics) -> ASGIApp:
+def guard(app: ASGIApp, config: ServerConfig, metrics: Metrics) -> ASGIApp:
     """Wrap ``app`` (quart's ``asgi_app``) with the Origin check and the connection limits."""
     open_files = open_files_limit()
     limit = connection_limit(config.max_connections, open_files)
@@ -167,13 +167,13 @@ def guard(app: ASGIApp, config: Config, metrics: Metrics) -> ASGIApp:
 class CommandLimit:
     """One connection's budget of commands (``--command-rate``, ``--command-burst``)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ServerConfig) -> None:
         self._bucket = TokenBucket(rate_per_s=config.command_rate, burst=config.command_burst)
         # What a v1 get_snapshot costs: never more than a full bucket, or none could pass.
         self.snapshot_cost = min(SNAPSHOT_COMMAND_COST, config.command_burst)
 
     @staticmethod
-    def reason(config: Config) -> str:
+    def reason(config: ServerConfig) -> str:
         return (
             f"too many commands: at most {config.command_burst} at once "
             f"and {config.command_rate:g} per second"
@@ -187,7 +187,7 @@ async def close_flooding_v2(runtime: Runtime, session: ClientSession, wake: Call
     """Tell a v2 client why (an ``e`` event), close it with 1008, and end its handler.
 
     Called from the connection's command reader (see :func:`_close_connection`)."""
-    reason = CommandLimit.reason(runtime.config)
+    reason = CommandLimit.reason(runtime.config.server)
     runtime.metrics.closed_flooding.inc()
     client_log.info("closing a client that sent commands too fast: %s", reason)
     session.report_error(reason)
@@ -203,7 +203,7 @@ async def close_flooding_v2(runtime: Runtime, session: ClientSession, wake: Call
 
 async def close_flooding_v1(runtime: Runtime) -> None:
     """v1 has no error message: the close reason says why."""
-    reason = CommandLimit.reason(runtime.config)
+    reason = CommandLimit.reason(runtime.config.server)
     runtime.metrics.closed_flooding.inc()
     client_log.info("closing a v1 client that sent commands too fast: %s", reason)
     await _close_connection(reason)

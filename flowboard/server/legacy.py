@@ -158,7 +158,7 @@ def _queue_timed(runtime: Runtime, feed: V1Feed, connection: V1Connection, due: 
 
 async def _send_messages(runtime: Runtime, feed: V1Feed, connection: V1Connection) -> None:
     metrics = runtime.metrics
-    stall_timeout = runtime.config.stall_timeout_s
+    stall_timeout = runtime.config.delivery.stall_timeout_s
     queue = connection.queue
     now = runtime.wall_ms()
     due = {
@@ -200,7 +200,7 @@ async def _send_messages(runtime: Runtime, feed: V1Feed, connection: V1Connectio
 
 
 async def _read_requests(runtime: Runtime, feed: V1Feed, connection: V1Connection) -> None:
-    limit = guards.CommandLimit(runtime.config)
+    limit = guards.CommandLimit(runtime.config.server)
     while True:
         text = await websocket.receive()
         try:

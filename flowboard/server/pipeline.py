@@ -1,9 +1,14 @@
 """Wiring: one nursery that owns the source, the aggregator loop, the clock and the HTTP server.
 
-Data flows one way (DESIGN.md): source -> RawMessage channel -> parse -> aggregate ->
-publish (hub) -> per-client sessions -> send loops. Everything here only moves data
-between the pure parts; start-up order is enforced with ``nursery.start`` so the server
+Data flows one way (DESIGN.md): source (parses, in ``ingest/``) -> FeedItem channel ->
+aggregate -> publish (hub) -> per-client sessions -> send loops. Everything here only moves
+data between the pure parts; start-up order is enforced with ``nursery.start`` so the server
 reports ready (``task_status.started(runtime)``, ``/readyz``) only when every part runs.
+
+One builder (:func:`run_server`) assembles the runtime for every role: ``all`` and ``ingest``
+run the source, the aggregation, the store's writer (and, for ``ingest``, the publisher to
+Redis); ``edge`` runs a follower of the ingest's stream instead. Each part gets only its own
+section of the configuration.
 """
 
 from __future__ import annotations
@@ -25,20 +30,19 @@ from hypercorn.utils import wrap_app
 
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
 from flowboard.aggregate.events import Event, MarketAdded, TradeAdded
-from flowboard.config import Config
-from flowboard.errors import ConfigError, MalformedMessage, StoreError
-from flowboard.ingest.kalshi import KalshiConfig, serve_kalshi
-from flowboard.ingest.kalshi_format import decode_message, encode_envelope, encode_trade_msg, trade_from_msg
+from flowboard.config import Config, ServerConfig, SourceConfig
+from flowboard.errors import ConfigError, StoreError
+from flowboard.ingest.feed import FeedCounters, FeedItem, Received
+from flowboard.ingest.kalshi import KalshiConfig
 from flowboard.ingest.metadata import serve_metadata
-from flowboard.ingest.recording import open_replay_clock, serve_replay
+from flowboard.ingest.recording import ReplayClock, open_replay_clock
 from flowboard.ingest.simulator import Simulator
-from flowboard.ingest.sources import RawMessage, serve_simulator
+from flowboard.ingest.sources import open_source
 from flowboard.logs import ThrottledLog
 from flowboard.model import MarketMeta, Trade
-from flowboard.protocol.session import SessionLimits
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 from flowboard.scaleout import redis_io
-from flowboard.scaleout.redis_io import Follower, JournalingHub, Outbox, PublisherStats, RedisSettings
+from flowboard.scaleout.redis_io import Follower, JournalingHub, Outbox, PublisherStats
 from flowboard.scaleout.stream import JournalingAggregator
 from flowboard.server import deflate
 from flowboard.server import websocket as ws_v2
@@ -48,17 +52,11 @@ from flowboard.server.hub import Hub
 from flowboard.server.listener import serve_hypercorn
 from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import PROTOCOLS, Runtime
-from flowboard.store import Store, StoreConfig, open_store, serve_writer
+from flowboard.store import Store, open_store, serve_writer
 
 log = logging.getLogger(__name__)
 #: Store failures outside the trade writer (which logs its own): an outage must not flood the log.
 _store_log = ThrottledLog(log, "store")
-
-#: Raw messages taken from the channel per aggregation pass: one publish (one wake-up per
-#: client) covers them all, which is what batches a burst.
-_DRAIN_LIMIT = 500
-
-Source = Callable[..., Awaitable[object]]
 
 
 def wall_clock_ms() -> int:
@@ -66,7 +64,7 @@ def wall_clock_ms() -> int:
 
 
 class Ingestor:
-    """Raw feed message -> aggregator events (and the store). Counts, never raises on bad input."""
+    """Parsed trade -> aggregator events (and the store), unless it is a duplicate."""
 
     def __init__(
         self,
@@ -81,25 +79,6 @@ class Ingestor:
         self.store = store
         # Called with each ticker seen for the first time (the metadata fetcher's queue).
         self.on_new_market = on_new_market
-        self._malformed_log = ThrottledLog(log, "feed")
-
-    def ingest(self, text: str, now_ms: int) -> list[Event]:
-        """Parse and accept one raw message, without asking the store about old trades."""
-        trade = self.parse(text)
-        return [] if trade is None else self.accept(trade, now_ms)
-
-    def parse(self, text: str) -> Trade | None:
-        """The trade in a raw feed message; None for other messages and malformed ones (counted)."""
-        try:
-            message = decode_message(text)
-            self.metrics.feed_messages.labels(message.type).inc()
-            if message.type != "trade":
-                return None
-            return trade_from_msg(message.msg)
-        except MalformedMessage as exc:
-            self.metrics.malformed.inc()
-            self._malformed_log.warning("skipped a malformed feed message: %s", exc)
-            return None
 
     def accept(self, trade: Trade, now_ms: int, lookup: StoreLookup | None = None) -> list[Event]:
         """Aggregate and store ``trade`` unless it is a duplicate. ``lookup`` holds the store's
@@ -206,20 +185,20 @@ def bind_socket(
     return sock
 
 
-def _hypercorn_config(config: Config) -> HypercornConfig:
+def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hyper = HypercornConfig()
     hyper.websocket_max_message_size = MAX_COMMAND_BYTES
-    hyper.graceful_timeout = 2.0
+    hyper.graceful_timeout = config.graceful_timeout_s
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
     return hyper
 
 
 def _warm_start(runtime: Runtime, ingestor: Ingestor, sim: Simulator) -> None:
-    """An empty store: the simulator's backdated trades, through the same parser, before serving."""
+    """An empty store: the simulator's backdated trades, through the same ingest, before serving."""
     now = runtime.wall_ms()
-    for trade in sim.history(now, runtime.config.sim_history_s):
-        ingestor.ingest(encode_envelope(encode_trade_msg(trade), sid=1, seq=None), trade.ts_ms)
+    for trade in sim.history(now, runtime.config.source.sim_history_s):
+        ingestor.accept(trade, trade.ts_ms)
     runtime.agg.advance(now)
 
 
@@ -243,39 +222,42 @@ async def _rebuild(runtime: Runtime, store: Store) -> int:
 async def _aggregate(
     runtime: Runtime,
     ingestor: Ingestor,
-    receive: trio.MemoryReceiveChannel[RawMessage],
+    receive: trio.MemoryReceiveChannel[FeedItem],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Aggregate what the source sends, in passes: one publish (one wake-up per client) covers
+    everything a pass took from the channel, which is what batches a burst."""
+    drain_limit = runtime.config.source.drain_limit
     task_status.started()
     async for first in receive:
         batch = [first]
-        while len(batch) < _DRAIN_LIMIT:
+        while len(batch) < drain_limit:
             try:
                 batch.append(receive.receive_nowait())
             except trio.WouldBlock:
                 break
-        trades = [trade for raw in batch if (trade := ingestor.parse(raw.text)) is not None]
+        trades = [item.trade for item in batch if isinstance(item, Received)]
         now, lookup = await look_up_old_trades(runtime.agg, runtime.store, trades, runtime.wall_ms)
         events: list[Event] = []
-        for trade in trades:
-            events.extend(ingestor.accept(trade, now, lookup))
+        for item in batch:
+            if isinstance(item, Received):
+                events.extend(ingestor.accept(item.trade, now, lookup))
+            else:
+                events.extend(runtime.agg.set_meta(item))
+                runtime.metas_to_save.append(item)
         runtime.hub.publish(events, now)
 
 
 async def _tick(runtime: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Expire windows and roll the clock on whole seconds, trades or not."""
-    tick_ms = int(runtime.config.tick_s * 1000)
+    tick_ms = int(runtime.config.server.tick_s * 1000)
     task_status.started()
     while True:
         now = runtime.wall_ms()
         await trio.sleep((tick_ms - now % tick_ms) / 1000)
         now = runtime.wall_ms()
         runtime.hub.publish(runtime.agg.advance(now), now)
-
-
-#: How often the loop's lag is sampled while frames go out at once.
-_LAG_PERIOD_S = 0.05
 
 
 async def _pace_delivery(
@@ -292,8 +274,9 @@ async def _pace_delivery(
         "Seconds frames wait for the next send (0: sent at once)",
         lambda: hub.coalesce_interval_s,
     )
+    lag_period_s = runtime.config.delivery.lag_period_s
     task_status.started()
-    period = _LAG_PERIOD_S
+    period = lag_period_s
     due = trio.current_time() + period
     busy_before = hub.busy_s
     while True:
@@ -308,7 +291,7 @@ async def _pace_delivery(
             lag_s=lag, busy_share=busy_share, own_pass_s=hub.longest_pass_s
         )
         hub.longest_pass_s = 0.0
-        period = hub.coalesce_interval_s or _LAG_PERIOD_S
+        period = hub.coalesce_interval_s or lag_period_s
         due = woke + period
 
 
@@ -323,7 +306,7 @@ async def _serve_http(
     app = create_app(runtime)
     await serve_hypercorn(
         wrap_app(app, 0, "asgi"),
-        _hypercorn_config(runtime.config),
+        _hypercorn_config(runtime.config.server),
         [sock],
         shutdown_trigger=stop_http.wait,
         on_accept_failure=runtime.metrics.accept_failures.inc,
@@ -338,12 +321,12 @@ async def _shutdown_when_asked(runtime: Runtime, stop_http: trio.Event) -> None:
     log.info("shutting down: closing client connections")
     runtime.not_ready.add("shutting down")
     runtime.hub.begin_shutdown()
-    with trio.move_on_after(2):
+    with trio.move_on_after(runtime.config.server.shutdown_drain_s):
         await runtime.hub.drained.wait()
     stop_http.set()
 
 
-def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMessage] | None) -> None:
+def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[FeedItem] | None) -> None:
     hub = runtime.hub
     metrics = runtime.metrics
     hub.count_group_frame = ws_v2.group_frame_counter(metrics)
@@ -366,7 +349,7 @@ def _register_gauges(runtime: Runtime, receive: trio.MemoryReceiveChannel[RawMes
     if receive is not None:
         metrics.gauge(
             "flowboard_ingest_queue_depth",
-            "Raw feed messages waiting to be aggregated",
+            "Feed messages waiting to be aggregated",
             lambda: receive.statistics().current_buffer_used,
         )
     metrics.gauge(
@@ -402,30 +385,25 @@ async def run_server(
     config: Config,
     *,
     wall_ms: Callable[[], int] = wall_clock_ms,
-    redis: RedisSettings | None = None,
     task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run Flowboard until ``runtime.request_stop()`` (or cancellation), in ``config.role``:
-    all, ingest (also publishing to Redis) or edge (serving from Redis; no source, no writer).
-    ``redis`` overrides the settings taken from ``config``."""
-    if redis is None and config.redis is not None:
-        redis = redis_settings(config)
-    if config.source == "kalshi":
-        # A bad URL or key stops start-up here, before the port and the store are taken.
-        kalshi_config(config).signing_key()
+    """Run Flowboard until ``runtime.request_stop()`` (or cancellation), in
+    ``config.scaleout.role``: all, ingest (also publishing to Redis) or edge (serving from
+    Redis; no source, no writer)."""
+    if config.source.kind == "kalshi":
+        # A bad key stops start-up here, before the port and the store are taken.
+        config.kalshi.signing_key()
+    role = config.scaleout.role
     sock = bind_socket(
-        config.host, config.port, reuse_port=config.reuse_port, stall_timeout_s=config.stall_timeout_s
+        config.server.host,
+        config.server.port,
+        reuse_port=config.scaleout.reuse_port,
+        stall_timeout_s=config.delivery.stall_timeout_s,
     )
     try:
-        store_config = StoreConfig(retention_days=config.retention_days)
         # An edge only reads the store: it shares it with the ingest that writes it.
-        async with open_store(config.db, config=store_config, exclusive=config.role != "edge") as store:
-            if config.role == "edge":
-                assert redis is not None, "--role edge without --redis"
-                await _run_edge(config, sock, store, wall_ms, redis, task_status)
-            else:
-                ingest_redis = redis if config.role == "ingest" else None
-                await _run(config, sock, store, wall_ms, ingest_redis, task_status)
+        async with open_store(config.store.db, config=config.store, exclusive=role != "edge") as store:
+            await _run(config, sock, store, wall_ms, task_status)
     finally:
         sock.close()
 
@@ -435,104 +413,136 @@ async def _run(
     sock: socket.socket,
     store: Store,
     wall_ms: Callable[[], int],
-    redis: RedisSettings | None,
     task_status: trio.TaskStatus[Runtime],
 ) -> None:
-    """Role all, or ingest when ``redis`` is given."""
+    """The one builder: the role decides which tasks start, not how the runtime is made."""
+    role = config.scaleout.role
     replay_clock = None
-    if config.source == "replay":
-        assert config.replay_file is not None
+    if role != "edge" and config.source.kind == "replay":
+        assert config.source.replay_file is not None
         # The dashboard runs on the recording's time: a replay of any age fills the windows.
-        replay_clock = await open_replay_clock(config.replay_file, config.speed, default_ms=wall_ms())
+        replay_clock = await open_replay_clock(
+            config.source.replay_file, config.source.speed, default_ms=wall_ms()
+        )
         wall_ms = replay_clock.now_ms
-    limits = _session_limits(config)
+    runtime = _build_runtime(config, store, wall_ms)
+    _install_deflate(runtime)
+    replayed = 0
+    if role != "edge":
+        replayed = await _rebuild(runtime, store)
+        log.info("rebuilt the dashboard from %d stored trades", replayed)
+    async with trio.open_nursery() as nursery:
+        source = None
+        if role == "edge":
+            follower = Follower(config.scaleout, runtime)
+            _register_gauges(runtime, None)
+            _register_follower_gauges(runtime, follower)
+            log.info("edge: loading the ingest's snapshot from Redis")
+            await nursery.start(follower.serve)
+        else:
+            source = await _start_ingest(runtime, store, nursery, replay_clock, replayed)
+        await nursery.start(_pace_delivery, runtime)
+        if source is not None:
+            await nursery.start(source)
+        stop_http = trio.Event()
+        runtime.binds = await nursery.start(_serve_http, runtime, sock, stop_http, nursery.cancel_scope)
+        nursery.start_soon(_shutdown_when_asked, runtime, stop_http)
+        runtime.not_ready.discard("starting")
+        log.info("flowboard%s listening on %s", " edge" if role == "edge" else "", runtime.url)
+        task_status.started(runtime)
+
+
+def _build_runtime(config: Config, store: Store, wall_ms: Callable[[], int]) -> Runtime:
+    """The aggregator and hub of ``config.scaleout.role``, in a runtime."""
+    delivery = config.delivery
+    role = config.scaleout.role
     agg: Aggregator
-    if redis is None:
-        agg = Aggregator()
-        hub = Hub(agg, epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits)
-    else:
+    if role == "ingest":
         # Every input of the aggregator is journaled and each publish is one stream entry.
         agg = JournalingAggregator()
-        hub = JournalingHub(
-            agg, Outbox(redis.backlog), epoch=secrets.token_hex(4), ring_size=config.ring_size, limits=limits
+        hub: Hub = JournalingHub(
+            agg,
+            Outbox(config.scaleout.backlog),
+            epoch=secrets.token_hex(4),
+            ring_size=delivery.ring_size,
+            limits=delivery.session,
         )
-    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
-    _install_deflate(runtime)
-    send, receive = trio.open_memory_channel[RawMessage](config.ingest_buffer)
+    else:
+        agg = Aggregator()
+        # An edge's epoch and seq are the ingest's, from its snapshot (Follower -> Hub.restart).
+        epoch = "" if role == "edge" else secrets.token_hex(4)
+        hub = Hub(agg, epoch=epoch, ring_size=delivery.ring_size, limits=delivery.session)
+    return Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
+
+
+async def _start_ingest(
+    runtime: Runtime, store: Store, nursery: trio.Nursery, replay_clock: ReplayClock | None, replayed: int
+) -> Callable[..., Awaitable[object]]:
+    """Roles all and ingest: start the writer, the aggregation and the clock (and the publisher
+    to Redis) on the runtime rebuilt from ``replayed`` stored trades; returns the source, to be
+    started once delivery runs."""
+    config = runtime.config
+    agg = runtime.agg
+    send, receive = trio.open_memory_channel[FeedItem](config.source.ingest_buffer)
     _register_gauges(runtime, receive)
-    meta_send, meta_receive = trio.open_memory_channel[str](10_000)
+    meta_send, meta_receive = trio.open_memory_channel[str](config.source.metadata_queue)
 
     def request_meta(ticker: str) -> None:
         # Never on the hot path: if the fetcher is behind, the ticker is asked for again later.
         with contextlib.suppress(trio.WouldBlock):
             meta_send.send_nowait(ticker)
 
-    kalshi = config.source == "kalshi"
+    kalshi = config.source.kind == "kalshi"
     ingestor = Ingestor(agg, runtime.metrics, store=store, on_new_market=request_meta if kalshi else None)
-
-    replayed = await _rebuild(runtime, store)
-    log.info("rebuilt the dashboard from %d stored trades", replayed)
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve_writer, store)
-        if config.source == "sim":
-            sim = await _open_simulator(config, store, agg, wall_ms())
-            for meta in sim.markets:
-                agg.set_meta(meta)
-            if replayed == 0:
-                _warm_start(runtime, ingestor, sim)
-            source: Source = partial(serve_simulator, sim, send, wall_ms=wall_ms, burst=config.sim_burst)
-        elif kalshi:
-            kalshi_settings = kalshi_config(config)
-            last_stored = await store.last_trade_ms()
-            repeatable_since = _repeatable_since_ms(kalshi_settings, wall_ms(), last_stored)
-            known = await store.known_trade_ids_since(repeatable_since)
-            for market in range(agg.markets_count()):
-                request_meta(agg.ticker(market))
-            await nursery.start(
-                partial(
-                    serve_metadata,
-                    kalshi_settings,
-                    meta_receive,
-                    partial(_on_meta, runtime),
-                    wall_ms=wall_ms,
-                )
+    await nursery.start(serve_writer, store)
+    sim = None
+    last_stored = None
+    known: set[str] = set()
+    if config.source.kind == "sim":
+        sim = await _open_simulator(config.source, store, agg, runtime.wall_ms())
+        for meta in sim.markets:
+            agg.set_meta(meta)
+        if replayed == 0:
+            _warm_start(runtime, ingestor, sim)
+    elif kalshi:
+        last_stored = await store.last_trade_ms()
+        repeatable_since = _repeatable_since_ms(config.kalshi, runtime.wall_ms(), last_stored)
+        known = await store.known_trade_ids_since(repeatable_since)
+        for market in range(agg.markets_count()):
+            request_meta(agg.ticker(market))
+        await nursery.start(
+            partial(
+                serve_metadata,
+                config.kalshi,
+                meta_receive,
+                partial(_on_meta, runtime),
+                wall_ms=runtime.wall_ms,
             )
-            nursery.start_soon(_save_meta_periodically, runtime)
-            source = partial(
-                serve_kalshi,
-                kalshi_settings,
-                send,
-                wall_ms=wall_ms,
-                last_stored_ts_ms=lambda: last_stored,
-                known_ids=known,
-            )
-        else:
-            assert config.replay_file is not None
-            nursery.start_soon(_save_meta_periodically, runtime)
-            source = partial(
-                serve_replay,
-                config.replay_file,
-                send,
-                speed=config.speed,
-                clock=replay_clock,
-                on_meta=partial(_on_meta, runtime),
-            )
-        hub.rebase()
-        if redis is not None:
-            publisher = PublisherStats()
-            _register_publisher_gauges(runtime, publisher)
-            await nursery.start(redis_io.serve_publisher, redis, runtime, publisher)
-        await nursery.start(_aggregate, runtime, ingestor, receive)
-        await nursery.start(_tick, runtime)
-        await nursery.start(_pace_delivery, runtime)
-        await nursery.start(source)
-        stop_http = trio.Event()
-        runtime.binds = await nursery.start(_serve_http, runtime, sock, stop_http, nursery.cancel_scope)
-        nursery.start_soon(_shutdown_when_asked, runtime, stop_http)
-        runtime.not_ready.discard("starting")
-        log.info("flowboard listening on %s", runtime.url)
-        task_status.started(runtime)
+        )
+    if config.source.kind != "sim":
+        nursery.start_soon(_save_meta_periodically, runtime)
+    source = open_source(
+        config.source,
+        config.kalshi,
+        send,
+        wall_ms=runtime.wall_ms,
+        counters=FeedCounters(
+            message=lambda kind: runtime.metrics.feed_messages.labels(kind).inc(),
+            malformed=runtime.metrics.malformed.inc,
+        ),
+        simulator=sim,
+        replay_clock=replay_clock,
+        last_stored_ts_ms=last_stored,
+        known_ids=known,
+    )
+    runtime.hub.rebase()
+    if config.scaleout.role == "ingest":
+        publisher = PublisherStats()
+        _register_publisher_gauges(runtime, publisher)
+        await nursery.start(redis_io.serve_publisher, config.scaleout, runtime, publisher)
+    await nursery.start(_aggregate, runtime, ingestor, receive)
+    await nursery.start(_tick, runtime)
+    return source
 
 
 #: The store's ``source_state`` entry of the simulator: the markets it trades.
@@ -556,7 +566,7 @@ def simulator_anchor_ms(saved: str | None, seed: int, n_markets: int, now_ms: in
     return now_ms
 
 
-async def _open_simulator(config: Config, store: Store, agg: Aggregator, now_ms: int) -> Simulator:
+async def _open_simulator(config: SourceConfig, store: Store, agg: Aggregator, now_ms: int) -> Simulator:
     """The simulator, trading the same markets as before a restart (their metadata stored like any
     source's), with a fresh trade sequence that cannot repeat the trade ids already stored."""
     saved = await store.load_source_state(SIMULATOR_STATE)
@@ -595,62 +605,14 @@ def _repeatable_since_ms(kalshi: KalshiConfig, now_ms: int, last_stored_ms: int 
     return since if last_stored_ms is None else min(since, last_stored_ms - margin_ms)
 
 
-def _session_limits(config: Config) -> SessionLimits:
-    return SessionLimits(max_pending_trades=config.max_pending_trades, max_resyncs=config.max_resyncs)
-
-
 def _install_deflate(runtime: Runtime) -> None:
-    config = runtime.config
     deflate.install(
-        deflate.DeflateSettings(
-            enabled=config.deflate, window_bits=config.deflate_window_bits, mem_level=config.deflate_mem_level
-        ),
+        runtime.config.delivery.deflate,
         deflate.DeflateCounters(
             declined_offer=runtime.metrics.deflate_offers_declined.inc,
             oversized_message=runtime.metrics.inflate_refused.inc,
         ),
     )
-
-
-def redis_settings(config: Config) -> RedisSettings:
-    assert config.redis is not None
-    return RedisSettings(
-        url=config.redis,
-        stream_maxlen=config.stream_maxlen,
-        snapshot_s=config.snapshot_s,
-        backlog=config.redis_backlog,
-        prefix=config.redis_prefix,
-    )
-
-
-async def _run_edge(
-    config: Config,
-    sock: socket.socket,
-    store: Store,
-    wall_ms: Callable[[], int],
-    redis: RedisSettings,
-    task_status: trio.TaskStatus[Runtime],
-) -> None:
-    """Role edge: a replica of the ingest's aggregator and hub, fed from Redis, serving clients.
-    The store is only read (market history); the ingest writes it."""
-    agg = Aggregator()
-    # The epoch and seq are the ingest's, from its snapshot (Follower -> Hub.restart).
-    hub = Hub(agg, epoch="", ring_size=config.ring_size, limits=_session_limits(config))
-    runtime = Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
-    _install_deflate(runtime)
-    _register_gauges(runtime, None)
-    follower = Follower(redis, runtime)
-    _register_follower_gauges(runtime, follower)
-    async with trio.open_nursery() as nursery:
-        log.info("edge: loading the ingest's snapshot from Redis")
-        await nursery.start(follower.serve)
-        await nursery.start(_pace_delivery, runtime)
-        stop_http = trio.Event()
-        runtime.binds = await nursery.start(_serve_http, runtime, sock, stop_http, nursery.cancel_scope)
-        nursery.start_soon(_shutdown_when_asked, runtime, stop_http)
-        runtime.not_ready.discard("starting")
-        log.info("flowboard edge listening on %s", runtime.url)
-        task_status.started(runtime)
 
 
 def _register_aggregator_gauges(runtime: Runtime) -> None:
@@ -709,17 +671,6 @@ def _register_follower_gauges(runtime: Runtime, follower: Follower) -> None:
     )
 
 
-def kalshi_config(config: Config) -> KalshiConfig:
-    return KalshiConfig(
-        env="demo" if config.kalshi_env == "demo" else "prod",
-        ws_url=config.kalshi_ws_url,
-        rest_url=config.kalshi_rest_url,
-        key_id=config.kalshi_key_id,
-        private_key_path=config.kalshi_private_key,
-        markets=config.markets,
-    )
-
-
 def _on_meta(runtime: Runtime, meta: MarketMeta) -> None:
     now = runtime.wall_ms()
     runtime.hub.publish(runtime.agg.set_meta(meta), now)
@@ -731,14 +682,15 @@ async def _save_meta_periodically(runtime: Runtime) -> None:
     batch for the next attempt: the dashboard has the metadata already, only a restart needs it
     stored, and a database outage must not stop the server."""
     assert runtime.store is not None
+    interval_s = runtime.config.store.meta_save_interval_s
     while True:
-        await trio.sleep(5)
+        await trio.sleep(interval_s)
         if runtime.metas_to_save:
             metas, runtime.metas_to_save = runtime.metas_to_save, []
             try:
                 await runtime.store.save_meta(metas)
             except StoreError as error:
-                _store_log.warning("market metadata not saved (%s); retrying in 5 s", error)
+                _store_log.warning("market metadata not saved (%s); retrying in %g s", error, interval_s)
                 # One entry per market, its newest description: the list stays as long as the
                 # markets, however long the outage.
                 newest = {meta.ticker: meta for meta in [*metas, *runtime.metas_to_save]}

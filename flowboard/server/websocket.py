@@ -95,7 +95,7 @@ async def serve_v2(runtime: Runtime) -> None:
         await websocket.close(CLOSE_POLICY, str(exc)[:120])
         return
     await websocket.accept()
-    wire = await connection.attach(websocket.scope, stall_timeout=runtime.config.stall_timeout_s)
+    wire = await connection.attach(websocket.scope, stall_timeout=runtime.config.delivery.stall_timeout_s)
     hub = runtime.hub
     client = hub.connect(channels=channels, detail=detail, resume=resume, now_ms=runtime.wall_ms())
     runtime.metrics.connections.labels("v2").inc()
@@ -204,7 +204,7 @@ class _Sender:
         client = self.client
         hub = runtime.hub
         wire = self.wire
-        stall_timeout = runtime.config.stall_timeout_s
+        stall_timeout = runtime.config.delivery.stall_timeout_s
         while True:
             if self.error is not None:
                 raise self.error
@@ -262,7 +262,7 @@ class _Sender:
 
 async def _read_commands(runtime: Runtime, client: Client) -> None:
     hub = runtime.hub
-    limit = guards.CommandLimit(runtime.config)
+    limit = guards.CommandLimit(runtime.config.server)
     while True:
         text = await websocket.receive()
         if not limit.admit():

@@ -9,6 +9,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from flowboard.errors import ConfigError
+from flowboard.options import flag
 
 #: ``--db`` when none is given: a SQLite file in the working directory.
 DEFAULT_DB_PATH = "flowboard.db"
@@ -18,7 +19,9 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 @attrs.frozen(kw_only=True)
 class StoreConfig:
-    """How the store batches, retries and forgets. Every default carries its unit."""
+    """Where the store is and how it batches, retries and forgets. Every default carries its unit."""
+
+    db: str = flag(DEFAULT_DB_PATH, "--db", "SQLite file path or postgresql:// URL")
 
     batch_max_trades: int = 1_000
     #: How long the writer gathers trades before committing a batch that is not full.
@@ -30,7 +33,7 @@ class StoreConfig:
     #: How long one statement waits for a lock someone else holds before the attempt fails and is retried.
     lock_timeout_s: float = 5.0
     connect_timeout_s: float = 10.0
-    retention_days: float = 7.0
+    retention_days: float = flag(7.0, "--retention-days", "trades kept in the store", float, unit=" days")
     retention_interval_s: float = 600.0
     #: Rows per DELETE, small so that retention never holds the write lock for long.
     retention_batch_rows: int = 5_000
@@ -40,8 +43,13 @@ class StoreConfig:
     #: On shutdown, how long the writer may keep committing what is still queued.
     shutdown_flush_s: float = 5.0
 
+    #: How often market metadata fetched meanwhile is saved (and a failed save retried).
+    meta_save_interval_s: float = 5.0
+
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(StoreConfig):
+            if field.name == "db":
+                continue
             value = getattr(self, field.name)
             if not value > 0:
                 raise ConfigError(f"store setting {field.name} must be greater than 0, got {value!r}")
