@@ -19,7 +19,7 @@ import importlib.metadata
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_origin
 
 import attrs
 import cattrs
@@ -276,9 +276,16 @@ class Config:
     record: RecordConfig = attrs.field(factory=RecordConfig)
 
 
+def _is_literal(kind: Any) -> bool:
+    origin: object = get_origin(kind)
+    return origin is Literal
+
+
 #: Structures plain values into the sections; errors of the sections' validators pass through
 #: as they are (ConfigError, naming the flag), not wrapped.
 _converter = cattrs.Converter(detailed_validation=False)
+# A Literal field is checked by its section (which names the flag), not refused by cattrs first.
+_converter.register_structure_hook_func(_is_literal, lambda value, _: value)
 
 
 def _options(section: type, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Flag, Any]]:

@@ -8,6 +8,7 @@ FlowboardError
  ├── DeflateOfferError      a permessage-deflate offer RFC 7692 says to decline
  ├── BadRequest             an HTTP request parameter the API cannot use: answered with 400
  ├── StoreError             the database refused or is unreachable
+ │    └── TradesRejected    it refused the rows themselves: retrying them cannot help
  ├── RestUnavailable        Kalshi's REST API kept failing or refused a request
  ├── StreamFormatError      a Redis stream entry or snapshot this version cannot read
  └── ChildDumpError         the forked child that serialises a snapshot failed
@@ -48,6 +49,11 @@ class BadRequest(FlowboardError):
 
 class StoreError(FlowboardError):
     """The trade store failed."""
+
+
+class TradesRejected(StoreError):
+    """The database refused the rows themselves (a constraint, a value out of range): unlike an
+    outage, retrying the same trades cannot help."""
 
 
 class RestUnavailable(FlowboardError):

@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 import trio
 
+from flowboard.config import SourceConfig
 from flowboard.errors import ConfigError
-from flowboard.ingest.feed import FeedItem, RawMessage, Received
+from flowboard.ingest.feed import FeedCounters, FeedItem, RawMessage, Received
+from flowboard.ingest.kalshi import KalshiConfig
 from flowboard.ingest.kalshi_format import decode_message, encode_envelope, encode_trade_msg, trade_from_msg
-from flowboard.ingest.recording import record, serve_replay
+from flowboard.ingest.recording import encode_line, encode_meta_line, record, serve_replay
 from flowboard.ingest.simulator import Simulator
-from flowboard.model import Trade
+from flowboard.ingest.sources import open_source
+from flowboard.model import MarketMeta, Trade
 
 
 def _messages(n: int) -> list[RawMessage]:
@@ -153,3 +156,27 @@ async def test_recording_a_simulated_source(tmp_path: Path, autojump_clock: Any)
     assert [(m.received_ms, trade_from_msg(decode_message(m.text).msg)) for _, m in got] == [
         (item.received_ms, item.trade) for item in sent if isinstance(item, Received)
     ]
+
+
+async def test_replay_through_open_source_parses_once_and_counts(tmp_path: Path, autojump_clock: Any) -> None:
+    """``open_source`` with --source replay: metadata and parsed trades come down the one channel
+    in file order; a line whose text is not a usable message is counted (the server's
+    flowboard_feed_malformed) and skipped, and every message is counted by its type."""
+    meta = MarketMeta("FED-23DEC-T3.00", title="Fed rate")
+    good = _messages(1)[0]
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(
+        encode_meta_line(meta)
+        + encode_line(good)
+        + encode_line(RawMessage(received_ms=good.received_ms, text="garbage"))
+        + encode_line(RawMessage(received_ms=good.received_ms, text='{"type":"ticker","msg":{}}'))
+    )
+    counted: list[str] = []
+    counters = FeedCounters(message=counted.append, malformed=lambda: counted.append("malformed"))
+    config = SourceConfig(kind="replay", replay_file=str(path), speed=0)
+    send, receive = trio.open_memory_channel[FeedItem](10)
+    async with send:
+        serve = open_source(config, KalshiConfig(), send, wall_ms=lambda: 0, counters=counters)
+        await serve()
+    assert [item async for item in receive] == [meta, _received(good)]
+    assert counted == ["trade", "malformed", "ticker"]

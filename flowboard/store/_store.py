@@ -10,7 +10,7 @@ from typing import NoReturn, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
-from flowboard.errors import StoreError
+from flowboard.errors import StoreError, TradesRejected
 from flowboard.model import DAY_MS, MarketMeta, Trade
 
 from ._config import StoreConfig
@@ -21,11 +21,6 @@ log = logging.getLogger("flowboard.store")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-
-class TradesRejected(StoreError):
-    """The database refused the rows themselves (a constraint, a value out of range): unlike an
-    outage, retrying the same trades cannot help."""
 
 
 def wall_clock_ms() -> int:
