@@ -116,6 +116,7 @@ class ServerConfig:
         _origins,
     )
     tick_s: float = 1.0  # how often windows expire and the clock is checked
+    listen_backlog: int = 1024  # connections the kernel holds while none is accepted
     graceful_timeout_s: float = 2.0  # connections may finish this long once the server stops
     shutdown_drain_s: float = 2.0  # clients get this long to take their goodbye frames
 

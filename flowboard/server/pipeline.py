@@ -149,7 +149,12 @@ async def look_up_old_trades(
 
 
 def bind_socket(
-    host: str, port: int, *, reuse_port: bool = False, stall_timeout_s: float | None = None
+    host: str,
+    port: int,
+    *,
+    backlog: int,
+    reuse_port: bool = False,
+    stall_timeout_s: float | None = None,
 ) -> socket.socket:
     """The listening socket, or ConfigError with one line saying what to change.
 
@@ -173,7 +178,7 @@ def bind_socket(
         if stall_timeout_s is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(stall_timeout_s * 1000))
         sock.bind(address)
-        sock.listen(1024)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -399,6 +404,7 @@ async def run_server(
         config.server.port,
         reuse_port=config.scaleout.reuse_port,
         stall_timeout_s=config.delivery.stall_timeout_s,
+        backlog=config.server.listen_backlog,
     )
     try:
         # An edge only reads the store: it shares it with the ingest that writes it.
