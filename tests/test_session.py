@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.errors import ProtocolError
+from flowboard.errors import DecodeError, ProtocolError
 from flowboard.model import MINUTE_MS, MarketMeta, Trade
 from flowboard.protocol import v2
 from flowboard.protocol.decoder import ViewState, expected_summary
@@ -599,5 +599,5 @@ def test_decoder_accepts_a_restarted_servers_lower_seq_only_with_a_fresh_hello()
     again = restarted.connect(view=view)
     restarted.read(again)
     restarted.check(again)
-    with pytest.raises(ValueError, match="backwards"):
+    with pytest.raises(DecodeError, match="backwards"):
         view.apply_frame(orjson.dumps([view.seq - 1, ["d", 1, 1]]))
