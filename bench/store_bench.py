@@ -46,7 +46,7 @@ import psycopg
 import trio
 
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
-from flowboard.config import Config, make_config
+from flowboard.config import Config
 from flowboard.model import HOUR_MS, Trade
 from flowboard.protocol.session import SessionLimits
 from flowboard.server.hub import Hub
