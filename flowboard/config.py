@@ -27,11 +27,10 @@ import cattrs
 from flowboard.errors import ConfigError
 from flowboard.ingest.kalshi import KalshiConfig
 from flowboard.options import FLAG, Flag, between, flag, non_negative, one_of, parse_bool, positive
+from flowboard.page import page_dir
 from flowboard.protocol.session import SessionLimits
 from flowboard.server.deflate import DeflateSettings
 from flowboard.store import StoreConfig
-
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 def _burst(text: str) -> tuple[float, float]:
@@ -75,7 +74,7 @@ class ServerConfig:
     port: int = flag(
         8000, "--port", "port to listen on (0 = any free port)", int, validator=between(0, 65535)
     )
-    web_dir: str = flag(str(WEB_DIR), "--web-dir", "directory served at /", validator=_directory)
+    web_dir: str = flag(str(page_dir()), "--web-dir", "directory served at /", validator=_directory)
     log_level: str = flag(
         "info",
         "--log-level",
