@@ -16,6 +16,8 @@ The conversion from Kalshi's decimal strings happens once, at the edge
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -37,6 +39,18 @@ Side = Literal["yes", "no"]
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+
+
+def wall_clock_ms() -> int:
+    """The system clock, Unix milliseconds: the time of a live process (tests pass their own)."""
+    return time.time_ns() // 1_000_000
+
+
+def iso_utc(ms: int | None) -> str | None:
+    """Unix milliseconds as ISO 8601 in UTC (``1970-01-01T00:00:00Z``); None stays None."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 @attrs.frozen(slots=True)

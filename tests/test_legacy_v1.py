@@ -21,7 +21,7 @@ from wsproto import ConnectionType, WSConnection
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.config import make_config
-from flowboard.model import MarketMeta, Trade
+from flowboard.model import MarketMeta, Trade, iso_utc
 from flowboard.protocol import v1
 from flowboard.server.legacy import feed_of
 from flowboard.server.pipeline import run_server
@@ -116,7 +116,7 @@ def test_units_convert_exactly_at_the_edge() -> None:
     assert v1.dollars(365_051) == 0.365051
     assert v1.contracts(13600) == 136 and v1.contracts(347) == 3.47
     assert v1.usd(3_600_000_000) == 36.0
-    assert v1.iso(0) == "1970-01-01T00:00:00Z" and v1.iso(None) is None
+    assert iso_utc(0) == "1970-01-01T00:00:00Z" and iso_utc(None) is None
 
 
 def test_trade_message_state_is_as_of_that_trade() -> None:
@@ -135,7 +135,7 @@ def test_trade_message_state_is_as_of_that_trade() -> None:
     last = v1.trade_message(agg, events[2], v1.global_stats(agg))  # type: ignore[arg-type]
     state = last["data"]["ticker_state"]
     assert state["volume_window"] == 60 and state["yes_flow"] == 40 and state["no_flow"] == 20
-    assert state["latest_expiration_time"] == v1.iso(BASE_MS + 3_600_000)
+    assert state["latest_expiration_time"] == iso_utc(BASE_MS + 3_600_000)
     assert first["data"]["trade"] == {
         "market_ticker": "KX-A",
         "yes_price": 36,
@@ -159,7 +159,7 @@ def test_global_stats_count_the_utc_day_and_markets_show_their_book_figures() ->
     agg.add_trade(Trade("t1", "KX-A", 500_000, 250, "yes", midnight + 1_000), midnight + 1_000)
     agg.add_trade(Trade("t2", "KX-A", 500_000, 100, "no", midnight + 2_000), midnight + 2_000)
     stats = v1.global_stats(agg)
-    assert stats["session_start_time"] == v1.iso(midnight)
+    assert stats["session_start_time"] == iso_utc(midnight)
     assert (stats["daily_trades_count"], stats["total_volume"], stats["total_net_flow"]) == (2, 3.5, 1.5)
     state = v1.ticker_state(agg, 0)
     assert (state["open_interest"], state["liquidity_dollars"]) == (12_345.67, 1_520.12345678)
@@ -247,7 +247,7 @@ async def test_snapshot_on_connect_has_the_documented_shape(
         v1.contracts(day_net_flow),
     )
     assert day_contracts > 0
-    assert stats["session_start_time"] == v1.iso(server.agg.now_ms - server.agg.now_ms % 86_400_000)
+    assert stats["session_start_time"] == iso_utc(server.agg.now_ms - server.agg.now_ms % 86_400_000)
     # The simulator's markets carry open interest and liquidity, as Kalshi's do.
     assert all(state["open_interest"] > 0 and state["liquidity_dollars"] > 0 for state in hot)
     check_analytics(data["analytics_data"]["hour_mode"], "hour")

@@ -29,11 +29,10 @@ from flowboard.config import make_config
 from flowboard.ingest.kalshi_format import encode_envelope, encode_trade_msg
 from flowboard.ingest.recording import encode_line
 from flowboard.ingest.sources import RawMessage
-from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Side, Trade
+from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Side, Trade, wall_clock_ms
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
 from flowboard.store import StoredSummary
-from flowboard.store._store import wall_clock_ms
 from flowboard.store._summary import merge_recent, summarize_minutes
 from flowboard.testing.wsclient import open_wire_client
 

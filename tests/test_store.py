@@ -22,9 +22,8 @@ import pytest
 import trio
 
 from flowboard.errors import ConfigError, StoreError
-from flowboard.model import DAY_MS, MarketMeta, Trade
+from flowboard.model import DAY_MS, MarketMeta, Trade, wall_clock_ms
 from flowboard.store import MIGRATIONS, Store, StoreConfig, open_store, serve_writer
-from flowboard.store._store import wall_clock_ms
 
 POSTGRES_URL = os.environ.get("FLOWBOARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SERVICES_REQUIRED = os.environ.get("FLOWBOARD_REQUIRE_SERVICES") == "1"

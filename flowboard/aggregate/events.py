@@ -44,7 +44,7 @@ class MarketAdded:
 @attrs.frozen(slots=True)
 class TradeAdded:
     """A new trade. ``window`` is the market's window after it (for clients that do not
-    get every trade of the market); ``seq_in_market`` orders trades of equal time."""
+    get every trade of the market); ``arrival`` orders trades of equal time."""
 
     trade: Trade
     market: int

@@ -13,9 +13,9 @@ from typing import Any
 import attrs
 import orjson
 
-from flowboard.aggregate.aggregator import Aggregator
+from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode, floor_to, view_start_ms
 from flowboard.errors import DecodeError
-from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, ONE_DOLLAR, Trade
+from flowboard.model import DAY_MS, MINUTE_MS, ONE_DOLLAR, Trade
 from flowboard.protocol import v2
 
 # A trade as the client holds it: (market, price, count, side, ts_ms).
@@ -59,7 +59,7 @@ class ViewState:
     tape: list[tuple[int, int, Row]] = attrs.Factory(list)  # newest first
     top: list[tuple[int, int, Row]] = attrs.Factory(list)  # (usd, arrival, row), largest first
     minute_ms: int = 0
-    buckets: dict[str, dict[int, list[int]]] = attrs.Factory(lambda: {"hour": {}, "day": {}})
+    buckets: dict[AnalyticsMode, dict[int, list[int]]] = attrs.Factory(lambda: {"hour": {}, "day": {}})
     days: dict[int, list[int]] = attrs.Factory(dict)  # UTC day start -> [trades, usd]
     missed: int = 0
     resyncs: int = 0
@@ -137,8 +137,8 @@ class ViewState:
 
     def _clock(self, event: list[Any]) -> None:
         self.minute_ms = event[1] + self.t0
-        hour_start = self._view_start("hour")
-        day_start = self._view_start("day")
+        hour_start = view_start_ms("hour", self.minute_ms)
+        day_start = view_start_ms("day", self.minute_ms)
         self.buckets["hour"] = {k: v for k, v in self.buckets["hour"].items() if k >= hour_start}
         self.buckets["day"] = {k: v for k, v in self.buckets["day"].items() if k >= day_start}
         today = self.minute_ms - self.minute_ms % DAY_MS
@@ -148,12 +148,6 @@ class ViewState:
         self.detail_trades = [entry for entry in self.detail_trades if entry[0] >= day_start]
         for view in self.markets.values():
             view.spark = [point for point in view.spark if point[0] >= day_start]
-
-    def _view_start(self, mode: str) -> int:
-        if mode == "hour":
-            return self.minute_ms - 59 * MINUTE_MS
-        hour = self.minute_ms - self.minute_ms % HOUR_MS
-        return hour - 23 * HOUR_MS
 
     def tracked(self) -> set[int]:
         tracked = set(self.hot) if "hot" in self.channels else set()
@@ -174,9 +168,9 @@ class ViewState:
                 _insert_newest_first(self.tape, (ts, self._arrival, row))
                 del self.tape[self.tape_limit :]
                 self._insert_top(usd, row)
-                for mode, step in (("hour", MINUTE_MS), ("day", HOUR_MS)):
-                    start = ts - ts % step
-                    if start >= self._view_start(mode):
+                for mode, (bucket_ms, _) in ANALYTICS_VIEWS.items():
+                    start = floor_to(ts, bucket_ms)
+                    if start >= view_start_ms(mode, self.minute_ms):
                         bucket = self.buckets[mode].setdefault(start, [0, 0])
                         bucket[0] += usd
                         bucket[1] += 1
@@ -250,9 +244,9 @@ class ViewState:
     def _analytics(self, event: list[Any]) -> None:
         _, code, first, *buckets = event
         mode = v2.MODE_NAMES[code]
-        step = MINUTE_MS if mode == "hour" else HOUR_MS
+        bucket_ms, _ = ANALYTICS_VIEWS[mode]
         start = first + self.t0
-        self.buckets[mode] = {start + i * step: list(bucket) for i, bucket in enumerate(buckets)}
+        self.buckets[mode] = {start + i * bucket_ms: list(bucket) for i, bucket in enumerate(buckets)}
 
     def _period(self, event: list[Any]) -> None:
         _, code, start, usd, count = event
@@ -296,15 +290,13 @@ class ViewState:
             out["hot"] = [self._market_summary(m) for m in self.ranked_hot()]
         if "top" in self.channels:
             out["top"] = [self._row_summary(row) for _, _, row in self.top]
-        for mode in ("hour", "day"):
+        for mode, (bucket_ms, bucket_count) in ANALYTICS_VIEWS.items():
             if mode in self.channels:
-                start = self._view_start(mode)
-                step = MINUTE_MS if mode == "hour" else HOUR_MS
-                count = 60 if mode == "hour" else 24
+                start = view_start_ms(mode, self.minute_ms)
                 held = self.buckets[mode]
                 out[mode] = {
                     "first": start,
-                    "buckets": [held.get(start + i * step, [0, 0]) for i in range(count)],
+                    "buckets": [held.get(start + i * bucket_ms, [0, 0]) for i in range(bucket_count)],
                 }
         if "today" in self.channels:
             today = self.minute_ms - self.minute_ms % DAY_MS
@@ -400,9 +392,9 @@ def expected_summary(
         out["hot"] = [market(m) for m in agg.hot()]
     if "top" in channels:
         out["top"] = [row(t) for t in agg.top_trades()]
-    for mode in ("hour", "day"):
+    for mode in ANALYTICS_VIEWS:
         if mode in channels:
-            view = agg.analytics("hour" if mode == "hour" else "day")
+            view = agg.analytics(mode)
             out[mode] = {"first": view.first_bucket_ms, "buckets": [list(b) for b in view.buckets]}
     if "today" in channels:
         out["today"] = list(agg.today())

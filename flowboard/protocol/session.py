@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from flowboard.aggregate.aggregator import Aggregator
+from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode, floor_to
 from flowboard.aggregate.events import (
     ClockTicked,
     Event,
@@ -28,7 +28,7 @@ from flowboard.aggregate.events import (
     TradeAdded,
     WindowChanged,
 )
-from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, Trade
+from flowboard.model import HOUR_MS, MINUTE_MS, Trade
 from flowboard.options import flag, positive
 from flowboard.protocol import v2
 
@@ -117,7 +117,7 @@ class ClientSession:
         self._dirty_windows: set[int] = set()
         self._spark_inserts: dict[int, list[Trade]] = {}
         self._dirty_meta: set[int] = set()
-        self._dirty_buckets: dict[str, set[int]] = {"hour": set(), "day": set()}
+        self._dirty_buckets: dict[AnalyticsMode, set[int]] = {mode: set() for mode in ANALYTICS_VIEWS}
         self._hot_dirty = False
         self._top_dirty = False
         self._today_dirty = False
@@ -198,10 +198,9 @@ class ClientSession:
         if not self._folds_trades:
             ts = event.trade.ts_ms
             self._recent_trade_times.append(now_ms)
-            if "hour" in self.channels:
-                self._dirty_buckets["hour"].add(ts - ts % MINUTE_MS)
-            if "day" in self.channels:
-                self._dirty_buckets["day"].add(ts - ts % HOUR_MS)
+            for mode, (bucket_ms, _) in ANALYTICS_VIEWS.items():
+                if mode in self.channels:
+                    self._dirty_buckets[mode].add(floor_to(ts, bucket_ms))
             if "today" in self.channels:
                 self._today_dirty = True
 
@@ -436,8 +435,8 @@ class ClientSession:
             rows.append(v2.trade_row(market, trade, self._t0))
         return rows
 
-    def _analytics_event(self, agg: Aggregator, mode: str) -> list[Any]:
-        view = agg.analytics("hour" if mode == "hour" else "day")
+    def _analytics_event(self, agg: Aggregator, mode: AnalyticsMode) -> list[Any]:
+        view = agg.analytics(mode)
         return ["a", v2.MODE_CODES[mode], view.first_bucket_ms - self._t0, *map(list, view.buckets)]
 
     def _channel_parts(self, agg: Aggregator, channels: frozenset[str], defs: list[Any]) -> list[Any]:
@@ -453,7 +452,7 @@ class ClientSession:
                     self._tracked.add(market)
         if "top" in channels:
             parts.append(["x", *self._rows(agg, agg.top_trades(), defs)])
-        for mode in ("hour", "day"):
+        for mode in ANALYTICS_VIEWS:
             if mode in channels:
                 parts.append(self._analytics_event(agg, mode))
         if "today" in channels:
@@ -526,7 +525,7 @@ class ClientSession:
             self._clock_dirty = False
             if not self._folds_trades:
                 # The new period may already hold trades timed ahead of our clock: send whole views.
-                for mode in ("hour", "day"):
+                for mode in ANALYTICS_VIEWS:
                     if mode in self.channels:
                         keyed.append(self._analytics_event(agg, mode))
                         self._dirty_buckets[mode].clear()
@@ -638,10 +637,9 @@ class ClientSession:
         for mode, dirty in self._dirty_buckets.items():
             if not dirty:
                 continue
-            view = agg.analytics("hour" if mode == "hour" else "day")
-            step = MINUTE_MS if mode == "hour" else HOUR_MS
+            view = agg.analytics(mode)
             for start in sorted(dirty):
-                index = (start - view.first_bucket_ms) // step
+                index = (start - view.first_bucket_ms) // view.bucket_ms
                 if 0 <= index < len(view.buckets):
                     usd, count = view.buckets[index]
                     updates.append(["p", v2.MODE_CODES[mode], start - self._t0, usd, count])
@@ -652,4 +650,4 @@ class ClientSession:
         return updates
 
 
-__all__ = ["DAY_MS", "ClientSession", "ResumePoint", "SessionLimits", "SessionStats"]
+__all__ = ["ClientSession", "ResumePoint", "SessionLimits", "SessionStats"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 import json
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import attrs
@@ -26,7 +25,7 @@ import attrs
 from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode, floor_to
 from flowboard.aggregate.events import TradeAdded
 from flowboard.errors import ProtocolError
-from flowboard.model import COUNT_SCALE, DAY_MS, PRICE_SCALE, USD_SCALE, Trade
+from flowboard.model import COUNT_SCALE, DAY_MS, PRICE_SCALE, USD_SCALE, Trade, iso_utc
 
 Message = dict[str, Any]
 Number = int | float
@@ -70,12 +69,6 @@ def contracts(count: int) -> Number:
 
 def usd(amount: int) -> float:
     return amount / USD_SCALE
-
-
-def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def trade_json(trade: Trade) -> Message:
@@ -139,7 +132,7 @@ def ticker_state(agg: Aggregator, market: int, *, as_of: TradeAdded | None = Non
         # From the market's metadata; null while unknown, never a made-up 0.
         "liquidity_dollars": None if meta.liquidity is None else usd(meta.liquidity),
         "open_interest": None if meta.open_interest is None else contracts(meta.open_interest),
-        "latest_expiration_time": iso(meta.close_ts_ms),
+        "latest_expiration_time": iso_utc(meta.close_ts_ms),
         "net_flow": contracts(window.net_flow),
         "last_yes_price_dollars": None if yes is None else dollars(yes),
         "last_no_price_dollars": None if yes is None else dollars(PRICE_SCALE - yes),
@@ -159,7 +152,7 @@ def global_stats(agg: Aggregator) -> Message:
         "daily_trades_count": agg.today()[0],
         "total_volume": contracts(day_contracts),
         "total_net_flow": contracts(day_net_flow),
-        "session_start_time": iso(floor_to(agg.now_ms, DAY_MS)),
+        "session_start_time": iso_utc(floor_to(agg.now_ms, DAY_MS)),
         "active_markets_count": agg.active_markets(),
         "total_window_volume": contracts(window_contracts),
     }

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import orjson
 
+from flowboard.aggregate.aggregator import AnalyticsMode
 from flowboard.errors import ProtocolError
 from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade
 
@@ -22,14 +23,16 @@ DEFAULT_CHANNELS = frozenset(CHANNELS)
 UNITS = {"price": PRICE_DECIMALS, "count": COUNT_DECIMALS, "usd": USD_DECIMALS}
 
 #: Analytics modes as the wire names them.
-MODE_CODES = {"hour": "h", "day": "d"}
+MODE_CODES: dict[AnalyticsMode, str] = {"hour": "h", "day": "d"}
 MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
 
 #: Largest client command we accept; hypercorn closes bigger ones with 1009.
 MAX_COMMAND_BYTES = 64 * 1024
 
-#: Close code for a client that cannot keep up (DESIGN.md, protocol principle 3).
+#: Close code for a client that cannot keep up (docs/protocol.md, "Delivery").
 CLOSE_TOO_SLOW = 4008
+#: Close code of a server shutting down (RFC 6455 "going away"), on /ws and /ws/stream alike.
+CLOSE_GOING_AWAY = 1001
 
 
 def side_code(trade: Trade) -> int:

@@ -7,7 +7,6 @@ Unix milliseconds. The API reads the same aggregator the streams are built from.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
-from flowboard.aggregate.aggregator import Aggregator
+from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode
 from flowboard.errors import BadRequest, StoreError
 from flowboard.model import (
     COUNT_DECIMALS,
@@ -25,6 +24,7 @@ from flowboard.model import (
     USD_DECIMALS,
     Trade,
     from_units,
+    iso_utc,
     units_text,
 )
 from flowboard.server import connection, guards, legacy, page_policy
@@ -52,10 +52,6 @@ def _usd(units: int) -> str:
     return units_text(units, USD_DECIMALS, 6)
 
 
-def _iso(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-
-
 def trade_json(trade: Trade) -> dict[str, Any]:
     return {
         "trade_id": trade.trade_id,
@@ -78,7 +74,7 @@ def market_json(agg: Aggregator, market: int) -> dict[str, Any]:
         "title": meta.title,
         "category": meta.category,
         "event_ticker": meta.event_ticker,
-        "close_time": _iso(meta.close_ts_ms),
+        "close_time": iso_utc(meta.close_ts_ms),
         "last_price": None if last is None else _price(last.yes_price),
         "window": {
             "contracts": _count(window.contracts),
@@ -95,8 +91,8 @@ def market_json(agg: Aggregator, market: int) -> dict[str, Any]:
     }
 
 
-def analytics_json(agg: Aggregator, mode: str) -> dict[str, Any]:
-    view = agg.analytics("hour" if mode == "hour" else "day")
+def analytics_json(agg: Aggregator, mode: AnalyticsMode) -> dict[str, Any]:
+    view = agg.analytics(mode)
 
     def bucket(index: int) -> dict[str, Any]:
         usd, trades = view.buckets[index]
@@ -273,7 +269,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @app.route("/api/analytics")
     async def analytics() -> Response:
         mode = request.args.get("mode", "hour")
-        if mode not in ("hour", "day"):
+        if mode not in ANALYTICS_VIEWS:
             return _json({"error": f"mode must be 'hour' or 'day', got {mode[:20]!r}"}, 400)
         return _json(analytics_json(agg, mode))
 

@@ -19,15 +19,15 @@ from functools import partial
 import trio
 from quart import websocket
 
+from flowboard.aggregate.aggregator import ANALYTICS_VIEWS
 from flowboard.aggregate.events import Event, TradeAdded
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v1
-from flowboard.protocol.v2 import CLOSE_TOO_SLOW
+from flowboard.protocol.v2 import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
 from flowboard.server import guards
 from flowboard.server.hub import Wakeup
 from flowboard.server.runtime import Runtime
 
-CLOSE_GOING_AWAY = 1001
 ANALYTICS_EVERY_MS = 1_000
 HOT_EVERY_MS = 5_000
 PING_EVERY_MS = 30_000
@@ -142,7 +142,7 @@ def _queue_timed(runtime: Runtime, feed: V1Feed, connection: V1Connection, due: 
     queue = connection.queue
     if now >= due[v1.ANALYTICS]:
         period = now // ANALYTICS_EVERY_MS
-        for mode in ("hour", "day"):
+        for mode in ANALYTICS_VIEWS:
             build = partial(v1.analytics_message, agg, mode, now)
             text = feed.cached(f"{v1.ANALYTICS}:{mode}", period, build)
             queue.push(v1.ANALYTICS, text, key=mode)

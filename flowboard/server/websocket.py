@@ -23,9 +23,6 @@ from flowboard.server.hub import Client, FrameCounter
 from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import Runtime
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-
 
 def parse_resume(text: str | None) -> tuple[str, int] | None:
     """``EPOCH:SEQ`` from the query string."""
@@ -92,7 +89,7 @@ async def serve_v2(runtime: Runtime) -> None:
         resume = parse_resume(args.get("resume"))
     except ProtocolError as exc:
         await websocket.accept()
-        await websocket.close(CLOSE_POLICY, str(exc)[:120])
+        await websocket.close(guards.CLOSE_POLICY, str(exc)[:120])
         return
     await websocket.accept()
     wire = await connection.attach(websocket.scope, stall_timeout=runtime.config.delivery.stall_timeout_s)
@@ -217,7 +214,7 @@ class _Sender:
             # client.session is read afresh each time (never held across a wait): it changes
             # when the client joins or leaves a group, and a member's old session must go.
             if hub.shutting_down.is_set():
-                await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+                await websocket.close(v2.CLOSE_GOING_AWAY, "server shutting down")
                 return
             close_reason = client.session.close_reason
             if close_reason is not None:

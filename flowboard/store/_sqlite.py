@@ -15,13 +15,13 @@ from pathlib import Path
 import trio
 
 from flowboard.errors import ConfigError, StoreError, TradesRejected
-from flowboard.model import MINUTE_MS, MarketMeta, Trade
+from flowboard.model import MINUTE_MS, MarketMeta, Trade, wall_clock_ms
 
 from ._config import StoreConfig
 from ._lock import SqliteWriterLock
 from ._pending import Cursor, PageCursor, cursor_after, meta_row, trades_of
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
-from ._store import BatchedStore, wall_clock_ms
+from ._store import BatchedStore
 from ._summary import FLOW_SQL, USD_SQL, StoredSummary, merge_recent, summarize_minutes
 
 _TRADE_COLUMNS = "trade_id, ticker, yes_price, count, taker_side, ts_ms"

@@ -4,14 +4,13 @@ that runs in worker threads. The SQL lives in ``_sqlite`` and ``_postgres``."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from typing import NoReturn, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
 from flowboard.errors import StoreError, TradesRejected
-from flowboard.model import DAY_MS, MarketMeta, Trade
+from flowboard.model import DAY_MS, MarketMeta, Trade, wall_clock_ms
 
 from ._config import StoreConfig
 from ._pending import Cursor, PageCursor, PendingTrades, StoreStatistics, page_cursor, retry_delay_s
@@ -21,10 +20,6 @@ log = logging.getLogger("flowboard.store")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Database(Protocol):
