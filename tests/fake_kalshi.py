@@ -1,4 +1,4 @@
-"""A fake Kalshi on loopback: the WebSocket feed and the public REST API of KALSHI.md.
+"""A fake Kalshi on loopback: the WebSocket feed and the public REST API, as Kalshi documents them.
 
 Reusable by ``bench/``. It holds the full list of trades it generated (``trades``,
 its ground truth) and injects faults on demand. Start it with::

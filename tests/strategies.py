@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from flowboard.model import ONE_DOLLAR, Side, Trade
 
-#: Real Kalshi ticker shapes (KALSHI.md), including the ``.`` that some of them carry.
+#: Real Kalshi ticker shapes (from Kalshi's documented examples), including the ``.`` that some of them carry.
 REAL_TICKERS = (
     "KXBTCD-25DEC3117-T101999.99",
     "HIGHNY-22DEC23-B53.5",

@@ -207,7 +207,7 @@ async def test_start_up_errors_are_config_errors(tmp_path: Path) -> None:
 
 
 def test_environment_urls() -> None:
-    """prod and demo resolve to KALSHI.md's hosts; overrides win."""
+    """prod and demo resolve to Kalshi's documented hosts; overrides win."""
     assert KalshiConfig().resolved_ws_url == "wss://external-api-ws.kalshi.com/trade-api/ws/v2"
     assert KalshiConfig(env="demo").resolved_rest_url == "https://external-api.demo.kalshi.co/trade-api/v2"
     assert KalshiConfig(ws_url="ws://127.0.0.1:1/trade-api/ws/v2").resolved_ws_url.startswith(

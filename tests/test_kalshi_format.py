@@ -24,7 +24,7 @@ from flowboard.ingest.kalshi_format import (
 )
 from flowboard.model import Trade
 
-# KALSHI.md's example of the current format, verbatim.
+# Kalshi's documented example of the current format, verbatim.
 CURRENT_EXAMPLE = (
     '{"type":"trade","sid":11,"seq":2,"msg":{'
     '"trade_id":"d91bc706-ee49-470d-82d8-11418bda6fed","market_ticker":"HIGHNY-22DEC23-B53.5",'
@@ -41,7 +41,7 @@ CURRENT_TRADE = Trade(
     ts_ms=1669149841000,
 )
 
-# KALSHI.md's example of the legacy format, with its elided ids filled in.
+# Kalshi's documented example of the legacy format, with its elided ids filled in.
 LEGACY_EXAMPLE = (
     '{"type":"trade","sid":1,"seq":42,"msg":{"trade_id":"3f1c2a9e-0b7d-4c55-9a51-2f0e6c1d8b77",'
     '"market_ticker":"KXBTCD-25DEC3117-T101999.99","yes_price":55,"no_price":45,'
@@ -81,7 +81,7 @@ def _apply(msg: dict[str, Any], changes: dict[str, object]) -> dict[str, Any]:
 
 
 def test_current_example_parses_to_exact_units() -> None:
-    """KALSHI.md's current-format message gives prices in $0.000001 and counts in hundredths, exactly."""
+    """Kalshi's current-format example gives prices in $0.000001 and counts in hundredths, exactly."""
     message = decode_message(CURRENT_EXAMPLE)
     assert message == FeedMessage(
         type="trade", sid=11, seq=2, id=None, msg=orjson.loads(CURRENT_EXAMPLE)["msg"]
@@ -90,7 +90,7 @@ def test_current_example_parses_to_exact_units() -> None:
 
 
 def test_legacy_example_parses_to_exact_units() -> None:
-    """KALSHI.md's legacy message (integer cents, integer count, ts in seconds) gives the same units."""
+    """Kalshi's legacy example (integer cents, integer count, ts in seconds) gives the same units."""
     message = decode_message(LEGACY_EXAMPLE)
     assert (message.type, message.sid, message.seq) == ("trade", 1, 42)
     assert trade_from_msg(message.msg) == LEGACY_TRADE
@@ -469,7 +469,7 @@ def test_malformed_rest_trade(changes: dict[str, object], expected: str) -> None
 
 
 def test_encode_trade_msg_matches_kalshi_example_exactly() -> None:
-    """The encoder writes KALSHI.md's current format field for field, so the fake server is faithful."""
+    """The encoder writes Kalshi's documented current format field for field: the fake is faithful."""
     assert encode_trade_msg(CURRENT_TRADE) == orjson.loads(CURRENT_EXAMPLE)["msg"]
     assert encode_envelope(encode_trade_msg(CURRENT_TRADE), sid=11, seq=2) == CURRENT_EXAMPLE
 
@@ -482,7 +482,7 @@ def test_encode_envelope_omits_a_missing_seq() -> None:
 
 
 def test_encode_legacy_matches_kalshi_example_exactly() -> None:
-    """The legacy encoder writes KALSHI.md's legacy fields: integer cents, integer count, ts seconds."""
+    """The legacy encoder writes Kalshi's documented legacy fields: integer cents and count, ts seconds."""
     assert encode_legacy_trade_msg(LEGACY_TRADE) == orjson.loads(LEGACY_EXAMPLE)["msg"]
 
 

@@ -19,7 +19,7 @@ from flowboard.model import COUNT_SCALE, ONE_DOLLAR, Trade, series_of
 
 START_MS = 1_767_200_000_000  # 2025-12-31 16:53:20 UTC
 
-# One pattern per family of tickers the simulator makes; KALSHI.md's examples must match them.
+# One pattern per family of tickers the simulator makes; Kalshi's documented examples must match them.
 TICKER_SHAPES = {
     "crypto hourly": r"KX(BTC|ETH|SOL|XRP)D-\d{2}[A-Z]{3}\d{4}-T\d+\.\d{2}",
     "crypto 15 minutes": r"KX(BTC|ETH|SOL|XRP)15M-\d{2}[A-Z]{3}\d{6}-\d{2}",
@@ -39,7 +39,7 @@ KALSHI_EXAMPLES = (
     "FED-23DEC-T3.00",
 )
 CATEGORIES = {"Crypto", "Sports", "Economics", "Politics", "Weather", "Financials", "Entertainment"}
-# Where Kalshi's flow concentrates (KALSHI.md): crypto hourly, sports games, the Fed.
+# Where Kalshi's flow concentrates: crypto hourly, sports games, the Fed.
 DOMINANT_SERIES = re.compile(r"KX(BTC|ETH|SOL|XRP)(D|15M)|KX\w+GAME|(KX)?FED")
 
 

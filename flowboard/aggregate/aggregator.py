@@ -53,7 +53,7 @@ from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Trade
 
 AnalyticsMode = Literal["hour", "day"]
 
-#: bucket length and bucket count of each analytics view (DESIGN.md: "Analytics")
+#: bucket length and bucket count of each analytics view (README: "Numbers", Analytics)
 ANALYTICS_VIEWS: dict[AnalyticsMode, tuple[int, int]] = {
     "hour": (MINUTE_MS, 60),
     "day": (HOUR_MS, 24),

@@ -17,7 +17,7 @@ from flowboard.model import MarketMeta, Trade
 
 @attrs.frozen(slots=True)
 class WindowStats:
-    """A market's trailing-window sums (DESIGN.md: "Market window")."""
+    """A market's trailing-window sums (README: "Numbers", the window)."""
 
     contracts: int = 0  # hundredths of a contract
     usd: int = 0  # $0.00000001 (USD_DECIMALS)

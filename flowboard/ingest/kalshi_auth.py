@@ -1,4 +1,4 @@
-"""Kalshi request signing (KALSHI.md, "Authentication").
+"""Kalshi request signing, as Kalshi's API documents it.
 
 Kalshi authenticates a request with three headers: the key id, the time in
 milliseconds, and a base64 RSA-PSS (SHA-256, MGF1 SHA-256, salt length 32)

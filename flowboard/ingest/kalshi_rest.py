@@ -1,4 +1,4 @@
-"""A small rate-limited client for Kalshi's public REST API (KALSHI.md, "REST").
+"""A small rate-limited client for Kalshi's public REST API (Kalshi's documented ``/trade-api/v2``).
 
 Shared by backfill/reconciliation and the metadata fetcher; each owner opens its own
 client so that each has its own request budget. Requests are signed when a key is

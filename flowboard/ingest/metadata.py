@@ -7,7 +7,7 @@ de-duplicated queue, asks ``GET /markets?tickers=A,B,...`` in batches, then the
 event and the series of each market (both cached), and calls ``on_meta`` with a
 :class:`~flowboard.model.MarketMeta` per market. Results are refreshed after ``ttl_s``.
 
-Kalshi's fields (KALSHI.md): a market has no category and its ``title`` is deprecated;
+Kalshi's fields, as its API documents them: a market has no category and its ``title`` is deprecated;
 the title shown is the event's title plus the market's ``yes_sub_title`` where that
 tells the markets of one event apart, and the category is the series'.
 """
@@ -112,7 +112,7 @@ def build_meta(
         event_ticker=event_ticker,
         series_ticker=series_ticker,
         open_interest=_open_interest(market),
-        # Deprecated by Kalshi (KALSHI.md: always "0.0000" today), shown as it comes.
+        # Deprecated in Kalshi's API (always "0.0000" today), shown as it comes.
         liquidity=_decimal_units(market.get("liquidity_dollars"), USD_DECIMALS),
         mve_collection_ticker=_text(market, "mve_collection_ticker"),
     )

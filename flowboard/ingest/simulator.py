@@ -2,7 +2,7 @@
 
 Pure and deterministic: the simulator owns a ``random.Random(seed)`` and takes the time as
 an argument, so the same seed and the same calls give the same markets and the same trades.
-It aims to look like the real feed where the dashboard would notice (KALSHI.md):
+It aims to look like the real feed where the dashboard would notice:
 
 - real ticker shapes and human titles across Kalshi's categories;
 - popularity that is Zipf-skewed, with crypto hourly, sports games and the Fed on top;
