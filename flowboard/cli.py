@@ -21,8 +21,9 @@ from flowboard.ingest.feed import FeedItem
 from flowboard.ingest.recording import record
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import open_source
+from flowboard.model import wall_clock_ms
 from flowboard.scaleout.workers import serve_workers
-from flowboard.server.pipeline import run_server, wall_clock_ms
+from flowboard.server.pipeline import run_server
 
 #: Signals that stop the process gracefully. SIGHUP too: a closed terminal or a supervisor's
 #: hang-up must not kill the process before it has flushed the store.

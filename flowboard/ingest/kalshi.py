@@ -1,4 +1,4 @@
-"""The real Kalshi feed: WebSocket ``trade`` channel plus REST backfill (KALSHI.md).
+"""The real Kalshi feed: WebSocket ``trade`` channel plus REST backfill, as Kalshi documents them.
 
 ``serve_kalshi`` runs forever and forwards every Kalshi trade exactly once, parsed, as a
 :class:`~flowboard.ingest.feed.Received` (with the message's text, for ``flowboard record``).

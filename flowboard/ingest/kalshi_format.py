@@ -6,7 +6,7 @@ that cannot be represented exactly is rejected, never rounded, and every rejecti
 :class:`~flowboard.errors.MalformedMessage` that says which field was expected to hold
 what and what came instead.
 
-Both of Kalshi's ``trade`` formats are read (KALSHI.md): the current one with
+Both of Kalshi's documented ``trade`` formats are read: the current one with
 ``yes_price_dollars`` / ``count_fp`` / ``taker_outcome_side`` / ``ts_ms``, and the legacy
 one with integer ``yes_price`` cents and integer ``count`` that recordings may still hold.
 The encoders write the current format, for the simulator and the fake Kalshi server.
@@ -106,7 +106,7 @@ def parse_rest_trade(obj: Mapping[str, object]) -> Trade:
 
 
 def encode_trade_msg(trade: Trade) -> dict[str, Any]:
-    """``trade`` as the ``msg`` of a current-format WebSocket ``trade`` message (KALSHI.md)."""
+    """``trade`` as the ``msg`` of a current-format WebSocket ``trade`` message, as Kalshi documents it."""
     return {
         "trade_id": trade.trade_id,
         "market_ticker": trade.ticker,

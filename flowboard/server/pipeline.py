@@ -1,6 +1,6 @@
 """Wiring: one nursery that owns the source, the aggregator loop, the clock and the HTTP server.
 
-Data flows one way (DESIGN.md): source (parses, in ``ingest/``) -> FeedItem channel ->
+Data flows one way (docs/architecture.md): source (parses, in ``ingest/``) -> FeedItem channel ->
 aggregate -> publish (hub) -> per-client sessions -> send loops. Everything here only moves
 data between the pure parts; start-up order is enforced with ``nursery.start`` so the server
 reports ready (``task_status.started(runtime)``, ``/readyz``) only when every part runs.
@@ -19,7 +19,6 @@ import json
 import logging
 import secrets
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
@@ -39,7 +38,7 @@ from flowboard.ingest.recording import ReplayClock, open_replay_clock
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import open_source
 from flowboard.logs import ThrottledLog
-from flowboard.model import MarketMeta, Trade
+from flowboard.model import MarketMeta, Trade, wall_clock_ms
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 from flowboard.scaleout import redis_io
 from flowboard.scaleout.redis_io import Follower, JournalingHub, Outbox, PublisherStats
@@ -57,10 +56,6 @@ from flowboard.store import Store, open_store, serve_writer
 log = logging.getLogger(__name__)
 #: Store failures outside the trade writer (which logs its own): an outage must not flood the log.
 _store_log = ThrottledLog(log, "store")
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Ingestor:
