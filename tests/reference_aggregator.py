@@ -237,3 +237,63 @@ class ReferenceAggregator:
 
     def active_markets(self) -> int:
         return sum(1 for market in range(len(self.tickers)) if self.window(market).trades > 0)
+
+
+# -- history (candles, export): recomputed from a plain list of trades ----------------------
+
+
+@attrs.frozen
+class ReferenceCandle:
+    start_ms: int
+    open: int
+    high: int
+    low: int
+    close: int
+    usd: int
+    trades: int
+
+
+def reference_candles(
+    arrived: list[Trade], ticker: str, interval_ms: int, since_ms: int, limit: int
+) -> tuple[list[ReferenceCandle], int | None]:
+    """One page of ``ticker``'s candles from every trade in the order it arrived: the periods
+    from the one ``since_ms`` falls in, ``limit`` of them; and the start of the period of the
+    market's first trade after the page, or None."""
+    first = since_ms // interval_ms * interval_ms
+    end = first + limit * interval_ms
+    mine = [t for t in arrived if t.ticker == ticker]
+    # A stable sort by time keeps the trades of one millisecond in arrival order.
+    ordered = sorted(mine, key=lambda t: t.ts_ms)
+    candles = []
+    for start in range(first, end, interval_ms):
+        inside = [t for t in ordered if start <= t.ts_ms < start + interval_ms]
+        if inside:
+            prices = [t.yes_price for t in inside]
+            candles.append(
+                ReferenceCandle(
+                    start_ms=start,
+                    open=prices[0],
+                    high=max(prices),
+                    low=min(prices),
+                    close=prices[-1],
+                    usd=sum(t.count * t.taker_price for t in inside),
+                    trades=len(inside),
+                )
+            )
+    later = [t.ts_ms for t in ordered if t.ts_ms >= end]
+    return candles, (min(later) // interval_ms * interval_ms if later else None)
+
+
+def reference_export(
+    arrived: list[Trade], since_ms: int, until_ms: int, ticker: str | None, min_usd: int
+) -> list[Trade]:
+    """The trades an export gives: in the range, of the market (or all), of at least $ min_usd,
+    by time and then arrival."""
+    chosen = [
+        t
+        for t in arrived
+        if since_ms <= t.ts_ms < until_ms
+        and ticker in (None, t.ticker)
+        and t.count * t.taker_price >= min_usd
+    ]
+    return sorted(chosen, key=lambda t: t.ts_ms)

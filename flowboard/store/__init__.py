@@ -21,6 +21,7 @@ from typing import NoReturn
 import trio
 
 from ._config import DEFAULT_DB_PATH, PostgresTarget, SqliteTarget, StoreConfig, parse_target
+from ._history import CANDLE_INTERVALS_MS, Candle, CandlePage
 from ._pending import StoreStatistics
 from ._postgres import PostgresDatabase, PostgresStore
 from ._schema import MIGRATIONS, Migration
@@ -29,8 +30,11 @@ from ._store import BatchedStore, Store
 from ._summary import StoredSummary
 
 __all__ = [
+    "CANDLE_INTERVALS_MS",
     "DEFAULT_DB_PATH",
     "MIGRATIONS",
+    "Candle",
+    "CandlePage",
     "Migration",
     "PostgresStore",
     "SqliteStore",

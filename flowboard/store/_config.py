@@ -38,6 +38,8 @@ class StoreConfig:
     #: Rows per DELETE, small so that retention never holds the write lock for long.
     retention_batch_rows: int = 5_000
     load_chunk_trades: int = 50_000
+    #: Trades per query of a CSV export, so that an export of any range holds this many at a time.
+    export_chunk_trades: int = 5_000
     #: PostgreSQL connections for reads; the writer has one more of its own.
     postgres_readers: int = 4
     #: On shutdown, how long the writer may keep committing what is still queued.

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import starmap
+from typing import Any
 
 import psycopg
 import trio
@@ -18,6 +19,18 @@ from flowboard.errors import StoreError, TradesRejected
 from flowboard.model import MINUTE_MS, MarketMeta, Trade, wall_clock_ms
 
 from ._config import PostgresTarget, StoreConfig
+from ._history import (
+    CANDLES_POSTGRES,
+    EXPORT_ALL_POSTGRES,
+    EXPORT_MARKET_POSTGRES,
+    NEXT_POSTGRES,
+    PERIOD_TRADES_POSTGRES,
+    CandlePage,
+    candles_of,
+    page_span,
+    period_start,
+    usd_of,
+)
 from ._lock import PostgresWriterLock
 from ._pending import Cursor, PageCursor, cursor_after, meta_row, trades_of
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
@@ -186,6 +199,37 @@ class PostgresDatabase:
             rows = connection.execute(_TRADES_AFTER, (*after, limit)).fetchall()
         return trades_of(rows), cursor_after(rows, after)
 
+    def market_candles(self, ticker: str, interval_ms: int, since_ms: int, limit: int) -> CandlePage:
+        start, end = page_span(since_ms, interval_ms, limit)
+        params = {"ticker": ticker, "iv": interval_ms, "start": start, "end": end}
+        with self._transaction("reading a market's candles") as connection:
+            # One snapshot for the candles and the next page's start.
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+            def exact_usd(period_ms: int) -> int:
+                window = {"ticker": ticker, "start": period_ms, "end": period_ms + interval_ms}
+                return usd_of(starmap(Trade, connection.execute(PERIOD_TRADES_POSTGRES, window).fetchall()))
+
+            candles = candles_of(connection.execute(CANDLES_POSTGRES, params).fetchall(), exact_usd)
+            next_ms = _scalar_int(connection, NEXT_POSTGRES, params)
+        return CandlePage(candles, None if next_ms is None else period_start(next_ms, interval_ms))
+
+    def trades_between(
+        self, ticker: str | None, after: Cursor, until_ms: int, min_usd: int, limit: int
+    ) -> tuple[list[Trade], Cursor]:
+        params = {
+            "ticker": ticker,
+            "after_ts": after[0],
+            "after_arrival": after[1],
+            "end": until_ms,
+            "min_usd": min_usd,
+            "limit": limit,
+        }
+        query = EXPORT_ALL_POSTGRES if ticker is None else EXPORT_MARKET_POSTGRES
+        with self._transaction("exporting trades") as connection:
+            rows = connection.execute(query, params).fetchall()
+        return [t for t in trades_of(rows) if t.usd >= min_usd], cursor_after(rows, after)
+
     def summary_since(
         self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary:
@@ -249,8 +293,10 @@ class PostgresDatabase:
                 self._lock.release()
 
 
-def _scalar_int(connection: psycopg.Connection[TupleRow], query: str) -> int | None:
-    row = connection.execute(query).fetchone()
+def _scalar_int(
+    connection: psycopg.Connection[TupleRow], query: str, params: dict[str, Any] | None = None
+) -> int | None:
+    row = connection.execute(query, params).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 

@@ -18,6 +18,19 @@ from flowboard.errors import ConfigError, StoreError, TradesRejected
 from flowboard.model import MINUTE_MS, MarketMeta, Trade, wall_clock_ms
 
 from ._config import StoreConfig
+from ._history import (
+    CANDLES_SQLITE,
+    CANDLES_SQLITE_NO_SUM,
+    EXPORT_ALL_SQLITE,
+    EXPORT_MARKET_SQLITE,
+    NEXT_SQLITE,
+    PERIOD_TRADES_SQLITE,
+    CandlePage,
+    candles_of,
+    page_span,
+    period_start,
+    usd_of,
+)
 from ._lock import SqliteWriterLock
 from ._pending import Cursor, PageCursor, cursor_after, meta_row, trades_of
 from ._schema import CREATE_VERSION_TABLE, CURRENT_VERSION, pending_migrations
@@ -176,6 +189,47 @@ class SqliteDatabase:
         with _as_store_error("loading trades", self._path):
             rows = self._reader.execute(_TRADES_AFTER, (*after, limit)).fetchall()
         return trades_of(rows), cursor_after(rows, after)
+
+    def market_candles(self, ticker: str, interval_ms: int, since_ms: int, limit: int) -> CandlePage:
+        start, end = page_span(since_ms, interval_ms, limit)
+        params = {"ticker": ticker, "iv": interval_ms, "start": start, "end": end}
+        reader = self._reader
+
+        def exact_usd(period_ms: int) -> int:
+            window = {"ticker": ticker, "start": period_ms, "end": period_ms + interval_ms}
+            return usd_of(starmap(Trade, reader.execute(PERIOD_TRADES_SQLITE, window).fetchall()))
+
+        with _as_store_error("reading a market's candles", self._path):
+            reader.execute("BEGIN")
+            try:
+                try:
+                    rows = reader.execute(CANDLES_SQLITE, params).fetchall()
+                except sqlite3.OperationalError as error:
+                    # A period's $ volume beyond 64 bits: SQLite refuses the SUM, Python does not.
+                    if "integer overflow" not in str(error):
+                        raise
+                    rows = reader.execute(CANDLES_SQLITE_NO_SUM, params).fetchall()
+                candles = candles_of(rows, exact_usd)
+                (next_ms,) = reader.execute(NEXT_SQLITE, params).fetchone()
+            finally:
+                reader.execute("COMMIT")
+        return CandlePage(candles, None if next_ms is None else period_start(int(next_ms), interval_ms))
+
+    def trades_between(
+        self, ticker: str | None, after: Cursor, until_ms: int, min_usd: int, limit: int
+    ) -> tuple[list[Trade], Cursor]:
+        params = {
+            "ticker": ticker,
+            "after_ts": after[0],
+            "after_arrival": after[1],
+            "end": until_ms,
+            "min_usd": min_usd,
+            "limit": limit,
+        }
+        query = EXPORT_ALL_SQLITE if ticker is None else EXPORT_MARKET_SQLITE
+        with _as_store_error("exporting trades", self._path):
+            rows = self._reader.execute(query, params).fetchall()
+        return [t for t in trades_of(rows) if t.usd >= min_usd], cursor_after(rows, after)
 
     def summary_since(
         self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int

@@ -13,6 +13,7 @@ from flowboard.errors import StoreError, TradesRejected
 from flowboard.model import DAY_MS, MarketMeta, Trade, wall_clock_ms
 
 from ._config import StoreConfig
+from ._history import CandlePage
 from ._pending import Cursor, PageCursor, PendingTrades, StoreStatistics, page_cursor, retry_delay_s
 from ._summary import StoredSummary
 
@@ -31,6 +32,10 @@ class Database(Protocol):
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int: ...
     def market_trades_before(self, ticker: str, before: PageCursor, limit: int) -> list[Trade]: ...
     def trades_after(self, after: Cursor, limit: int) -> tuple[list[Trade], Cursor]: ...
+    def market_candles(self, ticker: str, interval_ms: int, since_ms: int, limit: int) -> CandlePage: ...
+    def trades_between(
+        self, ticker: str | None, after: Cursor, until_ms: int, min_usd: int, limit: int
+    ) -> tuple[list[Trade], Cursor]: ...
     def summary_since(
         self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary: ...
@@ -57,6 +62,12 @@ class Store(Protocol):
         self, ticker: str, before_ms: int | None, limit: int, *, before_trade_id: str | None = None
     ) -> list[Trade]: ...
     def load_trades_since(self, since_ms: int) -> AsyncIterator[list[Trade]]: ...
+    async def market_candles(
+        self, ticker: str, interval_ms: int, since_ms: int, limit: int
+    ) -> CandlePage: ...
+    def export_trades(
+        self, since_ms: int, until_ms: int, *, ticker: str | None = None, min_usd: int = 0
+    ) -> AsyncIterator[list[Trade]]: ...
     async def load_summary_since(
         self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary: ...
@@ -293,6 +304,29 @@ class BatchedStore:
                 yield chunk
             if len(chunk) < chunk_size:
                 return
+
+    async def market_candles(self, ticker: str, interval_ms: int, since_ms: int, limit: int) -> CandlePage:
+        """At most ``limit`` candles of ``interval_ms`` (a key of ``CANDLE_INTERVALS_MS``'s
+        values) of one market, from the period ``since_ms`` falls in, oldest first."""
+        return await self._run_read(self._database.market_candles, ticker, interval_ms, since_ms, limit)
+
+    async def export_trades(
+        self, since_ms: int, until_ms: int, *, ticker: str | None = None, min_usd: int = 0
+    ) -> AsyncIterator[list[Trade]]:
+        """The trades in [since_ms, until_ms) (of one market, or all) of at least ``min_usd``,
+        in (ts_ms, arrival) order, in chunks of at most ``export_chunk_trades``: each chunk is
+        its own query, so an export of any size holds one chunk at a time."""
+        chunk_size = self._config.export_chunk_trades
+        cursor: Cursor = (since_ms, 0)
+        while True:
+            chunk, next_cursor = await self._run_read(
+                self._database.trades_between, ticker, cursor, until_ms, min_usd, chunk_size
+            )
+            if chunk:
+                yield chunk
+            if next_cursor == cursor:
+                return
+            cursor = next_cursor
 
     async def load_summary_since(
         self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
