@@ -8,7 +8,9 @@ and it carries the period's $ volume and trade count. Periods without a trade ha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 
@@ -53,8 +55,8 @@ def page_span(since_ms: int, interval_ms: int, limit: int) -> tuple[int, int]:
     return start, start + limit * interval_ms
 
 
-# Named parameters: :name in SQLite, %(name)s in PostgreSQL. The periods are aggregated in one
-# pass over the market's index range; open and close are each one index seek per period.
+# Named parameters: :name in SQLite, %(name)s in PostgreSQL. PostgreSQL aggregates the periods
+# in one pass over the market's index range; open and close are each one index seek per period.
 _CANDLES_TEMPLATE = (
     "WITH periods AS ("
     "SELECT (ts_ms / {iv}) * {iv} AS start_ms, MAX(yes_price) AS high, MIN(yes_price) AS low, "
@@ -69,6 +71,24 @@ _CANDLES_TEMPLATE = (
     "(SELECT yes_price FROM trades WHERE ticker = {ticker} AND ts_ms < start_ms + {iv} "
     "ORDER BY ts_ms DESC, arrival DESC LIMIT 1), "
     "usd, usd_known, trades FROM periods ORDER BY start_ms"
+)
+# SQLite sorts every trade of the range for a GROUP BY on the period (twice the time of the
+# whole query on a busy market), and has no LATERAL join: so each period of the page is one
+# index range read of its own, its figures gathered in one JSON array (MATERIALIZED: read once).
+# Needs SQLite 3.35.
+_CANDLES_SQLITE_TEMPLATE = (
+    "WITH RECURSIVE periods(start_ms) AS (SELECT {start} UNION ALL "
+    "SELECT start_ms + {iv} FROM periods WHERE start_ms + {iv} < {end}), "
+    "figures AS MATERIALIZED (SELECT start_ms, ("
+    "SELECT json_array(MAX(yes_price), MIN(yes_price), {usd_sum}, COUNT(usd), COUNT(*)) "
+    f"FROM (SELECT yes_price, {USD_SQL} AS usd FROM trades "
+    "WHERE ticker = {ticker} AND ts_ms >= start_ms AND ts_ms < start_ms + {iv})) AS figures FROM periods) "
+    "SELECT start_ms, "
+    "(SELECT yes_price FROM trades WHERE ticker = {ticker} AND ts_ms >= start_ms "
+    "ORDER BY ts_ms, arrival LIMIT 1), "
+    "(SELECT yes_price FROM trades WHERE ticker = {ticker} AND ts_ms < start_ms + {iv} "
+    "ORDER BY ts_ms DESC, arrival DESC LIMIT 1), "
+    "figures FROM figures WHERE json_extract(figures, '$[4]') > 0 ORDER BY start_ms"
 )
 _NEXT_TEMPLATE = "SELECT MIN(ts_ms) FROM trades WHERE ticker = {ticker} AND ts_ms >= {end}"
 _PERIOD_TRADES_TEMPLATE = (
@@ -93,9 +113,9 @@ def _named(template: str, style: str, usd_sum: str = "SUM(usd)") -> str:
     return template.format(usd_sum=usd_sum, market=f"ticker = {params['ticker']} AND ", **params)
 
 
-CANDLES_SQLITE = _named(_CANDLES_TEMPLATE, ":{}")
+CANDLES_SQLITE = _named(_CANDLES_SQLITE_TEMPLATE, ":{}")
 #: For a page whose sum overflows SQLite's 64-bit integers: every period is summed in Python.
-CANDLES_SQLITE_NO_SUM = _named(_CANDLES_TEMPLATE, ":{}", usd_sum="NULL")
+CANDLES_SQLITE_NO_SUM = _named(_CANDLES_SQLITE_TEMPLATE, ":{}", usd_sum="NULL")
 CANDLES_POSTGRES = _named(_CANDLES_TEMPLATE, "%({})s")
 NEXT_SQLITE = _named(_NEXT_TEMPLATE, ":{}")
 NEXT_POSTGRES = _named(_NEXT_TEMPLATE, "%({})s")
@@ -121,6 +141,13 @@ def candles_of(rows: Sequence[CandleRow], exact_usd: Callable[[int], int]) -> li
         exact = exact_usd(int(start_ms)) if usd is None or usd_known < trades else int(usd)
         candles.append(Candle(int(start_ms), int(open_), int(high), int(low), int(close), exact, int(trades)))
     return candles
+
+
+def sqlite_candle_row(row: Sequence[Any]) -> CandleRow:
+    """A row of ``CANDLES_SQLITE`` (start, open, close, JSON figures) as a ``CandleRow``."""
+    start_ms, open_, close, figures = row
+    high, low, usd, usd_known, trades = json.loads(figures)
+    return (start_ms, open_, high, low, close, usd, usd_known, trades)
 
 
 def usd_of(trades: Iterable[Trade]) -> int:

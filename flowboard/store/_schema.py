@@ -78,6 +78,15 @@ _BOOK_FIGURES = (
     "ALTER TABLE markets ADD COLUMN liquidity BIGINT",
 )
 
+# The market index carries what a candle reads (price, count, side), so a busy market's history
+# is read from the index alone (bench.candles_bench, 7 days of 1h candles among a million trades
+# on SQLite: 404 ms before, 128 ms with it and the per-period query); it replaces the narrower
+# index, which is a prefix of it.
+_MARKET_HISTORY_INDEX = (
+    "DROP INDEX trades_by_market_time",
+    "CREATE INDEX trades_by_market_time ON trades (ticker, ts_ms, arrival, yes_price, count, taker_side)",
+)
+
 # Existing rows were stored before the field was read: "" until their metadata is fetched again.
 _PARLAY_COLLECTION = ("ALTER TABLE markets ADD COLUMN mve_collection_ticker TEXT NOT NULL DEFAULT ''",)
 
@@ -127,6 +136,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         summary="a combination (parlay) market's collection (Kalshi's mve_collection_ticker)",
         sqlite=_PARLAY_COLLECTION,
         postgres=_PARLAY_COLLECTION,
+    ),
+    Migration(
+        version=7,
+        summary="the market index covers a market's prices, counts and sides, for its candles",
+        sqlite=_MARKET_HISTORY_INDEX,
+        postgres=_MARKET_HISTORY_INDEX,
     ),
 )
 

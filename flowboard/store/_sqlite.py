@@ -29,6 +29,7 @@ from ._history import (
     candles_of,
     page_span,
     period_start,
+    sqlite_candle_row,
     usd_of,
 )
 from ._lock import SqliteWriterLock
@@ -209,7 +210,7 @@ class SqliteDatabase:
                     if "integer overflow" not in str(error):
                         raise
                     rows = reader.execute(CANDLES_SQLITE_NO_SUM, params).fetchall()
-                candles = candles_of(rows, exact_usd)
+                candles = candles_of([sqlite_candle_row(row) for row in rows], exact_usd)
                 (next_ms,) = reader.execute(NEXT_SQLITE, params).fetchone()
             finally:
                 reader.execute("COMMIT")
