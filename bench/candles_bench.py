@@ -69,7 +69,8 @@ def build(path: Path, count: int, now_ms: int) -> None:
     connection = sqlite3.connect(path)
     with connection:
         connection.executemany(
-            "INSERT INTO trades (trade_id, ticker, yes_price, count, taker_side, ts_ms, arrival) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO trades (trade_id, ticker, yes_price, count, taker_side, ts_ms, arrival) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
     connection.execute("ANALYZE")
@@ -137,8 +138,8 @@ async def main(args: argparse.Namespace) -> None:
         result = await time_query(str(path), ticker, interval_ms, since_ms, limit, args.runs)
         results["cases"][name] = result
         print(
-            f"{name:>16}: median {result['median_ms']:7.1f} ms (min {result['min_ms']}, max {result['max_ms']}), "
-            f"{result['candles']} candles"
+            f"{name:>16}: median {result['median_ms']:7.1f} ms "
+            f"(min {result['min_ms']}, max {result['max_ms']}), {result['candles']} candles"
         )
     verdict = results["cases"]["busiest 7d 1h"]["median_ms"] <= TARGET_MS
     results["target_met"] = verdict
