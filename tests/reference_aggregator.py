@@ -251,6 +251,7 @@ class ReferenceCandle:
     close: int
     usd: int
     trades: int
+    last_trade_ms: int
 
 
 def reference_candles(
@@ -278,6 +279,7 @@ def reference_candles(
                     close=prices[-1],
                     usd=sum(t.count * t.taker_price for t in inside),
                     trades=len(inside),
+                    last_trade_ms=max(t.ts_ms for t in inside),
                 )
             )
     later = [t.ts_ms for t in ordered if t.ts_ms >= end]

@@ -104,8 +104,8 @@ async def test_candles_equal_a_recomputation(
         await stored(store, trades)
         page = await store.market_candles(f"{prefix}-A", interval_ms, since, limit)
     expected, expected_next = reference_candles(trades, f"{prefix}-A", interval_ms, since, limit)
-    got = [(c.start_ms, c.open, c.high, c.low, c.close, c.usd, c.trades) for c in page.candles]
-    assert got == [(c.start_ms, c.open, c.high, c.low, c.close, c.usd, c.trades) for c in expected]
+    got = [attrs.astuple(c) for c in page.candles]
+    assert got == [attrs.astuple(c) for c in expected]
     assert page.next_since_ms == expected_next
 
 

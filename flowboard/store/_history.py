@@ -31,6 +31,9 @@ class Candle:
     close: int
     usd: int  # $ volume, in USD units
     trades: int
+    #: Its last trade's time: a page that extends the newest candle with live trades takes
+    #: those after this one.
+    last_trade_ms: int
 
 
 @attrs.frozen
@@ -60,7 +63,7 @@ def page_span(since_ms: int, interval_ms: int, limit: int) -> tuple[int, int]:
 _CANDLES_TEMPLATE = (
     "WITH periods AS ("
     "SELECT (ts_ms / {iv}) * {iv} AS start_ms, MAX(yes_price) AS high, MIN(yes_price) AS low, "
-    "{usd_sum} AS usd, COUNT(usd) AS usd_known, COUNT(*) AS trades "
+    "{usd_sum} AS usd, COUNT(usd) AS usd_known, COUNT(*) AS trades, MAX(ts_ms) AS last_ms "
     f"FROM (SELECT ts_ms, yes_price, {USD_SQL} AS usd FROM trades "
     "WHERE ticker = {ticker} AND ts_ms >= {start} AND ts_ms < {end}) AS market "
     "GROUP BY 1) "
@@ -70,7 +73,7 @@ _CANDLES_TEMPLATE = (
     "high, low, "
     "(SELECT yes_price FROM trades WHERE ticker = {ticker} AND ts_ms < start_ms + {iv} "
     "ORDER BY ts_ms DESC, arrival DESC LIMIT 1), "
-    "usd, usd_known, trades FROM periods ORDER BY start_ms"
+    "usd, usd_known, trades, last_ms FROM periods ORDER BY start_ms"
 )
 # SQLite sorts every trade of the range for a GROUP BY on the period (twice the time of the
 # whole query on a busy market), and has no LATERAL join: so each period of the page is one
@@ -80,8 +83,8 @@ _CANDLES_SQLITE_TEMPLATE = (
     "WITH RECURSIVE periods(start_ms) AS (SELECT {start} UNION ALL "
     "SELECT start_ms + {iv} FROM periods WHERE start_ms + {iv} < {end}), "
     "figures AS MATERIALIZED (SELECT start_ms, ("
-    "SELECT json_array(MAX(yes_price), MIN(yes_price), {usd_sum}, COUNT(usd), COUNT(*)) "
-    f"FROM (SELECT yes_price, {USD_SQL} AS usd FROM trades "
+    "SELECT json_array(MAX(yes_price), MIN(yes_price), {usd_sum}, COUNT(usd), COUNT(*), MAX(ts_ms)) "
+    f"FROM (SELECT ts_ms, yes_price, {USD_SQL} AS usd FROM trades "
     "WHERE ticker = {ticker} AND ts_ms >= start_ms AND ts_ms < start_ms + {iv})) AS figures FROM periods) "
     "SELECT start_ms, "
     "(SELECT yes_price FROM trades WHERE ticker = {ticker} AND ts_ms >= start_ms "
@@ -127,7 +130,8 @@ EXPORT_MARKET_POSTGRES = _named(_EXPORT_TEMPLATE, "%({})s")
 EXPORT_ALL_SQLITE = _named(_EXPORT_TEMPLATE.replace("{market}", ""), ":{}")
 EXPORT_ALL_POSTGRES = _named(_EXPORT_TEMPLATE.replace("{market}", ""), "%({})s")
 
-#: (start_ms, open, high, low, close, usd or None, trades whose usd SQL computed, trades)
+#: (start_ms, open, high, low, close, usd or None, trades whose usd SQL computed, trades,
+#: time of the last trade)
 CandleRow = Sequence[int | None]
 
 
@@ -135,19 +139,23 @@ def candles_of(rows: Sequence[CandleRow], exact_usd: Callable[[int], int]) -> li
     """Candles from the SQL's rows. A period with a trade whose $ volume SQL could not compute
     in 64 bits (``USD_SQL``) is summed again, exactly, by ``exact_usd(start_ms)``."""
     candles = []
-    for start_ms, open_, high, low, close, usd, usd_known, trades in rows:
+    for start_ms, open_, high, low, close, usd, usd_known, trades, last_ms in rows:
         assert start_ms is not None and open_ is not None and high is not None and low is not None
-        assert close is not None and usd_known is not None and trades is not None
+        assert close is not None and usd_known is not None and trades is not None and last_ms is not None
         exact = exact_usd(int(start_ms)) if usd is None or usd_known < trades else int(usd)
-        candles.append(Candle(int(start_ms), int(open_), int(high), int(low), int(close), exact, int(trades)))
+        candles.append(
+            Candle(
+                int(start_ms), int(open_), int(high), int(low), int(close), exact, int(trades), int(last_ms)
+            )
+        )
     return candles
 
 
 def sqlite_candle_row(row: Sequence[Any]) -> CandleRow:
     """A row of ``CANDLES_SQLITE`` (start, open, close, JSON figures) as a ``CandleRow``."""
     start_ms, open_, close, figures = row
-    high, low, usd, usd_known, trades = json.loads(figures)
-    return (start_ms, open_, high, low, close, usd, usd_known, trades)
+    high, low, usd, usd_known, trades, last_ms = json.loads(figures)
+    return (start_ms, open_, high, low, close, usd, usd_known, trades, last_ms)
 
 
 def usd_of(trades: Iterable[Trade]) -> int:
