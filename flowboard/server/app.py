@@ -7,6 +7,8 @@ Unix milliseconds. The API reads the same aggregator the streams are built from.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,20 @@ from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, Analytic
 from flowboard.errors import BadRequest, StoreError
 from flowboard.model import (
     COUNT_DECIMALS,
+    DAY_MS,
     MAX_NAME_CHARS,
     PRICE_DECIMALS,
     USD_DECIMALS,
+    MarketMeta,
     Trade,
     from_units,
     iso_utc,
     units_text,
 )
-from flowboard.server import connection, guards, legacy, page_policy
+from flowboard.server import connection, guards, history, legacy, page_policy
 from flowboard.server import websocket as ws_v2
 from flowboard.server.runtime import Runtime
+from flowboard.store import CANDLE_INTERVALS_MS, Candle, Store
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -149,6 +154,74 @@ def _name(kind: str, text: str) -> str:
     return text
 
 
+def candle_json(candle: Candle) -> dict[str, Any]:
+    return {
+        "start_ms": candle.start_ms,
+        "open": _price(candle.open),
+        "high": _price(candle.high),
+        "low": _price(candle.low),
+        "close": _price(candle.close),
+        "usd_volume": _usd(candle.usd),
+        "trades": candle.trades,
+    }
+
+
+#: How far back candles start when the request names no ``since``, per interval.
+_CANDLES_DEFAULT_SPAN_MS = {"1m": DAY_MS, "1h": 7 * DAY_MS}
+_CANDLES_DEFAULT_LIMIT = 1_500
+_CANDLES_MAX_LIMIT = 10_000
+
+_NOT_AVAILABLE = "the trade history is not available right now; try again later"
+
+
+def _time_range() -> tuple[int, int]:
+    """``since`` and ``until`` (Unix ms, until excluded) of an export: everything stored when absent."""
+    since = _int_arg("since", f"a time in Unix ms from 0 to {_MAX_TS_MS}", 0, _MAX_TS_MS)
+    until = _int_arg("until", f"a time in Unix ms from 0 to {_MAX_TS_MS}", 0, _MAX_TS_MS)
+    since = 0 if since is None else since
+    until = _MAX_TS_MS if until is None else until
+    if until < since:
+        raise BadRequest(f"until must not be before since, got since={since} and until={until}")
+    return since, until
+
+
+async def _csv_export(
+    store: Store,
+    filename: str,
+    since: int,
+    until: int,
+    *,
+    ticker: str | None,
+    tape_filter: history.TapeFilter,
+    meta_of: Callable[[str], MarketMeta | None],
+) -> Response:
+    """A streamed CSV download: the first chunk is read before the answer starts, so that a
+    database that is down gets a 503; the rest is read a chunk at a time as the client takes it."""
+    chunks = store.export_trades(since, until, ticker=ticker, min_usd=tape_filter.min_usd)
+    passes = history.market_check(tape_filter, meta_of)
+    try:
+        first: list[Trade] = await anext(chunks, [])
+    except StoreError:
+        await chunks.aclose()
+        return _json({"error": _NOT_AVAILABLE}, 503)
+
+    def text(trades: list[Trade]) -> bytes:
+        if tape_filter.by_market:
+            trades = [t for t in trades if passes(t.ticker)]
+        return history.csv_text([history.csv_row(t) for t in trades]).encode()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield history.csv_text([history.CSV_HEADER]).encode() + text(first)
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield text(chunk)
+
+    response = Response(body(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = page_policy.API_CACHE_CONTROL
+    return response
+
+
 def create_app(runtime: Runtime) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = guards.guard(  # type: ignore[method-assign]
@@ -257,6 +330,75 @@ def create_app(runtime: Runtime) -> QuartTrio:
         if trades:
             body["next"] = {"before": trades[-1].ts_ms, "before_id": trades[-1].trade_id}
         return _json(body)
+
+    @app.route("/api/markets/<ticker>/candles")
+    async def market_candles(ticker: str) -> Response:
+        """A market's candles from the store, oldest first; page with ?since=<next.since>."""
+        _name("the ticker", ticker)
+        interval = request.args.get("interval", "1m")
+        if interval not in CANDLE_INTERVALS_MS:
+            raise BadRequest(f"interval must be '1m' or '1h', got {_shown(interval)}")
+        interval_ms = CANDLE_INTERVALS_MS[interval]
+        since = _int_arg("since", f"a time in Unix ms from 0 to {_MAX_TS_MS}", 0, _MAX_TS_MS)
+        if since is None:
+            since = max(0, runtime.wall_ms() - _CANDLES_DEFAULT_SPAN_MS[interval])
+        limit = _limit(_CANDLES_DEFAULT_LIMIT, _CANDLES_MAX_LIMIT)
+        assert runtime.store is not None
+        try:
+            page = await runtime.store.market_candles(ticker, interval_ms, since, limit)
+        except StoreError:
+            return _json({"error": _NOT_AVAILABLE}, 503)
+        body: dict[str, Any] = {
+            "ticker": ticker,
+            "interval": interval,
+            "interval_ms": interval_ms,
+            "candles": [candle_json(c) for c in page.candles],
+            # The newest candle's last trade: a client extending it live adds the trades after it.
+            "last_trade_ms": page.candles[-1].last_trade_ms if page.candles else None,
+        }
+        if page.next_since_ms is not None:
+            body["next"] = {"since": page.next_since_ms}
+        return _json(body)
+
+    def meta_of(ticker: str) -> MarketMeta | None:
+        market_id = agg.market_id(ticker)
+        return None if market_id is None else agg.meta(market_id)
+
+    @app.route("/api/markets/<ticker>/trades.csv")
+    async def market_csv(ticker: str) -> Response:
+        """A market's stored trades in [since, until) as a CSV download, oldest first."""
+        _name("the ticker", ticker)
+        since, until = _time_range()
+        assert runtime.store is not None
+        filename = history.export_filename(ticker, runtime.wall_ms())
+        return await _csv_export(
+            runtime.store,
+            filename,
+            since,
+            until,
+            ticker=ticker,
+            tape_filter=history.TapeFilter(),
+            meta_of=meta_of,
+        )
+
+    @app.route("/api/trades.csv")
+    async def trades_csv() -> Response:
+        """Every market's stored trades in [since, until) that pass the tape's filter (q: text in
+        the ticker or title, category, min_usd in dollars), as a CSV download, oldest first."""
+        since, until = _time_range()
+        text = request.args.get("q", "").strip()
+        category = request.args.get("category", "")
+        for name, value in (("q", text), ("category", category)):
+            if len(value) > MAX_NAME_CHARS:
+                raise BadRequest(f"{name} must be at most {MAX_NAME_CHARS} characters, got {_shown(value)}")
+        min_text = request.args.get("min_usd")
+        min_usd = 0 if min_text is None else history.dollars_to_usd_units("min_usd", min_text)
+        tape_filter = history.TapeFilter(text=text, category=category, min_usd=min_usd)
+        assert runtime.store is not None
+        filename = history.export_filename("trades", runtime.wall_ms())
+        return await _csv_export(
+            runtime.store, filename, since, until, ticker=None, tape_filter=tape_filter, meta_of=meta_of
+        )
 
     @app.route("/api/trades/recent")
     async def recent_trades() -> Response:

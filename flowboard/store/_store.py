@@ -4,7 +4,7 @@ that runs in worker threads. The SQL lives in ``_sqlite`` and ``_postgres``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Sequence
 from typing import NoReturn, Protocol, TypeVar, TypeVarTuple
 
 import trio
@@ -67,7 +67,7 @@ class Store(Protocol):
     ) -> CandlePage: ...
     def export_trades(
         self, since_ms: int, until_ms: int, *, ticker: str | None = None, min_usd: int = 0
-    ) -> AsyncIterator[list[Trade]]: ...
+    ) -> AsyncGenerator[list[Trade]]: ...
     async def load_summary_since(
         self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary: ...
@@ -312,7 +312,7 @@ class BatchedStore:
 
     async def export_trades(
         self, since_ms: int, until_ms: int, *, ticker: str | None = None, min_usd: int = 0
-    ) -> AsyncIterator[list[Trade]]:
+    ) -> AsyncGenerator[list[Trade]]:
         """The trades in [since_ms, until_ms) (of one market, or all) of at least ``min_usd``,
         in (ts_ms, arrival) order, in chunks of at most ``export_chunk_trades``: each chunk is
         its own query, so an export of any size holds one chunk at a time."""
