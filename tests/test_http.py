@@ -94,7 +94,10 @@ def _unstarted_runtime() -> Runtime:
 
 ROUTES = _http_routes()
 #: Parameter names the routes read, and a few they do not.
-PARAMETER_NAMES = ("limit", "before", "before_id", "mode", "ch", "resume", "detail", "x", "")
+PARAMETER_NAMES = (
+    *("limit", "before", "before_id", "mode", "ch", "resume", "detail", "x", ""),
+    *("interval", "since", "until", "q", "category", "min_usd"),
+)
 
 any_text = st.text(max_size=300)
 integers_as_text = st.integers(min_value=-(10**30), max_value=10**30).map(str)
@@ -103,6 +106,7 @@ query_values = st.one_of(
     any_text,
     integers_as_text,
     st.sampled_from(("hour", "day", "0", "1", "1000", "1001", "²", "٣", "9" * 5000, "1e3", " 1")),
+    st.sampled_from(("1m", "1h", "0.5", "9" * 16, ".")),
 )
 
 
