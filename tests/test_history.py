@@ -10,14 +10,19 @@ from collections.abc import AsyncIterator
 
 import attrs
 import pytest
+import test_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_aggregator import reference_candles, reference_export
-from test_store import FAST, db_url, postgres_url, running_store, wait_until  # noqa: F401 (fixtures)
+from test_store import FAST, running_store, wait_until
 
 from flowboard.model import HOUR_MS, MINUTE_MS, ONE_DOLLAR, Trade
 from flowboard.store import CANDLE_INTERVALS_MS, Store
 from flowboard.store._history import page_span
+
+# test_store's fixtures: each test runs on SQLite and on PostgreSQL.
+db_url = test_store.db_url
+postgres_url = test_store.postgres_url
 
 #: A minute boundary, so that generated times fall on both sides of minute and hour edges.
 BASE_MS = 1_764_000_000_000 - 1_764_000_000_000 % HOUR_MS
@@ -72,7 +77,7 @@ CHUNKED = attrs.evolve(FAST, export_chunk_trades=7)
 
 
 @pytest.fixture
-async def history_store(db_url: str) -> AsyncIterator[Store]:  # noqa: F811 (the imported fixture)
+async def history_store(db_url: str) -> AsyncIterator[Store]:
     """A running store whose exports read 7 trades per query."""
     async with running_store(db_url, CHUNKED) as store:
         yield store
@@ -86,7 +91,7 @@ async def history_store(db_url: str) -> AsyncIterator[Store]:  # noqa: F811 (the
     limit=st.integers(1, 40),
 )
 async def test_candles_equal_a_recomputation(
-    db_url: str,  # noqa: F811 (the imported fixture)
+    db_url: str,
     rows: list[tuple[str, int, int, str, int]],
     interval: str,
     since_offset: int,
@@ -164,7 +169,7 @@ async def test_a_period_beyond_64_bits_is_summed_exactly(history_store: Store) -
     min_usd=st.sampled_from((0, 1, 50 * 10**8, 10**12)),
 )
 async def test_an_export_gives_the_trades_in_range_a_chunk_at_a_time(
-    db_url: str,  # noqa: F811 (the imported fixture)
+    db_url: str,
     rows: list[tuple[str, int, int, str, int]],
     since_offset: int,
     until_offset: int,

@@ -8,6 +8,7 @@ import * as time from "./time.js";
 import { Tape } from "./tape.js";
 import { HotCards, sparkPoints } from "./cards.js";
 import { ActivityChart } from "./chart.js";
+import { HistoryPanel } from "./history.js";
 
 const TAPE_LIMIT = 5000;
 const BACKOFF_MIN_MS = 1000;
@@ -429,6 +430,7 @@ function openDrawer(ticker) {
   if (ui.detail !== ticker) {
     ui.detail = ticker;
     send({ op: "detail", ticker });
+    historyPanel.open(ticker, state.units);
   }
   const d = $("drawer");
   if (d.hidden) ui.lastFocus = document.activeElement;
@@ -441,6 +443,7 @@ function closeDrawer() {
   if (!ui.detail) return;
   ui.detail = null;
   send({ op: "detail", ticker: null });
+  historyPanel.close();
   $("drawer").hidden = true;
   if (ui.lastFocus && ui.lastFocus.isConnected) ui.lastFocus.focus();
 }
@@ -515,6 +518,26 @@ function paintDrawer() {
     rows.push(li);
   }
   $("dr-trades").replaceChildren(...rows);
+  paintHistory();
+}
+
+// The history extends with the detail trades once they are this market's (after its "D").
+function paintHistory() {
+  if (ui.detail && state.byTicker.get(ui.detail) === state.detail && state.detail !== null) {
+    historyPanel.update(state.detailTrades);
+  }
+  historyPanel.draw();
+}
+
+/** The tape's CSV link: the last 24 hours of stored trades through the tape's filter. */
+function tapeCsvHref() {
+  const q = new URLSearchParams({ since: String(Date.now() - 24 * 3_600_000) });
+  const text = $("f-text").value.trim();
+  if (text) q.set("q", text);
+  if ($("f-cat").value) q.set("category", $("f-cat").value);
+  const min = parseFloat($("f-min").value);
+  if (Number.isFinite(min) && min > 0) q.set("min_usd", min.toFixed(8).replace(/\.?0+$/, ""));
+  return `/api/trades.csv?${q}`;
 }
 
 // ---- filters --------------------------------------------------------------------------------------
@@ -556,6 +579,14 @@ const tape = new Tape({
 tape.requestPaint = requestPaint;
 const cards = new HotCards($("hot"), openDrawer);
 const chart = new ActivityChart($("chart"), $("chart-tip"));
+const historyPanel = new HistoryPanel({
+  canvas: $("dr-candles"),
+  note: $("dr-hist-note"),
+  spanButtons: [...document.querySelectorAll("#dr-span button")],
+  csvLink: $("dr-csv"),
+});
+historyPanel.onLoaded = paintHistory;
+$("tape-csv").addEventListener("click", (e) => { e.currentTarget.href = tapeCsvHref(); });
 
 for (const b of document.querySelectorAll(".toggle button[data-view]")) {
   b.setAttribute("aria-checked", String(b.dataset.view === ui.view));
@@ -613,7 +644,7 @@ document.addEventListener("visibilitychange", () => {
 
 // For tests and the bench: the live state, read-only by convention.
 window.flowboard = {
-  state, conn, ui, chart, openDrawer, closeDrawer, setView, setZone,
+  state, conn, ui, chart, openDrawer, closeDrawer, setView, setZone, historyPanel, tapeCsvHref,
   receive: onFrame,
   // Whether the figures in the DOM are the state's (chart and number rolls may lag a moment):
   // every applied frame painted (frames, not seq: a command's answer comes at the same seq),
