@@ -10,6 +10,7 @@ export const SPANS = {
 };
 const MAX_PAGES = 20; // a span is one page (1,500 candles); this only bounds a misbehaving server
 const MIN_CANDLE_PX = 3; // thinner than this, candles are drawn as a close line
+const MIN_PERIODS = 30; // the narrowest time range drawn, in candles
 
 /** An exact decimal string ("0.36505") as an integer of 10**-decimals units (365050 for 6). */
 export function decimalUnits(text, decimals) {
@@ -196,9 +197,12 @@ export class HistoryPanel {
     const candles = hist.candles;
     const spec = SPANS[this.span];
     const end = Date.now() - (Date.now() % spec.intervalMs) + spec.intervalMs;
-    const start = end - spec.spanMs - spec.intervalMs;
-    const shown = candles.filter((c) => c.start >= start);
+    const spanStart = end - spec.spanMs - spec.intervalMs;
+    const shown = candles.filter((c) => c.start >= spanStart);
     const last = shown[shown.length - 1];
+    // A market younger than the span is drawn from its first candle (at least MIN_PERIODS
+    // wide), not squeezed against the right edge of an empty day or week.
+    const start = shown.length ? Math.max(spanStart, Math.min(shown[0].start, end - MIN_PERIODS * spec.intervalMs)) : spanStart;
     if (!last) {
       this.note.textContent = `no trades in the last ${this.span === "24h" ? "24 hours" : "7 days"}`;
       cv.setAttribute("aria-label", this.note.textContent);
