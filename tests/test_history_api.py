@@ -15,9 +15,10 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import attrs
 import httpx
@@ -26,11 +27,16 @@ import trio
 from reference_aggregator import reference_candles, reference_export
 from test_store import wait_until
 
+from flowboard.aggregate.aggregator import Aggregator
 from flowboard.config import Config
+from flowboard.errors import StoreError
 from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Trade
+from flowboard.server.app import create_app
+from flowboard.server.hub import Hub
+from flowboard.server.metrics import Metrics
 from flowboard.server.pipeline import run_server
 from flowboard.server.runtime import Runtime
-from flowboard.store import StoreConfig, open_store, serve_writer
+from flowboard.store import CandlePage, StoreConfig, StoreStatistics, open_store, serve_writer
 
 NOW_MS = time.time_ns() // 1_000_000
 #: Two days ago on an hour boundary: inside retention, outside the live windows.
@@ -323,3 +329,45 @@ def test_bad_history_parameters_are_a_400_in_our_words(
     response = http.get(path, params=params)
     assert response.status_code == 400
     assert error in response.json()["error"]
+
+
+@attrs.frozen
+class _DownStore:
+    """A store whose database is away: every read fails as the real one does."""
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            queued=0,
+            written_total=0,
+            batches=0,
+            failures=1,
+            dropped=0,
+            rejected=0,
+            last_error="down",
+            healthy=False,
+            last_commit_ms=None,
+        )
+
+    async def market_candles(self, ticker: str, interval_ms: int, since_ms: int, limit: int) -> CandlePage:
+        raise StoreError("SQLite /srv/secret.db: reading a market's candles failed: disk I/O error")
+
+    async def export_trades(
+        self, since_ms: int, until_ms: int, *, ticker: str | None = None, min_usd: int = 0
+    ) -> AsyncGenerator[list[Trade]]:
+        raise StoreError("SQLite /srv/secret.db: exporting trades failed: disk I/O error")
+        yield []  # an async generator, as the real one is
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/markets/X/candles", "/api/markets/X/trades.csv", "/api/trades.csv?min_usd=1"]
+)
+async def test_history_while_the_database_is_away_is_a_503(path: str) -> None:
+    """Candles and exports while the database is away: 503 saying to try again, naming no file."""
+    runtime = Runtime(
+        config=Config(), agg=Aggregator(), hub=cast(Hub, None), metrics=Metrics(), wall_ms=lambda: NOW_MS
+    )
+    runtime.store = _DownStore()  # type: ignore[assignment]
+    response = await create_app(runtime).test_client().get(path)
+    assert response.status_code == 503
+    body = await response.get_json()
+    assert body == {"error": "the trade history is not available right now; try again later"}
