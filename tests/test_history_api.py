@@ -187,6 +187,14 @@ def test_candles_are_those_of_the_stored_trades(
     assert pages >= 2 if interval == "1m" else pages >= 1
 
 
+def test_candles_at_the_end_of_time_are_an_empty_page(http: httpx.Client) -> None:
+    """The latest ``since`` the store's 64-bit times allow is a valid, empty page."""
+    params = {"since": str(2**63 - 1), "limit": "10000"}
+    response = http.get(f"/api/markets/{TICKERS[0]}/candles", params=params)
+    assert response.status_code == 200
+    assert response.json()["candles"] == [] and "next" not in response.json()
+
+
 def test_candles_default_to_the_last_day_of_minutes(http: httpx.Client) -> None:
     """Without ``since``, 1m candles start a day before now and 1h candles 7 days before: the
     stored trades, two days old, show in the hour candles only."""

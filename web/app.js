@@ -531,7 +531,7 @@ function paintHistory() {
 
 /** The tape's CSV link: the last 24 hours of stored trades through the tape's filter. */
 function tapeCsvHref() {
-  const q = new URLSearchParams({ since: String(Date.now() - 24 * 3_600_000) });
+  const q = new URLSearchParams({ since: String((state.minuteMs || Date.now()) - 24 * 3_600_000) });
   const text = $("f-text").value.trim();
   if (text) q.set("q", text);
   if ($("f-cat").value) q.set("category", $("f-cat").value);
@@ -584,6 +584,7 @@ const historyPanel = new HistoryPanel({
   note: $("dr-hist-note"),
   spanButtons: [...document.querySelectorAll("#dr-span button")],
   csvLink: $("dr-csv"),
+  now: () => state.minuteMs || Date.now(),
 });
 historyPanel.onLoaded = paintHistory;
 $("tape-csv").addEventListener("click", (e) => { e.currentTarget.href = tapeCsvHref(); });

@@ -82,8 +82,9 @@ function css(name) {
 
 /** The drawer's history panel: span toggle, canvas, note and CSV link. */
 export class HistoryPanel {
-  constructor({ canvas, note, spanButtons, csvLink }) {
+  constructor({ canvas, note, spanButtons, csvLink, now }) {
     this.canvas = canvas;
+    this.now = now; // the server's time (a replay runs on its recording's)
     this.note = note;
     this.spanButtons = spanButtons;
     this.csvLink = csvLink;
@@ -132,10 +133,12 @@ export class HistoryPanel {
   async _load(ticker, spec) {
     const request = ++this.loading;
     const pages = [];
-    let since = Date.now() - spec.spanMs;
+    // The first page starts where the server says the span starts, on its own clock.
+    let since = null;
     try {
       for (let n = 0; n < MAX_PAGES && since !== undefined; n++) {
-        const q = new URLSearchParams({ interval: spec.interval, since: String(since) });
+        const q = new URLSearchParams({ interval: spec.interval });
+        if (since !== null) q.set("since", String(since));
         const res = await fetch(`/api/markets/${encodeURIComponent(ticker)}/candles?${q}`);
         if (!res.ok) throw new Error(`HTTP ${res.status}`);
         const page = await res.json();
@@ -196,7 +199,8 @@ export class HistoryPanel {
     if (!hist) return;
     const candles = hist.candles;
     const spec = SPANS[this.span];
-    const end = Date.now() - (Date.now() % spec.intervalMs) + spec.intervalMs;
+    const now = this.now();
+    const end = now - (now % spec.intervalMs) + spec.intervalMs;
     const spanStart = end - spec.spanMs - spec.intervalMs;
     const shown = candles.filter((c) => c.start >= spanStart);
     const last = shown[shown.length - 1];

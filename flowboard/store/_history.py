@@ -50,12 +50,16 @@ def period_start(ts_ms: int, interval_ms: int) -> int:
     return ts_ms - ts_ms % interval_ms
 
 
+_LATEST_MS = 2**63 - 1
+
+
 def page_span(since_ms: int, interval_ms: int, limit: int) -> tuple[int, int]:
     """The trade times [start, end) a page of at most ``limit`` candles covers: whole periods,
     from the one ``since_ms`` falls in. Bounding the range, not the rows, keeps the query an
     index range read however busy the market."""
     start = period_start(since_ms, interval_ms)
-    return start, start + limit * interval_ms
+    # The store's times are signed 64-bit: a page cannot end beyond the latest of them.
+    return start, min(start + limit * interval_ms, _LATEST_MS)
 
 
 # Named parameters: :name in SQLite, %(name)s in PostgreSQL. PostgreSQL aggregates the periods
