@@ -211,8 +211,10 @@ async def _csv_export(
         return history.csv_text([history.csv_row(t) for t in trades]).encode()
 
     async def body() -> AsyncIterator[bytes]:
-        yield history.csv_text([history.CSV_HEADER]).encode() + text(first)
+        # A database failing mid-export raises here: the server then cuts the chunked answer
+        # short, so the download fails instead of looking complete.
         async with aclosing(chunks):
+            yield history.csv_text([history.CSV_HEADER]).encode() + text(first)
             async for chunk in chunks:
                 yield text(chunk)
 
