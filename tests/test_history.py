@@ -72,8 +72,9 @@ async def stored(store: Store, trades: list[Trade]) -> None:
     await wait_until(lambda: store.statistics().written_total >= before + len(trades))
 
 
-#: Exports read 7 trades per query, so that chunks show.
-CHUNKED = attrs.evolve(FAST, export_chunk_trades=7)
+#: Exports read 7 trades per query, so that chunks show. A store is opened per Hypothesis example:
+#: the lock and connect timeouts are a real store's, so a busy database server fails no example.
+CHUNKED = attrs.evolve(FAST, export_chunk_trades=7, lock_timeout_s=5.0, connect_timeout_s=10.0)
 
 
 @pytest.fixture
