@@ -28,7 +28,7 @@ from reference_aggregator import reference_candles, reference_export
 from test_store import wait_until
 
 from flowboard.aggregate.aggregator import Aggregator
-from flowboard.config import Config
+from flowboard.config import Config, make_config
 from flowboard.errors import StoreError
 from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Trade
 from flowboard.server.app import create_app
@@ -98,7 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInThread]
     """One real server for the module, over a store that already holds ``TRADES``."""
     db = tmp_path_factory.mktemp("history") / "flowboard.db"
     trio.run(_store_trades, db)
-    config = Config(port=0, rate=20.0, seed=3, db=str(db))
+    config = make_config(port=0, rate=20.0, seed=3, db=str(db))
     started: queue.Queue[ServerInThread | BaseException] = queue.Queue(1)
 
     async def serve() -> None:
