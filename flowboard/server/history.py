@@ -44,8 +44,9 @@ _DOLLARS = re.compile(r"[0-9]{1,15}(\.[0-9]{0,8})?|\.[0-9]{1,8}")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def iso_utc(ts_ms: int) -> str:
-    """``2026-11-29T20:11:59.123Z``: integer arithmetic, so no float rounds a millisecond."""
+def iso_utc_ms(ts_ms: int) -> str:
+    """``2026-11-29T20:11:59.123Z``, always to the millisecond (a column of a CSV keeps one
+    width), in integer arithmetic so that no float rounds a millisecond."""
     seconds, millis = divmod(ts_ms, 1000)
     return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
 
@@ -59,7 +60,7 @@ def csv_text(rows: Sequence[Sequence[str | int]]) -> str:
 def csv_row(trade: Trade) -> tuple[str | int, ...]:
     return (
         trade.trade_id,
-        iso_utc(trade.ts_ms),
+        iso_utc_ms(trade.ts_ms),
         trade.ts_ms,
         trade.ticker,
         trade.taker_side,
