@@ -83,6 +83,6 @@ async def test_a_snapshot_child_that_dies_does_not_stop_the_ingest(
     stats = redis_io.PublisherStats()
     settings = ScaleoutConfig(redis="redis://127.0.0.1:1/0", snapshot_s=5)
     with trio.move_on_after(12):
-        await redis_io._snapshots_forever(None, None, 0, stats, settings)  # type: ignore[arg-type]
+        await redis_io._snapshots_forever(None, None, None, 0, stats, settings)  # type: ignore[arg-type]
     assert attempts == [0, 1]
     assert stats.snapshot_failures == 1

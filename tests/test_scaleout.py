@@ -41,7 +41,6 @@ from flowboard.ingest.simulator import Simulator
 from flowboard.model import MarketMeta, Trade
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.scaleout.redis_io import (
-    JournalingHub,
     PublisherStats,
     _write_snapshot,
     open_redis,
@@ -464,13 +463,14 @@ async def test_the_snapshot_is_the_ingests_state_at_the_moment_it_was_taken(
         )
         await trio.sleep(30)
         hub = ingest.hub
-        assert isinstance(hub, JournalingHub)
+        journal = ingest.journal
+        assert journal is not None
         mine = attrs.evolve(settings, prefix=settings.prefix + "-mine")  # not the ingest's own key
         async with open_redis(mine) as redis:
             # Synchronous from here to the fork inside _write_snapshot: the same moment.
             expected = dump_state(ingest.agg)
-            seq, batch, trades = hub.seq, hub.outbox.last, ingest.agg.trades_total
-            await _write_snapshot(redis, mine, ingest, 7, PublisherStats())
+            seq, batch, trades = hub.seq, journal.outbox.last, ingest.agg.trades_total
+            await _write_snapshot(redis, mine, ingest, journal.outbox, 7, PublisherStats())
             assert ingest.agg.trades_total > trades  # the ingest went on meanwhile
             snapshot = parse_snapshot(await redis.hgetall(mine.snapshot_key))
         nursery.cancel_scope.cancel()

@@ -77,10 +77,12 @@ class Harness:
 
     def read(self, client: Client, *, later_ms: int = 0) -> bytes | None:
         """Build and fold one frame; ``later_ms`` lets held-back analytics come due."""
-        frame = client.session.build_frame(self.agg, self.now + later_ms)
-        if frame is not None:
-            self.frames[client].append(frame)
-            self.views[client].apply_frame(frame)
+        built = client.session.build_frame(self.agg, self.now + later_ms)
+        if built is None:
+            return None
+        frame = built.payload
+        self.frames[client].append(frame)
+        self.views[client].apply_frame(frame)
         return frame
 
     def read_until_idle(self, client: Client) -> None:
@@ -127,6 +129,25 @@ def test_first_frame_is_a_snapshot_of_the_default_view() -> None:
     assert codes(frame)[:2] == ["H", "m"]
     assert {"k", "i", "w", "s", "x", "a", "d", "T"} <= set(codes(frame))
     h.check(client)
+
+
+def test_each_frame_says_what_it_carries() -> None:
+    """The session tags each frame for the metrics (no sniffing of the JSON): the first one a
+    snapshot, one with trades ``trades`` (whatever state came along), one without ``state``;
+    a resumed hello is not a snapshot."""
+    h = Harness()
+    client = h.connect()
+    built = client.session.build_frame(h.agg, h.now)
+    assert built is not None and built.kind == "snapshot"
+    h.trade(TICKERS[0], 3600, 10000, "yes")
+    built = client.session.build_frame(h.agg, h.now)
+    assert built is not None and built.kind == "trades" and "t" in codes(built.payload)
+    h.advance(25_000)  # the window expires: state only
+    built = client.session.build_frame(h.agg, h.now)
+    assert built is not None and built.kind == "state" and "t" not in codes(built.payload)
+    resumed = h.connect(resume=("e1", h.hub.seq))
+    built = resumed.session.build_frame(h.agg, h.now + 60_000)
+    assert built is not None and built.kind == "state" and codes(built.payload)[0] == "H"
 
 
 def test_caught_up_client_gets_each_trade_in_a_frame_of_its_own() -> None:
@@ -433,6 +454,9 @@ class FakeSink:
             self.queued = True
             return False
         return True
+
+    def write_pending(self, now_ms: int) -> bool:
+        return False  # its frames of its own are read by the harness (the loop's part)
 
     def left_group(self) -> None:
         pass

@@ -14,7 +14,7 @@ the time base of its trade deltas) so that it never sends what the client can de
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -39,6 +39,18 @@ T0_GRID_MS = HOUR_MS
 #: Channels whose updates a client that does not fold trades gets on a cadence (a deadline of
 #: its own): such a client cannot share a group's frames.
 _CADENCED = frozenset({"hour", "day", "today"})
+
+
+#: What a frame carries, for metrics: a snapshot, trades (with whatever state came along),
+#: or state updates alone.
+FRAME_KINDS = ("snapshot", "trades", "state")
+
+
+class Frame(NamedTuple):
+    """One frame's encoded payload and its kind (one of ``FRAME_KINDS``)."""
+
+    payload: bytes
+    kind: str
 
 
 @attrs.frozen
@@ -361,16 +373,18 @@ class ClientSession:
         deadline = self.next_deadline()
         return deadline is not None and now_ms >= deadline
 
-    def build_frame(self, agg: Aggregator, now_ms: int) -> bytes | None:
-        """Everything pending, as one frame of bytes, or None when there is nothing to send."""
+    def build_frame(self, agg: Aggregator, now_ms: int) -> Frame | None:
+        """Everything pending, as one frame, or None when there is nothing to send."""
         if self._needs_snapshot:
             frame = self._snapshot_frame(agg)
+            kind = "snapshot"
         else:
             if not self.has_pending(now_ms):
                 return None
+            kind = "trades" if self._pending_trades else "state"
             frame = self._update_frame(agg, now_ms)
         self._frames += 1
-        return v2.dumps(frame)
+        return Frame(v2.dumps(frame), kind)
 
     def statistics(self) -> SessionStats:
         return SessionStats(

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Protocol
 
 import attrs
 import coredis
@@ -55,10 +56,38 @@ from flowboard.scaleout.stream import (
     encode_batch,
     load_state,
 )
-from flowboard.server.hub import Hub
-from flowboard.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """What scale-out needs of the server's publisher (``flowboard.server.hub.Hub``)."""
+
+    @property
+    def epoch(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    def publish(self, events: Iterable[Event], now_ms: int) -> None: ...
+
+    def restart(self, *, epoch: str, seq: int, now_ms: int) -> None: ...
+
+
+class Node(Protocol):
+    """What scale-out needs of a running server (``flowboard.server.runtime.Runtime``): the
+    layer above hands itself in, and nothing here imports it."""
+
+    @property
+    def agg(self) -> Aggregator: ...
+
+    @property
+    def hub(self) -> Publisher: ...
+
+    @property
+    def not_ready(self) -> set[str]: ...
+
+    def wall_ms(self) -> int: ...
 
 
 #: Errors that mean "Redis is not there right now": reconnect with backoff.
@@ -160,22 +189,20 @@ class Outbox:
         await self._changed.wait()
 
 
-class JournalingHub(Hub):
-    """The ingest's hub: each publish also cuts the aggregator's journal into one batch."""
+class StreamJournal:
+    """The ingest's listener on its hub (``Hub(listener=...)``): each publish cuts the
+    aggregator's journal into one batch of the outbox."""
 
-    def __init__(self, agg: JournalingAggregator, outbox: Outbox, **kwargs: object) -> None:
-        super().__init__(agg, **kwargs)  # type: ignore[arg-type]
-        self._journaling = agg
+    def __init__(self, agg: JournalingAggregator, outbox: Outbox) -> None:
+        self._agg = agg
         self.outbox = outbox
 
-    def rebase(self) -> None:
-        super().rebase()
-        # What happened before is in the snapshot; the stream starts here.
-        self._journaling.take_journal()
+    def published(self, seq: int, now_ms: int) -> None:
+        self.outbox.cut(now_ms, seq, self._agg.take_journal())
 
-    def publish(self, events: list[Event] | tuple[Event, ...], now_ms: int) -> None:  # type: ignore[override]
-        super().publish(events, now_ms)
-        self.outbox.cut(now_ms, self.seq, self._journaling.take_journal())
+    def rebased(self) -> None:
+        # What happened before is in the snapshot; the stream starts here.
+        self._agg.take_journal()
 
 
 @attrs.define
@@ -192,15 +219,14 @@ class PublisherStats:
 
 async def serve_publisher(
     settings: ScaleoutConfig,
-    runtime: Runtime,
+    runtime: Node,
+    outbox: Outbox,
     stats: PublisherStats,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Ingest: batches and snapshots into Redis, forever; through Redis outages."""
-    hub = runtime.hub
-    assert isinstance(hub, JournalingHub)
-    outbox = hub.outbox
+    """Ingest: the batches ``runtime``'s hub cuts into ``outbox`` (its :class:`StreamJournal`)
+    and snapshots into Redis, forever; through Redis outages."""
     backoff = _Backoff()
     stamp: int | None = None
     failures = 0
@@ -214,7 +240,7 @@ async def serve_publisher(
                 # A restarted Redis lost the stream: publish again all that is held.
                 outbox.published = top.batch if top is not None and top.stamp == stamp else 0
                 stats.slot_periods = [-1, -1]
-                await _write_snapshot(redis, settings, runtime, stamp, stats)
+                await _write_snapshot(redis, settings, runtime, outbox, stamp, stats)
                 stats.connected = True
                 runtime.not_ready.discard(NOT_READY_REDIS)
                 if failures:
@@ -222,7 +248,7 @@ async def serve_publisher(
                 failures = 0
                 backoff.reset()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_snapshots_forever, redis, runtime, stamp, stats, settings)
+                    nursery.start_soon(_snapshots_forever, redis, runtime, outbox, stamp, stats, settings)
                     await _publish_forever(redis, outbox, stamp, settings)
         except* REDIS_ERRORS as group:
             failures += 1
@@ -273,13 +299,18 @@ async def _publish_forever(
 
 
 async def _snapshots_forever(
-    redis: coredis.Redis[bytes], runtime: Runtime, stamp: int, stats: PublisherStats, settings: ScaleoutConfig
+    redis: coredis.Redis[bytes],
+    runtime: Node,
+    outbox: Outbox,
+    stamp: int,
+    stats: PublisherStats,
+    settings: ScaleoutConfig,
 ) -> None:
     while True:
         # The loop's share is the fork's pause; the child's pickling is background work (nice 19).
         await trio.sleep(max(settings.snapshot_s, stats.snapshot_pause_s / _MAX_SNAPSHOT_SHARE))
         try:
-            await _write_snapshot(redis, settings, runtime, stamp, stats)
+            await _write_snapshot(redis, settings, runtime, outbox, stamp, stats)
         except ChildDumpError as error:
             # The child died (the OOM killer, a signal to the whole process group): the edges
             # keep the previous snapshot, and the ingest must go on ingesting; try next period.
@@ -288,15 +319,19 @@ async def _snapshots_forever(
 
 
 async def _write_snapshot(
-    redis: coredis.Redis[bytes], settings: ScaleoutConfig, runtime: Runtime, stamp: int, stats: PublisherStats
+    redis: coredis.Redis[bytes],
+    settings: ScaleoutConfig,
+    runtime: Node,
+    outbox: Outbox,
+    stamp: int,
+    stats: PublisherStats,
 ) -> None:
     hub = runtime.hub
-    assert isinstance(hub, JournalingHub)
     fields: dict[str, str | bytes] = {
         "v": str(FORMAT_VERSION),
         "epoch": hub.epoch,
         "seq": str(hub.seq),
-        "offset": str(Offset(stamp, hub.outbox.last)),
+        "offset": str(Offset(stamp, outbox.last)),
         "taken_ms": str(runtime.wall_ms()),
     }
     # No checkpoint between reading seq and offset above and the fork: they and the state are of
@@ -357,7 +392,7 @@ def _reaches(snapshot: Offset, needed: Offset | None) -> bool:
 class Follower:
     """Edge: keeps the runtime's aggregator and hub a replica of the ingest's."""
 
-    def __init__(self, settings: ScaleoutConfig, runtime: Runtime) -> None:
+    def __init__(self, settings: ScaleoutConfig, runtime: Node) -> None:
         self.settings = settings
         self.runtime = runtime
         # The stream entry the replica's state is after; None until a snapshot is loaded.

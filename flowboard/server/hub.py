@@ -13,8 +13,12 @@ nothing queued. It leaves the group, going on from a copy of the group's session
 socket does not take a whole frame at once or when it sends a command.
 
 A client on its own whose send loop is idle gets its frame written by the publisher too, if
-the socket takes it at once (``Client.flush``); otherwise its own send loop is woken
+the socket takes it at once (``FrameSink.write_pending``); otherwise its own send loop is woken
 (flowboard.server.websocket), and takes everything pending as one frame.
+
+Every subscriber, a v2 client on its own or the shared v1 feed, is a :class:`Subscriber`: offered
+each event, then asked to send. What else must happen on each publish (the scale-out ingest
+cutting its stream entry) is a :class:`PublishListener` passed to the hub, not a subclass.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import trio
 
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.aggregate.events import Event, HotChanged
-from flowboard.protocol.session import ClientSession, ResumePoint, SessionLimits
+from flowboard.protocol.session import ClientSession, Frame, ResumePoint, SessionLimits
 from flowboard.server.connection import GroupFrames
 
 
@@ -55,13 +59,25 @@ class Wakeup:
         self._wakeup = trio.Event()
 
 
-class Feed(Protocol):
-    """A subscriber that is not a v2 client (the shared v1 feed): offered every event."""
+class Subscriber(Protocol):
+    """What the hub publishes to: a v2 client on its own, or the shared v1 feed."""
 
-    def offer(self, seq: int, event: Event, now_ms: int) -> None: ...
+    def offer(self, seq: int, event: Event, now_ms: int) -> None:
+        """One event, in sequence order."""
 
-    def published(self, now_ms: int) -> None:
-        """After each publish, once every event was offered."""
+    def send(self, now_ms: int) -> None:
+        """Every event of this publish (or coalescing tick) was offered: send what is pending,
+        without waiting on a socket."""
+
+
+class PublishListener(Protocol):
+    """Extends publishing (the scale-out ingest journals each publish as one stream entry)."""
+
+    def published(self, seq: int, now_ms: int) -> None:
+        """After each publish, once its events are numbered (``seq``: the latest one's)."""
+
+    def rebased(self) -> None:
+        """The event history starts again here (after a rebuild or a warm start)."""
 
 
 class FrameSink(Protocol):
@@ -74,6 +90,10 @@ class FrameSink(Protocol):
     def deliver(self, frames: GroupFrames) -> bool:
         """Write the group's current frame; False when the socket did not take all of it (the
         rest waits, queued in order) or when the connection can no longer be sent data."""
+
+    def write_pending(self, now_ms: int) -> bool:
+        """Write the client's own pending frame now, if its send loop is idle and the socket
+        takes it whole; False when the loop must be woken instead."""
 
     def left_group(self) -> None:
         """It will be sent frames of its own again (its own compressor, if any)."""
@@ -88,11 +108,18 @@ class Client(Wakeup):
         self.session = session
         # The group whose frames it receives, if any.
         self.group: Group | None = None
-        # While the send loop waits: writes the pending frame without waking it, if it can
-        # (returns False when the loop must wake instead). Set by flowboard.server.websocket.
-        self.flush: Callable[[int], bool] | None = None
-        # Its connection, when the publisher may write to it (else it never joins a group).
+        # Its connection, when the publisher may write to it (else its loop sends everything,
+        # and it never joins a group).
         self.sink: FrameSink | None = None
+
+    # -- Subscriber, while on its own ----------------------------------------------------------
+
+    def offer(self, seq: int, event: Event, now_ms: int) -> None:
+        self.session.offer(seq, event, now_ms)
+
+    def send(self, now_ms: int) -> None:
+        if self.session.has_pending(now_ms) and (self.sink is None or not self.sink.write_pending(now_ms)):
+            self.wake()
 
 
 class Group:
@@ -106,7 +133,7 @@ class Group:
 
 
 #: Counts a frame the publisher built once and handed to ``receivers`` clients.
-FrameCounter = Callable[[bytes, int], None]
+FrameCounter = Callable[[Frame, int], None]
 
 
 @attrs.frozen
@@ -123,7 +150,15 @@ class HubStats:
 class Hub:
     """The single publisher: aggregator events in, v2 sessions (grouped or not) and feeds out."""
 
-    def __init__(self, agg: Aggregator, *, epoch: str, ring_size: int, limits: SessionLimits) -> None:
+    def __init__(
+        self,
+        agg: Aggregator,
+        *,
+        epoch: str,
+        ring_size: int,
+        limits: SessionLimits,
+        listener: PublishListener | None = None,
+    ) -> None:
         self.agg = agg
         self.epoch = epoch
         self.limits = limits
@@ -139,7 +174,9 @@ class Hub:
         self._alone: set[Client] = set()
         self._groups: set[Group] = set()
         # Subscribers that are not v2 clients (the v1 feed, while it has connections).
-        self.feeds: set[Feed] = set()
+        self.feeds: set[Subscriber] = set()
+        # Told of each publish (None: nothing extends publishing).
+        self.listener = listener
         # Seconds between sends while the loop is behind (flowboard.server.coalesce); 0 while
         # it keeps up: each publish sends at once.
         self.coalesce_interval_s = 0.0
@@ -163,6 +200,8 @@ class Hub:
         """Start the event history here (after a rebuild or warm start that published nothing)."""
         self._ring.clear()
         self._hot_before_ring = self.agg.hot()
+        if self.listener is not None:
+            self.listener.rebased()
 
     def restart(self, *, epoch: str, seq: int, now_ms: int) -> None:
         """Go on from another history (an edge that loaded the ingest's snapshot into the
@@ -179,10 +218,11 @@ class Hub:
 
     # -- subscribers ---------------------------------------------------------------------------
 
-    def add_feed(self, feed: Feed) -> None:
+    def subscribe(self, feed: Subscriber) -> None:
+        """Publish to ``feed`` too (v2 clients come in through :meth:`connect`)."""
         self.feeds.add(feed)
 
-    def remove_feed(self, feed: Feed) -> None:
+    def unsubscribe(self, feed: Subscriber) -> None:
         self.feeds.discard(feed)
 
     def publish(self, events: Iterable[Event], now_ms: int) -> None:
@@ -193,6 +233,8 @@ class Hub:
             self.unsent = True
         else:
             self._send(now_ms)
+        if self.listener is not None:
+            self.listener.published(self.seq, now_ms)
         self._account_pass(self.busy_clock() - started)
 
     def send(self, now_ms: int) -> None:
@@ -210,8 +252,7 @@ class Hub:
     def _offer(self, events: Iterable[Event], now_ms: int) -> None:
         ring = self._ring
         sessions = [group.session for group in self._groups]
-        sessions.extend(client.session for client in self._alone)
-        feeds = self.feeds
+        subscribers: list[Subscriber] = [*self._alone, *self.feeds]
         for event in events:
             self.seq += 1
             if len(ring) == ring.maxlen:
@@ -221,8 +262,8 @@ class Hub:
             ring.append((self.seq, event))
             for session in sessions:
                 session.offer(self.seq, event, now_ms)
-            for feed in feeds:
-                feed.offer(self.seq, event, now_ms)
+            for subscriber in subscribers:
+                subscriber.offer(self.seq, event, now_ms)
 
     def _send(self, now_ms: int) -> None:
         self.unsent = False
@@ -231,14 +272,10 @@ class Hub:
                 self._send_group_frame(group, now_ms)
         self._merge_twin_groups()
         for client in list(self._alone):
-            if client.session.has_pending(now_ms):
-                flush = client.flush
-                if flush is None or not flush(now_ms):
-                    client.wake()
-                    continue
+            client.send(now_ms)
             self.try_join(client)
         for feed in self.feeds:
-            feed.published(now_ms)
+            feed.send(now_ms)
 
     def _send_group_frame(self, group: Group, now_ms: int) -> None:
         if self.shutting_down.is_set() or group.session.close_reason is not None:
@@ -252,7 +289,7 @@ class Hub:
             return
         self.count_group_frame(frame, len(group.members))
         frames = group.frames
-        frames.next(frame)
+        frames.next(frame.payload)
         # The hot loop: one write per member. A member whose socket did not take the whole
         # frame (the rest is queued, in order), or that can no longer be sent data, goes on
         # alone from the group's state after this frame.

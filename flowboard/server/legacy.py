@@ -1,7 +1,7 @@
 """Leave, the old way: the v1 compatibility endpoint ``/ws/stream`` (docs/v1.md).
 
 Every v1 client of a process is served from one :class:`V1Feed`. The feed is one of the
-hub's subscribers (``Hub.publish`` offers it each event, then tells it the publish is over), so
+hub's subscribers (``Hub.publish`` offers it each event, then asks it to send), so
 there is no polling: when trades are published the feed encodes each v1 ``trade`` message
 once and appends the same text to every v1 connection's :class:`~flowboard.protocol.v1.OutQueue`.
 The timed messages (analytics every second, hot markets every 5 s) are aligned to the wall
@@ -62,7 +62,7 @@ class V1Feed:
         if isinstance(event, TradeAdded):
             self._trades.append(event)
 
-    def published(self, now_ms: int) -> None:
+    def send(self, now_ms: int) -> None:
         """After a publish: encode its trades once, queue them for every connection."""
         trades, self._trades = self._trades, []
         if not trades:
@@ -80,7 +80,7 @@ class V1Feed:
 
     def connect(self, limits: v1.QueueLimits) -> V1Connection:
         if not self.connections:
-            self.runtime.hub.add_feed(self)
+            self.runtime.hub.subscribe(self)
         connection = V1Connection(limits)
         self.connections.add(connection)
         return connection
@@ -88,7 +88,7 @@ class V1Feed:
     def disconnect(self, connection: V1Connection) -> None:
         self.connections.discard(connection)
         if not self.connections:
-            self.runtime.hub.remove_feed(self)
+            self.runtime.hub.unsubscribe(self)
 
     def cached(self, kind: str, key: object, build: Callable[[], v1.Message]) -> str:
         """The text of a message that is the same for every client for a given ``key``."""

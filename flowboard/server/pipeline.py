@@ -41,7 +41,7 @@ from flowboard.logs import ThrottledLog
 from flowboard.model import MarketMeta, Trade, wall_clock_ms
 from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 from flowboard.scaleout import redis_io
-from flowboard.scaleout.redis_io import Follower, JournalingHub, Outbox, PublisherStats
+from flowboard.scaleout.redis_io import Follower, Outbox, PublisherStats, StreamJournal
 from flowboard.scaleout.stream import JournalingAggregator
 from flowboard.server import deflate
 from flowboard.server import websocket as ws_v2
@@ -458,22 +458,19 @@ def _build_runtime(config: Config, store: Store, wall_ms: Callable[[], int]) -> 
     delivery = config.delivery
     role = config.scaleout.role
     agg: Aggregator
+    journal: StreamJournal | None = None
     if role == "ingest":
         # Every input of the aggregator is journaled and each publish is one stream entry.
         agg = JournalingAggregator()
-        hub: Hub = JournalingHub(
-            agg,
-            Outbox(config.scaleout.backlog),
-            epoch=secrets.token_hex(4),
-            ring_size=delivery.ring_size,
-            limits=delivery.session,
-        )
+        journal = StreamJournal(agg, Outbox(config.scaleout.backlog))
     else:
         agg = Aggregator()
-        # An edge's epoch and seq are the ingest's, from its snapshot (Follower -> Hub.restart).
-        epoch = "" if role == "edge" else secrets.token_hex(4)
-        hub = Hub(agg, epoch=epoch, ring_size=delivery.ring_size, limits=delivery.session)
-    return Runtime(config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store)
+    # An edge's epoch and seq are the ingest's, from its snapshot (Follower -> Hub.restart).
+    epoch = "" if role == "edge" else secrets.token_hex(4)
+    hub = Hub(agg, epoch=epoch, ring_size=delivery.ring_size, limits=delivery.session, listener=journal)
+    return Runtime(
+        config=config, agg=agg, hub=hub, metrics=Metrics(), wall_ms=wall_ms, store=store, journal=journal
+    )
 
 
 async def _start_ingest(
@@ -537,10 +534,11 @@ async def _start_ingest(
         known_ids=known,
     )
     runtime.hub.rebase()
-    if config.scaleout.role == "ingest":
+    if runtime.journal is not None:
+        outbox = runtime.journal.outbox
         publisher = PublisherStats()
-        _register_publisher_gauges(runtime, publisher)
-        await nursery.start(redis_io.serve_publisher, config.scaleout, runtime, publisher)
+        _register_publisher_gauges(runtime, outbox, publisher)
+        await nursery.start(redis_io.serve_publisher, config.scaleout, runtime, outbox, publisher)
     await nursery.start(_aggregate, runtime, ingestor, receive)
     await nursery.start(_tick, runtime)
     return source
@@ -637,10 +635,7 @@ def _register_aggregator_gauges(runtime: Runtime) -> None:
         metrics.gauge(f"flowboard_aggregator_{name}", documentation, read)
 
 
-def _register_publisher_gauges(runtime: Runtime, stats: PublisherStats) -> None:
-    hub = runtime.hub
-    assert isinstance(hub, JournalingHub)
-    outbox = hub.outbox
+def _register_publisher_gauges(runtime: Runtime, outbox: Outbox, stats: PublisherStats) -> None:
     metrics = runtime.metrics
     metrics.gauge("flowboard_redis_connected", "1 while Redis is reachable", lambda: stats.connected)
     metrics.gauge("flowboard_stream_batches", "Batches cut for the stream since start", lambda: outbox.last)

@@ -11,6 +11,7 @@ import trio
 from flowboard.aggregate.aggregator import Aggregator
 from flowboard.config import Config
 from flowboard.model import MarketMeta
+from flowboard.scaleout.redis_io import StreamJournal
 from flowboard.server.hub import Hub
 from flowboard.server.metrics import Metrics
 from flowboard.store import Store
@@ -27,6 +28,8 @@ class Runtime:
     metrics: Metrics
     wall_ms: Callable[[], int]
     store: Store | None = None
+    # Role ingest: the hub's listener that cuts each publish into a batch for the Redis stream.
+    journal: StreamJournal | None = None
     # Addresses hypercorn listens on, e.g. ["http://127.0.0.1:8000"].
     binds: list[str] = attrs.Factory(list)
     # Why /readyz says not ready (empty when ready).

@@ -18,6 +18,7 @@ from quart import websocket
 
 from flowboard.errors import ProtocolError
 from flowboard.protocol import v2
+from flowboard.protocol.session import FRAME_KINDS, Frame
 from flowboard.server import connection, guards
 from flowboard.server.hub import Client, FrameCounter
 from flowboard.server.metrics import Metrics
@@ -33,17 +34,6 @@ def parse_resume(text: str | None) -> tuple[str, int] | None:
     if not sep or not epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 19:
         raise ProtocolError(f"resume must be EPOCH:SEQ, got {text[:60]!r}")
     return epoch, int(seq)
-
-
-FRAME_KINDS = ("snapshot", "trades", "state")
-
-
-def frame_kind(frame: bytes) -> str:
-    """For metrics: snapshot frames, trade frames, and the rest (state updates)."""
-    head = frame[:60]
-    if b'["H",' in head and b'"resumed":false' in frame[:400]:
-        return "snapshot"
-    return "trades" if b'["t",' in frame else "state"
 
 
 @attrs.frozen
@@ -72,10 +62,9 @@ def group_frame_counter(metrics: Metrics) -> FrameCounter:
     counters = _frame_counters(metrics)
     frames_sent, bytes_sent = counters.frames, counters.bytes
 
-    def count(frame: bytes, receivers: int) -> None:
-        kind = frame_kind(frame)
-        frames_sent[kind].inc(receivers)
-        bytes_sent[kind].inc(len(frame) * receivers)
+    def count(frame: Frame, receivers: int) -> None:
+        frames_sent[frame.kind].inc(receivers)
+        bytes_sent[frame.kind].inc(len(frame.payload) * receivers)
 
     return count
 
@@ -112,7 +101,7 @@ class _Sender:
 
     With the connection's writer the publisher writes most frames itself: a group's frames to
     each member (:meth:`deliver`) and, while the loop waits, a lone client's pending frame
-    (:meth:`flush_nowait`), which spares a task wake-up per frame. The loop does everything
+    (:meth:`write_pending`), which spares a task wake-up per frame. The loop does everything
     that can wait: draining what the socket did not take, frames of a client on its own, closes.
     Without the writer (not a plain hypercorn connection) frames go through quart."""
 
@@ -129,14 +118,16 @@ class _Sender:
         # not be kept alive), and their values then.
         self.reported_session = id(client.session)
         self.reported = client.session.statistics()
-        # What went wrong in flush_nowait, raised here in the loop (a client's error stays its own).
+        # What went wrong in write_pending, raised here in the loop (a client's error stays its own).
         self.error: Exception | None = None
+        # While the loop waits with nothing to send: the publisher may write its frames.
+        self.idle = False
         if wire is not None:
             client.sink = self
 
-    def _account(self, frame: bytes, kind: str) -> None:
-        self.frames_sent[kind].inc()
-        self.bytes_sent[kind].inc(len(frame))
+    def _account(self, frame: Frame) -> None:
+        self.frames_sent[frame.kind].inc()
+        self.bytes_sent[frame.kind].inc(len(frame.payload))
         session = self.client.session
         if id(session) != self.reported_session:
             self.reported_session = id(session)
@@ -176,10 +167,8 @@ class _Sender:
         if self.wire is not None:
             self.wire.encoder.left_group()
 
-    def flush_nowait(self, now_ms: int) -> bool:
-        """Called by the publisher while the loop waits: write the pending frame now if the
-        socket has nothing queued. False means "wake the loop" (a close, bytes left queued)."""
-        if not self.ready():
+    def write_pending(self, now_ms: int) -> bool:
+        if not self.idle or not self.ready():
             return False
         assert self.wire is not None
         session = self.client.session
@@ -187,8 +176,8 @@ class _Sender:
             frame = session.build_frame(self.runtime.agg, now_ms)
             if frame is None:
                 return False
-            written = self.wire.send_text_nowait(frame)
-            self._account(frame, frame_kind(frame))
+            written = self.wire.send_text_nowait(frame.payload)
+            self._account(frame)
         except Exception as exc:  # re-raised by this client's own loop
             self.error = exc
             return False
@@ -237,21 +226,20 @@ class _Sender:
                     deadline = math.inf
                 else:
                     deadline = trio.current_time() + max(0, deadline_ms - now_ms) / 1000
-                if wire is not None:
-                    client.flush = self.flush_nowait
+                self.idle = True
                 try:
                     await client.wait(deadline)
                 finally:
-                    client.flush = None
+                    self.idle = False
                 continue
             if wire is not None:
                 # What the socket does not take now is drained at the top of the loop.
-                wire.send_text_nowait(frame)
-                self._account(frame, frame_kind(frame))
+                wire.send_text_nowait(frame.payload)
+                self._account(frame)
                 continue
             started = trio.current_time()
-            await websocket.send(frame.decode())
-            self._account(frame, frame_kind(frame))
+            await websocket.send(frame.payload.decode())
+            self._account(frame)
             waited = trio.current_time() - started
             if waited > stall_timeout and client.session.close_reason is None:
                 client.session.close_reason = f"too slow: a frame waited {waited:.0f} s for the socket"
