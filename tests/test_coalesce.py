@@ -35,6 +35,20 @@ def test_a_timer_late_only_because_of_our_own_pass_is_not_behind() -> None:
     assert coalescer.observe(lag_s=0.080, busy_share=0.7, own_pass_s=0.075) == 0.02
 
 
+def test_the_busy_share_is_a_mean_over_about_a_second_not_one_period() -> None:
+    """One 50 ms period spent wholly on one publish pass (thousands of writes) among idle ones
+    is not overload: the share weighs in by its period's length over a one-second horizon. A
+    loop busy period after period for most of a second is, and coalescing starts."""
+    coalescer = Coalescer(min_interval_s=0.02, busy_horizon_s=1.0)
+    assert coalescer.observe(lag_s=0.0, busy_share=0.9, period_s=0.05) == 0.0
+    assert abs(coalescer.busy_share - 0.045) < 1e-9
+    for _ in range(3):
+        assert coalescer.observe(lag_s=0.0, busy_share=0.0, period_s=0.05) == 0.0
+    intervals = [coalescer.observe(lag_s=0.0, busy_share=0.9, period_s=0.05) for _ in range(20)]
+    assert intervals[0] == 0.0 and intervals[-1] > 0.0
+    assert coalescer.busy_share > 0.5
+
+
 def test_the_hub_reports_its_longest_pass() -> None:
     """Each publish records how long it held the loop, so the coalescer can tell its own pass
     from a loop that is behind."""

@@ -54,6 +54,7 @@ ASGIApp = TypeVar("ASGIApp", bound=Callable[..., Awaitable[None]])
 _FIN_TEXT = 0x81  # FIN + opcode 1 (text)
 _RSV1 = 0x40  # "this message is compressed" (permessage-deflate)
 _SYNC_FLUSH_TAIL = b"\x00\x00\xff\xff"
+_OPEN = ConnectionState.OPEN
 
 
 def capture(app: ASGIApp) -> ASGIApp:
@@ -206,6 +207,9 @@ class FrameEncoder:
         # began to receive them.
         self._stream: SharedDeflateStream | None = None
         self._mark = 0
+        # The group frames that stream belongs to: while they are the ones asked for, the
+        # stream is known without a dictionary lookup (hashing the variant) per frame.
+        self._frames: GroupFrames | None = None
 
     @property
     def shares_compressor(self) -> bool:
@@ -223,10 +227,16 @@ class FrameEncoder:
         variant = self.variant
         if variant is None:
             return frames.plain()
+        if self._frames is frames and self.deflater is None:
+            # The common case, once per member per frame: the stream's shared bytes.
+            stream = self._stream
+            assert stream is not None
+            return stream.frame
         stream = frames.stream(variant)
         if self._stream is not stream:
             self.left_group()
             self._stream = stream
+            self._frames = frames
             self._mark = stream.before
         if self.deflater is not None and (
             not variant.context_takeover or self._mark == 0 or stream.before - self._mark >= stream.window
@@ -243,6 +253,7 @@ class FrameEncoder:
         if stream is None:
             return
         self._stream = None
+        self._frames = None
         variant = self.variant
         if self.deflater is None and variant is not None:
             # Without context takeover the client's inflater forgets each message: no dictionary.
@@ -278,6 +289,8 @@ class Connection:
         deflater: MessageDeflater | None,
     ) -> None:
         self._stream = stream
+        # wsproto's connection: its state says whether data frames may still go.
+        self._ws = stream.connection
         self._protocol = protocol
         self._tcp = tcp
         self._socket = sock
@@ -304,9 +317,7 @@ class Connection:
     def can_send(self) -> bool:
         """Whether data frames may still be sent (no close frame sent or received yet)."""
         stream = self._stream
-        return (
-            not self.broken and not stream.closed and stream.connection.state is ConnectionState.OPEN
-        )
+        return not self.broken and not stream.closed and stream.connection.state is ConnectionState.OPEN
 
     def send_text_nowait(self, payload: bytes) -> bool:
         """Queue ``payload`` (UTF-8 JSON) as one text frame, writing what the socket takes now.
@@ -317,11 +328,32 @@ class Connection:
 
     def send_group_frame_nowait(self, frames: GroupFrames) -> bool:
         """Like :meth:`send_text_nowait`, for a group's current payload (shared bytes); False
-        without writing when the connection can no longer be sent data."""
-        stream = self._stream
-        if self.broken or stream.closed or stream.connection.state is not ConnectionState.OPEN:
+        without writing when the connection can no longer be sent data.
+
+        The publisher calls this once per member per frame: :meth:`write_nowait` and
+        :meth:`_write` are inlined (every call and attribute lookup here is paid thousands of
+        times per frame)."""
+        if self.broken or self._stream.closed or self._ws.state is not _OPEN:
             return False
-        return self.write_nowait(self.encoder.group_frame(frames))
+        data = self.encoder.group_frame(frames)
+        if self._out:
+            self._out += data
+            return False
+        fd = self._socket.fileno()
+        if fd < 0:
+            self._fail()
+            return False
+        try:
+            sent = os.write(fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._fail()
+            return False
+        if sent < len(data):
+            self._out += memoryview(data)[sent:]
+            return False
+        return True
 
     def write_nowait(self, data: bytes) -> bool:
         """Append ``data`` after everything queued before it; True when nothing waits."""

@@ -127,7 +127,8 @@ class Group:
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
-        self.members: set[Client] = set()
+        # Each member, with its connection's deliver (looked up once, at joining).
+        self.members: dict[Client, Callable[[GroupFrames], bool]] = {}
         # Its payloads as wire frames, built once per deflate variant.
         self.frames = GroupFrames()
 
@@ -293,9 +294,7 @@ class Hub:
         # The hot loop: one write per member. A member whose socket did not take the whole
         # frame (the rest is queued, in order), or that can no longer be sent data, goes on
         # alone from the group's state after this frame.
-        behind = [
-            member for member in group.members if member.sink is None or not member.sink.deliver(frames)
-        ]
+        behind = [member for member, deliver in group.members.items() if not deliver(frames)]
         for member in behind:
             self._leave(member)
             member.wake()
@@ -305,7 +304,8 @@ class Hub:
     def try_join(self, client: Client) -> bool:
         """Put a caught-up client on its own into the group whose mirror equals its own (or
         found one); False when it cannot share frames now."""
-        if client.group is not None or client.sink is None or not client.sink.ready():
+        sink = client.sink
+        if client.group is not None or sink is None or not sink.ready():
             return False
         session = client.session
         signature = session.group_signature()
@@ -319,7 +319,7 @@ class Hub:
             group = Group(session.fork())
             self._groups.add(group)
         self._alone.discard(client)
-        group.members.add(client)
+        group.members[client] = sink.deliver
         client.group = group
         client.session = group.session
         return True
@@ -345,7 +345,7 @@ class Hub:
         group = client.group
         if group is None:
             return
-        group.members.discard(client)
+        del group.members[client]
         if not group.members:
             self._groups.discard(group)
         client.group = None
@@ -404,7 +404,7 @@ class Hub:
         group = client.group
         if group is not None:
             # Gone: no copy of the group's session, no compressor of its own.
-            group.members.discard(client)
+            del group.members[client]
             if not group.members:
                 self._groups.discard(group)
             client.group = None

@@ -288,7 +288,7 @@ async def _pace_delivery(
         busy_share = (hub.busy_s - busy_before) / (period + lag)
         busy_before = hub.busy_s
         hub.coalesce_interval_s = coalescer.observe(
-            lag_s=lag, busy_share=busy_share, own_pass_s=hub.longest_pass_s
+            lag_s=lag, busy_share=busy_share, own_pass_s=hub.longest_pass_s, period_s=period + lag
         )
         hub.longest_pass_s = 0.0
         period = hub.coalesce_interval_s or lag_period_s

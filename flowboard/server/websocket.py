@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -96,6 +97,10 @@ async def serve_v2(runtime: Runtime) -> None:
         hub.disconnect(client)
 
 
+def _undeliverable(frames: connection.GroupFrames) -> bool:
+    return False
+
+
 class _Sender:
     """One client's send loop, and its connection's face to the publisher (a FrameSink).
 
@@ -122,7 +127,11 @@ class _Sender:
         self.error: Exception | None = None
         # While the loop waits with nothing to send: the publisher may write its frames.
         self.idle = False
+        # FrameSink.deliver: the connection's own, called by the publisher for each member of
+        # a group (no hop through here; ``error`` is only ever set while the client is alone).
+        self.deliver: Callable[[connection.GroupFrames], bool] = _undeliverable
         if wire is not None:
+            self.deliver = wire.send_group_frame_nowait
             client.sink = self
 
     def _account(self, frame: Frame) -> None:
@@ -158,10 +167,6 @@ class _Sender:
             and self.client.session.close_reason is None
             and wire.can_send()
         )
-
-    def deliver(self, frames: connection.GroupFrames) -> bool:
-        wire = self.wire
-        return wire is not None and self.error is None and wire.send_group_frame_nowait(frames)
 
     def left_group(self) -> None:
         if self.wire is not None:
