@@ -172,25 +172,58 @@ def test_members_of_a_group_inflate_exactly_their_payloads_from_shared_bytes(
         assert [f.payload for f in decoder.received_frames()] == [p.decode() for p in sent[index]]
 
 
-def test_members_share_the_compressed_bytes_once_their_window_is_the_groups() -> None:
-    """The founder shares the group's compressor from the first frame; a later member after it
-    has received a window's worth (4 KiB for 12 bits) of the group's payloads; then both are
-    written the very same bytes, and hold no compressor of their own."""
+def test_a_later_member_shares_compressed_bytes_at_once_and_the_founders_after_a_window() -> None:
+    """The founder shares the group's compressor from the first frame. A member that joins later
+    takes a stream of its own that begins with its first group frame, so it holds no compressor
+    of its own from then on either; once that stream has carried a window's worth (4 KiB for
+    12 bits) of payloads, its bytes are the founder's (one compression per payload again), and
+    both clients inflate exactly what they were sent."""
+    variant = connection.DeflateVariant(12, 4, 6, context_takeover=True)
+    founder = connection.FrameEncoder(connection.MessageDeflater(variant))
+    later = connection.FrameEncoder(connection.MessageDeflater(variant))
+    decoders = [_client_decoder("permessage-deflate; server_max_window_bits=12") for _ in range(2)]
+    frames = connection.GroupFrames()
+    payload = b'[7,["t",[3,560000,100,1,20]]]'
+    frames.next(payload)
+    decoders[0].receive_bytes(founder.group_frame(frames))
+    assert founder.shares_compressor
+    decoders[1].receive_bytes(later.frame(b"[1]"))
+    frames.next(payload)
+    founder_bytes = founder.group_frame(frames)
+    later_bytes = later.group_frame(frames)
+    assert later.shares_compressor and later_bytes is not founder_bytes
+    received = len(payload)
+    sent = [[payload, payload], [b"[1]", payload]]
+    while received < 4096 + 2 * len(payload):  # the later stream began one payload after
+        decoders[0].receive_bytes(founder_bytes)
+        decoders[1].receive_bytes(later_bytes)
+        frames.next(payload)
+        founder_bytes = founder.group_frame(frames)
+        later_bytes = later.group_frame(frames)
+        sent[0].append(payload)
+        sent[1].append(payload)
+        received += len(payload)
+    decoders[0].receive_bytes(founder_bytes)
+    decoders[1].receive_bytes(later_bytes)
+    assert later_bytes is founder_bytes
+    for decoder, payloads in zip(decoders, sent, strict=True):
+        assert [f.payload for f in decoder.received_frames()] == [p.decode() for p in payloads]
+
+
+def test_a_stream_nobody_receives_is_dropped() -> None:
+    """A later member's stream goes when its last member leaves (no compression for nobody)."""
     variant = connection.DeflateVariant(12, 4, 6, context_takeover=True)
     founder = connection.FrameEncoder(connection.MessageDeflater(variant))
     later = connection.FrameEncoder(connection.MessageDeflater(variant))
     frames = connection.GroupFrames()
-    payload = b'[7,["t",[3,560000,100,1,20]]]'
-    frames.next(payload)
-    assert founder.group_frame(frames) == frames.stream(variant).frame and founder.shares_compressor
-    later.frame(b"[1]")
-    received = 0
-    while received < 4096 + len(payload):
-        frames.next(payload)
-        founder_bytes = founder.group_frame(frames)
-        later_bytes = later.group_frame(frames)
-        received += len(payload)
-    assert later.shares_compressor and later_bytes is founder_bytes
+    frames.next(b"[1]")
+    founder.group_frame(frames)
+    frames.next(b"[2]")
+    later.group_frame(frames)
+    assert len(frames._streams[variant]) == 2
+    later.left_group()
+    frames.next(b"[3]")
+    assert len(frames._streams[variant]) == 1
 
 
 # -- hypercorn's internals ------------------------------------------------------------------------

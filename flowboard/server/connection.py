@@ -130,7 +130,7 @@ class MessageDeflater:
 
 
 class SharedDeflateStream:
-    """One compressor for every member of a group that negotiated ``variant``.
+    """One compressor for members of a group that negotiated ``variant``.
 
     Between messages a client's inflater holds only its window: the last 2**window_bits bytes
     it inflated (each message ends on a sync flush). A member whose last 2**window_bits bytes
@@ -141,7 +141,8 @@ class SharedDeflateStream:
     def __init__(self, variant: DeflateVariant) -> None:
         self.variant = variant
         self.window = 1 << variant.window_bits
-        self._compressor = variant.compressor()
+        # None once it follows the group's oldest stream (see ``advance``).
+        self._compressor: zlib._Compress | None = variant.compressor()
         # The last ``window`` payload bytes (a member that leaves starts its own compressor
         # with them as the dictionary).
         self.history = bytearray()
@@ -150,13 +151,21 @@ class SharedDeflateStream:
         self.total = 0
         # The current payload's frame.
         self.frame = b""
+        # Members' encoders on this stream (a later stream nobody uses is dropped).
+        self.users = 0
 
-    def advance(self, payload: bytes) -> None:
-        if self.variant.context_takeover:
-            data = _deflate_message(self._compressor, payload)
+    def advance(self, payload: bytes, oldest: SharedDeflateStream | None = None) -> None:
+        """The group's next payload. ``oldest``: the group's first stream of this variant,
+        already advanced; once this stream has carried a whole window of payloads its members'
+        windows equal that stream's, and they are sent its bytes (one compression fewer)."""
+        if oldest is not None and self.total >= self.window:
+            self._compressor = None
+            self.frame = oldest.frame
+        elif not self.variant.context_takeover:
+            self.frame = text_frame(_deflate_message(self.variant.compressor(), payload), compressed=True)
         else:
-            data = _deflate_message(self.variant.compressor(), payload)
-        self.frame = text_frame(data, compressed=True)
+            assert self._compressor is not None, "a stream that follows the oldest keeps following it"
+            self.frame = text_frame(_deflate_message(self._compressor, payload), compressed=True)
         self.before = self.total
         self.total += len(payload)
         history = self.history
@@ -165,21 +174,34 @@ class SharedDeflateStream:
             del history[: len(history) - self.window]
 
 
+#: Streams a group keeps per deflate variant. A member that joins takes the newest stream if
+#: that began with the current payload, else a new one (so it shares compressed bytes at once)
+#: while there are fewer than this; past it, the oldest, with a compressor of its own until a
+#: window of the group's payloads has passed.
+MAX_STREAMS_PER_VARIANT = 32
+
+
 class GroupFrames:
     """The wire frames of one group's current payload: built once for plain members and once
-    per deflate variant, whatever the number of members."""
+    per shared deflate stream, whatever the number of members."""
 
     def __init__(self) -> None:
         self.payload = b""
         self._plain = b""
-        self._streams: dict[DeflateVariant, SharedDeflateStream] = {}
+        # Per variant, oldest first: later streams began for members that joined later.
+        self._streams: dict[DeflateVariant, list[SharedDeflateStream]] = {}
 
     def next(self, payload: bytes) -> None:
         """The group's next payload (every stream sees every payload, in order)."""
         self.payload = payload
         self._plain = b""
-        for stream in self._streams.values():
-            stream.advance(payload)
+        for streams in self._streams.values():
+            oldest = streams[0]
+            if len(streams) > 1:
+                streams[1:] = [stream for stream in streams[1:] if stream.users]
+            oldest.advance(payload)
+            for stream in streams[1:]:
+                stream.advance(payload, oldest)
 
     def plain(self) -> bytes:
         if not self._plain:
@@ -187,11 +209,16 @@ class GroupFrames:
         return self._plain
 
     def stream(self, variant: DeflateVariant) -> SharedDeflateStream:
-        stream = self._streams.get(variant)
-        if stream is None:
-            # Begins with the current payload: every member asking now has received all of it.
-            stream = self._streams[variant] = SharedDeflateStream(variant)
-            stream.advance(self.payload)
+        """The stream for a member that begins to receive this group's frames now."""
+        streams = self._streams.setdefault(variant, [])
+        if streams and (streams[-1].before == 0 or not variant.context_takeover):
+            return streams[-1]
+        if len(streams) >= MAX_STREAMS_PER_VARIANT:
+            return streams[0]
+        # Begins with the current payload: every member asking now has received all of it.
+        stream = SharedDeflateStream(variant)
+        stream.advance(self.payload)
+        streams.append(stream)
         return stream
 
 
@@ -232,10 +259,11 @@ class FrameEncoder:
             stream = self._stream
             assert stream is not None
             return stream.frame
-        stream = frames.stream(variant)
-        if self._stream is not stream:
+        stream = self._stream
+        if self._frames is not frames or stream is None:
             self.left_group()
-            self._stream = stream
+            stream = self._stream = frames.stream(variant)
+            stream.users += 1
             self._frames = frames
             self._mark = stream.before
         if self.deflater is not None and (
@@ -254,6 +282,7 @@ class FrameEncoder:
             return
         self._stream = None
         self._frames = None
+        stream.users -= 1
         variant = self.variant
         if self.deflater is None and variant is not None:
             # Without context takeover the client's inflater forgets each message: no dictionary.
