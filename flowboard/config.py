@@ -29,7 +29,7 @@ from flowboard.ingest.kalshi import KalshiConfig
 from flowboard.options import FLAG, Flag, between, flag, non_negative, one_of, parse_bool, positive
 from flowboard.page import page_dir
 from flowboard.protocol.session import SessionLimits
-from flowboard.server.deflate import DeflateSettings
+from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 from flowboard.store import StoreConfig
 
 
@@ -166,6 +166,27 @@ class SourceConfig:
     ingest_buffer: int = 10_000  # parsed feed messages waiting to be aggregated
     drain_limit: int = 500  # messages aggregated per pass: one publish (one wake-up per client) for a burst
     metadata_queue: int = 10_000  # tickers waiting for the metadata fetcher
+
+
+@attrs.frozen
+class DeflateSettings:
+    """permessage-deflate of /ws and /ws/stream (flowboard.server.deflate applies it)."""
+
+    enabled: bool = flag(True, "--deflate", "permessage-deflate for browsers that offer it", parse_bool)
+    window_bits: int = flag(
+        12, "--deflate-window-bits", "permessage-deflate window bits, 9-15", int, validator=between(9, 15)
+    )
+    mem_level: int = flag(
+        4, "--deflate-mem-level", "permessage-deflate zlib memLevel, 1-9", int, validator=between(1, 9)
+    )
+    level: int = attrs.field(default=6, validator=between(0, 9))
+    # A client message that inflates past this is refused with 1009 (the command limit).
+    max_inflated_bytes: int = MAX_COMMAND_BYTES
+
+    @property
+    def compressor_bytes(self) -> int:
+        """zlib's documented deflate memory for these settings."""
+        return (1 << (self.window_bits + 2)) + (1 << (self.mem_level + 9))
 
 
 @attrs.frozen

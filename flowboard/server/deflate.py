@@ -41,10 +41,9 @@ from wsproto.events import CloseConnection, Event
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
+from flowboard.config import DeflateSettings
 from flowboard.errors import DeflateOfferError
 from flowboard.logs import ThrottledLog
-from flowboard.options import between, flag, parse_bool
-from flowboard.protocol.v2 import MAX_COMMAND_BYTES
 
 log = logging.getLogger(__name__)
 #: A client chooses how often it sends a malformed offer; the log does not follow it.
@@ -123,25 +122,6 @@ class DeflateCounters:
 
     declined_offer: Callable[[], None] = _uncounted
     oversized_message: Callable[[], None] = _uncounted
-
-
-@attrs.frozen
-class DeflateSettings:
-    enabled: bool = flag(True, "--deflate", "permessage-deflate for browsers that offer it", parse_bool)
-    window_bits: int = flag(
-        12, "--deflate-window-bits", "permessage-deflate window bits, 9-15", int, validator=between(9, 15)
-    )
-    mem_level: int = flag(
-        4, "--deflate-mem-level", "permessage-deflate zlib memLevel, 1-9", int, validator=between(1, 9)
-    )
-    level: int = attrs.field(default=6, validator=between(0, 9))
-    # A client message that inflates past this is refused with 1009 (the command limit).
-    max_inflated_bytes: int = MAX_COMMAND_BYTES
-
-    @property
-    def compressor_bytes(self) -> int:
-        """zlib's documented deflate memory for these settings."""
-        return (1 << (self.window_bits + 2)) + (1 << (self.mem_level + 9))
 
 
 class BoundedDeflate(PerMessageDeflate):
