@@ -15,7 +15,7 @@ from flowboard.ingest.feed import FeedItem, Received
 from flowboard.ingest.kalshi_format import encode_trade_msg, trade_from_msg
 from flowboard.ingest.simulator import Simulator
 from flowboard.ingest.sources import serve_simulator
-from flowboard.model import COUNT_SCALE, ONE_DOLLAR, Trade, series_of
+from flowboard.model import COUNT_SCALE, ONE_DOLLAR, Trade, is_parlay, series_of
 
 START_MS = 1_767_200_000_000  # 2025-12-31 16:53:20 UTC
 
@@ -30,6 +30,7 @@ TICKER_SHAPES = {
     "politics": r"KX(PRESPARTY-\d{4}|SENATE-\d{2}|HOUSE-\d{2}|GOV[A-Z]{2}-\d{2})-[DR]",
     "financials": r"KX(INX|NASDAQ100)U-\d{2}[A-Z]{3}\d{2}H1600-T\d+\.99",
     "entertainment": r"KXRT-[A-Z0-9]+-\d{2}",
+    "parlay": r"KXMVE(SPORTSMULTIGAMEEXTENDED|CROSSCATEGORY)-S\d{4}[0-9A-F]{11}-[0-9A-F]{11}",
 }
 KALSHI_EXAMPLES = (
     "KXBTCD-25DEC3117-T101999.99",
@@ -154,11 +155,32 @@ def test_markets_have_real_ticker_shapes_and_metadata() -> None:
         assert market.series_ticker == series_of(market.ticker)
         assert market.event_ticker.startswith(market.series_ticker + "-")
         assert market.category in CATEGORIES
-        assert market.title.endswith("?")
+        assert market.title.endswith("?") or is_parlay(market.ticker, market)
         assert market.close_ts_ms is not None
         assert market.close_ts_ms > START_MS
     assert set(families) == set(TICKER_SHAPES)
     assert {market.category for market in markets} == CATEGORIES
+
+
+def test_some_markets_are_parlays_whose_titles_list_their_legs() -> None:
+    """About 5% of the markets are combination markets: a ``KXMVE`` ticker, the collection as
+    series and ``mve_collection_ticker``, and a title listing 2-4 other markets' outcomes the way
+    Kalshi does (``"yes Seattle at Arizona: Seattle wins,no ..."``); some of them trade."""
+    sim = Simulator(1, 10.0, start_ms=START_MS)
+    markets = sim.markets
+    parlays = [market for market in markets if is_parlay(market.ticker, market)]
+    assert len(parlays) == 15
+    questions = {market.title.rstrip("?") for market in markets if market not in parlays}
+    for parlay in parlays:
+        assert parlay.mve_collection_ticker == parlay.series_ticker
+        assert parlay.ticker.startswith(parlay.mve_collection_ticker + "-S")
+        legs = re.split(r",(?=(?:yes|no) )", parlay.title)
+        assert 2 <= len(legs) <= 4
+        for leg in legs:
+            side, _, question = leg.partition(" ")
+            assert side in ("yes", "no") and question in questions
+    traded = {trade.ticker for _, trade in run(sim, 20_000)}
+    assert traded & {parlay.ticker for parlay in parlays}
 
 
 def test_titles_read_like_kalshi() -> None:

@@ -8,6 +8,8 @@ It aims to look like the real feed where the dashboard would notice:
 - popularity that is Zipf-skewed, with crypto hourly, sports games and the Fed on top;
 - prices that wander in a bounded walk, some markets on a $0.001 tick, some with
   fractional counts, heavy-tailed sizes, takers that follow the recent drift;
+- a few combination ("parlay") markets, as Kalshi's multivariate events make them: ``KXMVE...``
+  tickers, titles that list the legs, a collection ticker;
 - Poisson arrivals at the configured mean rate, part of which comes as bursts of tens
   to a couple of hundred trades in one market within about a second.
 
@@ -46,6 +48,13 @@ HOTNESS_SIGMA = 1.0
 # Open interest and resting liquidity per market: log-normal, medians 20,000 contracts and $15,000.
 OPEN_INTEREST_MEDIAN_LOG = math.log(20_000)
 LIQUIDITY_MEDIAN_CENTS_LOG = math.log(1_500_000)
+
+# Markets that are combinations of others' outcomes; drawn from a generator of their own (seeded
+# from the seed) so that the other markets, their popularity and every trade stay as they were.
+PARLAY_SHARE = 0.05
+PARLAY_LEGS = (2, 4)  # legs per combination, uniform
+# Kalshi's multivariate-event collections: games of one sport, or any markets at all.
+PARLAY_COLLECTIONS = {"Sports": "KXMVESPORTSMULTIGAMEEXTENDED", "": "KXMVECROSSCATEGORY"}
 
 SUB_CENT_SHARE = 0.10  # markets that tick at $0.001
 FRACTIONAL_SHARE = 0.15  # markets that trade fractional contracts
@@ -120,6 +129,7 @@ class Simulator:
         self._clock_ms = -math.inf
         self._bursts: list[_Burst] = []
         metas, hotness = _make_markets(self._rng, n_markets, start_ms)
+        metas = _with_parlays(random.Random(f"parlays-{seed}"), metas, start_ms)
         metas = [_with_book_figures(meta) for meta in metas]
         self._cum_weights = _popularity(self._rng, hotness)
         self._states = _initial_states(self._rng, metas)
@@ -247,6 +257,34 @@ def _with_book_figures(meta: MarketMeta) -> MarketMeta:
     return attrs.evolve(
         meta, open_interest=open_contracts * COUNT_SCALE, liquidity=liquidity_cents * (USD_SCALE // 100)
     )
+
+
+def _with_parlays(rng: random.Random, metas: list[MarketMeta], start_ms: int) -> list[MarketMeta]:
+    """``metas`` with ``PARLAY_SHARE`` of them replaced by combinations of the others' outcomes,
+    titled as Kalshi titles them (``"yes Seattle wins,no Bitcoin above $101,249.99"``)."""
+    count = round(PARLAY_SHARE * len(metas))
+    if count == 0 or len(metas) - count < PARLAY_LEGS[1]:
+        return metas
+    replaced = set(rng.sample(range(len(metas)), count))
+    legs_from = [meta for i, meta in enumerate(metas) if i not in replaced]
+    year = (_EPOCH + timedelta(milliseconds=start_ms)).year
+    result = list(metas)
+    for i in sorted(replaced):
+        legs = rng.sample(legs_from, rng.randint(*PARLAY_LEGS))
+        categories = {leg.category for leg in legs}
+        category = categories.pop() if len(categories) == 1 else ""
+        collection = PARLAY_COLLECTIONS.get(category, PARLAY_COLLECTIONS[""])
+        event = f"{collection}-S{year}{rng.getrandbits(44):011X}"
+        result[i] = MarketMeta(
+            ticker=f"{event}-{rng.getrandbits(44):011X}",
+            title=",".join(f"{rng.choice(('yes', 'no'))} {leg.title.rstrip('?')}" for leg in legs),
+            category=category or legs[0].category,
+            close_ts_ms=min(leg.close_ts_ms or 0 for leg in legs) or None,
+            event_ticker=event,
+            series_ticker=collection,
+            mve_collection_ticker=collection,
+        )
+    return result
 
 
 def _initial_states(rng: random.Random, metas: Sequence[MarketMeta]) -> list[_MarketState]:
