@@ -5,6 +5,8 @@ current time; its events are the difference between the reads before and after a
 input. Its ids are those of every trade it ever accepted, like the store: it knows a
 duplicate of any age, where the real one remembers ids for ``dedup_horizon_ms`` and is
 told about older trades by whoever asked the store (``absent_from_store``).
+Rankings come in two views, without parlays (the default) and with them; the hot events are
+ranked again each time the clock reaches a new second.
 Slow (O(n) per read) and obviously right: it shares no code with the real one except the
 records it returns.
 """
@@ -20,6 +22,7 @@ from flowboard.aggregate.events import (
     ClockTicked,
     Event,
     HotChanged,
+    HotEventsChanged,
     MarketAdded,
     MetaChanged,
     TopChanged,
@@ -27,7 +30,11 @@ from flowboard.aggregate.events import (
     WindowChanged,
     WindowStats,
 )
+from flowboard.aggregate.events_rank import EventMarket, HotEvent
 from flowboard.model import MarketMeta, Trade
+
+HOT_EVENTS = 10
+EVENT_MARKETS = 6
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -56,8 +63,8 @@ class _Accepted:
 @attrs.frozen
 class _Rankings:
     windows: tuple[WindowStats, ...]
-    top: tuple[Trade, ...]
-    hot: tuple[int, ...]
+    top: tuple[tuple[Trade, ...], tuple[Trade, ...]]  # without, with parlays
+    hot: tuple[tuple[int, ...], tuple[int, ...]]
 
 
 class ReferenceAggregator:
@@ -85,6 +92,7 @@ class ReferenceAggregator:
         self.seen_ids: set[str] = set()
         self.tickers: list[str] = []
         self.metas: list[MarketMeta] = []
+        self.events_ranked: dict[bool, tuple[HotEvent, ...]] = {False: (), True: ()}
 
     @property
     def trades_total(self) -> int:
@@ -99,16 +107,25 @@ class ReferenceAggregator:
         if self.started and now_ms // MINUTE != self.now_ms // MINUTE:
             events.append(ClockTicked(now_ms // MINUTE * MINUTE))
         before = self._rankings()
+        before_started, before_now = self.started, self.now_ms
         self.started = True
         self.now_ms = now_ms
         after = self._rankings()
         for market, window in enumerate(after.windows):
             if window != before.windows[market]:
                 events.append(WindowChanged(market, window))
-        if after.top != before.top:
-            events.append(TopChanged(after.top, derivable=False))
-        if set(after.hot) != set(before.hot):
-            events.append(HotChanged(after.hot))
+        for parlays in (False, True):
+            if after.top[parlays] != before.top[parlays]:
+                events.append(TopChanged(after.top[parlays], derivable=False, parlays=parlays))
+        for parlays in (False, True):
+            if set(after.hot[parlays]) != set(before.hot[parlays]):
+                events.append(HotChanged(after.hot[parlays], parlays))
+        if not before_started or now_ms // 1000 != before_now // 1000:
+            for parlays in (False, True):
+                ranked = self._rank_events(parlays)
+                if ranked != self.events_ranked[parlays]:
+                    self.events_ranked[parlays] = ranked
+                    events.append(HotEventsChanged(ranked, parlays))
         return events
 
     def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
@@ -126,21 +143,31 @@ class ReferenceAggregator:
         self.accepted.append(_Accepted(trade, market, arrival))
         after = self._rankings()
         events.append(TradeAdded(trade, market, self.window(market), arrival))
-        if trade.ts_ms <= self.now_ms - self.window_ms:
+        late = trade.ts_ms <= self.now_ms - self.window_ms
+        if late:
             events.append(WindowChanged(market, self.window(market)))
-            events.append(TopChanged(after.top, derivable=False))
-        elif after.top != before.top:
-            events.append(TopChanged(after.top, derivable=True))
-        if set(after.hot) != set(before.hot):
-            events.append(HotChanged(after.hot))
+        for parlays in (False, True):
+            if late:
+                events.append(TopChanged(after.top[parlays], derivable=False, parlays=parlays))
+            elif after.top[parlays] != before.top[parlays]:
+                events.append(TopChanged(after.top[parlays], derivable=True, parlays=parlays))
+        for parlays in (False, True):
+            if set(after.hot[parlays]) != set(before.hot[parlays]):
+                events.append(HotChanged(after.hot[parlays], parlays))
         return events
 
     def set_meta(self, meta: MarketMeta) -> list[Event]:
         events: list[Event] = []
         market = self._market_for(meta.ticker, events)
         if self.metas[market] != meta:
+            before = self._rankings()
             self.metas[market] = meta
             events.append(MetaChanged(market, meta))
+            after = self._rankings()
+            if after.top[False] != before.top[False]:
+                events.append(TopChanged(after.top[False], derivable=False))
+            if set(after.hot[False]) != set(before.hot[False]):
+                events.append(HotChanged(after.hot[False]))
         return events
 
     def _market_for(self, ticker: str, events: list[Event]) -> int:
@@ -152,8 +179,49 @@ class ReferenceAggregator:
 
     def _rankings(self) -> _Rankings:
         return _Rankings(
-            tuple(self.window(market) for market in range(len(self.tickers))), self.top_trades(), self.hot()
+            tuple(self.window(market) for market in range(len(self.tickers))),
+            (self.top_trades(False), self.top_trades(True)),
+            (self.hot(False), self.hot(True)),
         )
+
+    def is_parlay(self, market: int) -> bool:
+        return self.tickers[market].startswith("KXMVE") or self.metas[market].mve_collection_ticker != ""
+
+    def _rank_events(self, parlays: bool) -> tuple[HotEvent, ...]:
+        shown = [
+            m
+            for m in range(len(self.tickers))
+            if self.window(m).usd > 0 and (parlays or not self.is_parlay(m))
+        ]
+        names = {
+            m: self.metas[m].event_ticker or self.tickers[m].rpartition("-")[0] or self.tickers[m]
+            for m in shown
+        }
+        events = []
+        for name in set(names.values()):
+            members = sorted(
+                (m for m in shown if names[m] == name), key=lambda m: (-self.window(m).usd, self.tickers[m])
+            )
+            listed = []
+            for m in members[:EVENT_MARKETS]:
+                last = self.last_trade(m)
+                assert last is not None
+                listed.append(EventMarket(m, self.window(m).usd, last.yes_price))
+            events.append(
+                HotEvent(
+                    event_ticker=name,
+                    usd=sum(self.window(m).usd for m in members),
+                    trades=sum(self.window(m).trades for m in members),
+                    contracts=sum(self.window(m).contracts for m in members),
+                    market_count=len(members),
+                    markets=tuple(listed),
+                )
+            )
+        events.sort(key=lambda e: (-e.usd, e.event_ticker))
+        return tuple(events[:HOT_EVENTS])
+
+    def hot_events(self, parlays: bool = False) -> tuple[HotEvent, ...]:
+        return self.events_ranked[parlays]
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -195,13 +263,15 @@ class ReferenceAggregator:
         retained = self._retained(market)
         return retained[-1].trade if retained else None
 
-    def hot(self) -> tuple[int, ...]:
+    def hot(self, parlays: bool = False) -> tuple[int, ...]:
         usd = {market: self.window(market).usd for market in range(len(self.tickers))}
-        ranked = sorted((m for m in usd if usd[m] > 0), key=lambda m: (-usd[m], self.tickers[m]))
+        shown = [m for m in usd if usd[m] > 0 and (parlays or not self.is_parlay(m))]
+        ranked = sorted(shown, key=lambda m: (-usd[m], self.tickers[m]))
         return tuple(ranked[: self.hot_size])
 
-    def top_trades(self) -> tuple[Trade, ...]:
-        ranked = sorted(self._in_window(), key=lambda a: (-a.trade.usd, a.arrival))
+    def top_trades(self, parlays: bool = False) -> tuple[Trade, ...]:
+        shown = [a for a in self._in_window() if parlays or not self.is_parlay(a.market)]
+        ranked = sorted(shown, key=lambda a: (-a.trade.usd, a.arrival))
         return tuple(a.trade for a in ranked[: self.top_size])
 
     def recent_trades(self, limit: int) -> tuple[Trade, ...]:

@@ -20,6 +20,7 @@ from flowboard.aggregate.events import (
     ClockTicked,
     Event,
     HotChanged,
+    HotEventsChanged,
     MarketAdded,
     MetaChanged,
     TopChanged,
@@ -27,8 +28,9 @@ from flowboard.aggregate.events import (
     WindowChanged,
     WindowStats,
 )
+from flowboard.aggregate.events_rank import EventMarket, HotEvent
 from flowboard.errors import ConfigError
-from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Side, Trade
+from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Side, Trade, is_parlay
 
 WINDOW = 600_000
 #: 2024-03-09 23:50:00 UTC: ten minutes before a UTC midnight, on a minute and hour boundary's doorstep
@@ -47,6 +49,16 @@ def make_trade(
     return Trade(trade_id, ticker, yes_price, count, side, ts_ms)
 
 
+def default_view(events: list[Event]) -> list[Event]:
+    """The events about the default view's markets, trades and clock: without the rankings that
+    include parlays and without the hot events (tested on their own below)."""
+    return [
+        event
+        for event in events
+        if not isinstance(event, HotEventsChanged) and not getattr(event, "parlays", False)
+    ]
+
+
 def of_type(events: list[Event], kind: type[Any]) -> list[Any]:
     return [event for event in events if isinstance(event, kind)]
 
@@ -58,7 +70,7 @@ def test_trade_stays_in_window_until_exactly_window_ms_later() -> None:
     """A trade at t is in the window at t+window-1 and leaves it at t+window, announced once."""
     agg = Aggregator()
     agg.add_trade(make_trade("a", T0), T0)
-    assert agg.advance(T0 + WINDOW - 1) == [ClockTicked(T0 + WINDOW - MINUTE_MS)]
+    assert default_view(agg.advance(T0 + WINDOW - 1)) == [ClockTicked(T0 + WINDOW - MINUTE_MS)]
     assert agg.window(0).trades == 1
     assert agg.active_markets() == 1
 
@@ -72,7 +84,8 @@ def test_trade_stays_in_window_until_exactly_window_ms_later() -> None:
 
 
 def test_first_trade_events_come_in_contract_order() -> None:
-    """A new market's first trade yields MarketAdded, TradeAdded, TopChanged(derivable), HotChanged."""
+    """A new market's first trade yields MarketAdded, TradeAdded, TopChanged(derivable) and
+    HotChanged, each for the view without parlays and then for the one with them."""
     agg = Aggregator()
     trade = make_trade("a", T0)
     window = WindowStats(contracts=100, usd=500_000, trades=1, yes_flow=100, no_flow=0)
@@ -80,7 +93,9 @@ def test_first_trade_events_come_in_contract_order() -> None:
         MarketAdded(0, trade.ticker),
         TradeAdded(trade, 0, window, 0),
         TopChanged((trade,), derivable=True),
+        TopChanged((trade,), derivable=True, parlays=True),
         HotChanged((0,)),
+        HotChanged((0,), parlays=True),
     ]
     assert agg.trades_total == 1
     assert agg.market_id(trade.ticker) == 0
@@ -104,7 +119,7 @@ def test_clock_moves_before_the_trade_and_its_events_come_first() -> None:
     """add_trade with a later now expires first: expiry events precede the trade's own."""
     agg = Aggregator()
     agg.add_trade(make_trade("old", T0, ticker="A"), T0)
-    events = agg.add_trade(make_trade("new", T0 + WINDOW, ticker="B"), T0 + WINDOW)
+    events = default_view(agg.add_trade(make_trade("new", T0 + WINDOW, ticker="B"), T0 + WINDOW))
     kinds = [type(event) for event in events]
     assert kinds == [
         ClockTicked,
@@ -141,7 +156,7 @@ def test_duplicate_trade_id_is_ignored() -> None:
     assert agg.add_trade(make_trade("a", T0, count=999), T0 + 1) == []
     assert agg.trades_total == 1
     assert agg.window(0).trades == 1
-    assert agg.add_trade(trade, T0 + WINDOW) == [
+    assert default_view(agg.add_trade(trade, T0 + WINDOW)) == [
         ClockTicked(T0 + WINDOW),
         WindowChanged(0, EMPTY_WINDOW),
         TopChanged((), derivable=False),
@@ -172,7 +187,7 @@ def test_late_trade_outside_window_is_kept_but_corrects_naive_folders() -> None:
     recent = make_trade("recent", T0 + WINDOW)
     agg.add_trade(recent, T0 + WINDOW)
     late = make_trade("late", T0, count=10_000)
-    events = agg.add_trade(late, T0 + WINDOW)
+    events = default_view(agg.add_trade(late, T0 + WINDOW))
     window = agg.window(0)
     assert events == [
         TradeAdded(late, 0, window, 1),
@@ -332,7 +347,7 @@ def test_today_resets_at_utc_midnight() -> None:
     agg = Aggregator()
     agg.add_trade(make_trade("late-evening", MIDNIGHT - 1), MIDNIGHT - 1)
     assert agg.today() == (1, 500_000)
-    assert agg.advance(MIDNIGHT) == [ClockTicked(MIDNIGHT)]
+    assert default_view(agg.advance(MIDNIGHT)) == [ClockTicked(MIDNIGHT)]
     assert agg.today() == (0, 0)
     agg.add_trade(make_trade("backfilled", MIDNIGHT - 2), MIDNIGHT + 1)
     agg.add_trade(make_trade("after", MIDNIGHT), MIDNIGHT + 1)
@@ -357,17 +372,19 @@ def test_future_trade_counts_when_its_minute_comes() -> None:
 def test_hot_changed_only_when_membership_changes() -> None:
     """Re-ranking inside the hot set is silent (clients re-rank); entering or leaving is not."""
     agg = Aggregator(hot_size=2)
-    assert of_type(agg.add_trade(make_trade("a1", T0, ticker="A", count=100), T0), HotChanged) == [
-        HotChanged((0,))
-    ]
-    assert of_type(agg.add_trade(make_trade("b1", T0, ticker="B", count=200), T0), HotChanged) == [
-        HotChanged((1, 0))
-    ]
-    assert not of_type(agg.add_trade(make_trade("a2", T0, ticker="A", count=200), T0), HotChanged)
+    assert of_type(
+        default_view(agg.add_trade(make_trade("a1", T0, ticker="A", count=100), T0)), HotChanged
+    ) == [HotChanged((0,))]
+    assert of_type(
+        default_view(agg.add_trade(make_trade("b1", T0, ticker="B", count=200), T0)), HotChanged
+    ) == [HotChanged((1, 0))]
+    assert not of_type(
+        default_view(agg.add_trade(make_trade("a2", T0, ticker="A", count=200), T0)), HotChanged
+    )
     assert agg.hot() == (0, 1)
-    assert of_type(agg.add_trade(make_trade("c1", T0, ticker="C", count=250), T0), HotChanged) == [
-        HotChanged((0, 2))
-    ]
+    assert of_type(
+        default_view(agg.add_trade(make_trade("c1", T0, ticker="C", count=250), T0)), HotChanged
+    ) == [HotChanged((0, 2))]
 
 
 def test_hot_ties_rank_by_ticker_and_zero_volume_is_not_hot() -> None:
@@ -465,7 +482,7 @@ SMALL = {
     "market_tape_size": 3,
     "dedup_horizon_ms": 4 * MINUTE_MS,
 }
-TICKERS = ("KXBTC-A", "KXBTC-B", "INX-C", "FED-D")
+TICKERS = ("KXBTC-A", "KXBTC-B", "INX-C", "FED-D", "KXMVEX-S1-P")
 TIME_STEPS = st.one_of(
     st.sampled_from([0, 1, 999, MINUTE_MS - 1, MINUTE_MS, SMALL["window_ms"], HOUR_MS, DAY_MS]),
     st.integers(0, 5000),
@@ -496,7 +513,13 @@ OPERATIONS = st.lists(
         NEW_TRADE,  # twice: trades are what most inputs are
         st.tuples(st.just("advance"), TIME_STEPS),
         st.tuples(st.just("duplicate"), TIME_STEPS, st.integers(0, 1000), st.booleans()),
-        st.tuples(st.just("meta"), st.sampled_from(TICKERS), st.sampled_from(["", "Title"])),
+        st.tuples(
+            st.just("meta"),
+            st.sampled_from(TICKERS),
+            st.sampled_from(["", "Title"]),
+            st.sampled_from(["", "KXBTC", "FED-EV"]),  # its event: by ticker, or one of another's
+            st.sampled_from(["", "KXMVECOLL"]),  # a parlay by its metadata
+        ),
     ),
     min_size=10,
     max_size=60,
@@ -505,9 +528,7 @@ Operation = tuple[Any, ...]
 START = T0 - 5 * MINUTE_MS
 
 
-def run(
-    operations: list[Operation], *, future_trades_from: int = 0
-) -> Iterator[tuple[str, Any, int, bool]]:
+def run(operations: list[Operation], *, future_trades_from: int = 0) -> Iterator[tuple[str, Any, int, bool]]:
     """Turn drawn operations into inputs: ("trade", Trade, now, ask_store), ("advance", None,
     now, False), ("meta", meta, now, False).
 
@@ -518,7 +539,9 @@ def run(
     for index, operation in enumerate(operations):
         kind = operation[0]
         if kind == "meta":
-            yield "meta", MarketMeta(operation[1], title=operation[2]), now, False
+            _, ticker, title, event, collection = operation
+            meta = MarketMeta(ticker, title=title, event_ticker=event, mve_collection_ticker=collection)
+            yield "meta", meta, now, False
             continue
         now += operation[1]
         if kind == "advance":
@@ -570,6 +593,9 @@ def reads(source: Aggregator | ReferenceAggregator) -> dict[str, Any]:
         "market_tapes": [(source.market_trades(m, 2), source.market_trades(m, 100)) for m in markets],
         "hot": source.hot(),
         "top": source.top_trades(),
+        "hot_with_parlays": source.hot(parlays=True),
+        "top_with_parlays": source.top_trades(parlays=True),
+        "hot_events": (source.hot_events(), source.hot_events(parlays=True)),
         "tape": (source.recent_trades(4), source.recent_trades(1000)),
         "hour": source.analytics("hour"),
         "day": source.analytics("day"),
@@ -597,14 +623,16 @@ def test_every_read_and_event_matches_the_reference(operations: list[Operation])
 
 class FoldingClient:
     """A client that starts from a snapshot of the reads and then only folds events, the way
-    the contract says: add every trade to its window, top list, sparkline, tapes and buckets;
-    take WindowChanged / TopChanged / HotChanged as overrides; roll time on ClockTicked."""
+    the contract says: add every trade to its window, top list (unless its market is a parlay:
+    this client shows the default view), sparkline, tapes and buckets; take WindowChanged and the
+    default view's TopChanged / HotChanged as overrides; roll time on ClockTicked."""
 
     def __init__(self, agg: Aggregator, sizes: dict[str, int]) -> None:
         self.sizes = sizes
         self.minute = agg.now_ms // MINUTE_MS * MINUTE_MS
         markets = range(agg.markets_count())
         self.tickers = [agg.ticker(m) for m in markets]
+        self.metas = [agg.meta(m) for m in markets]
         self.windows = [agg.window(m) for m in markets]
         self.hot_members = set(agg.hot())
         # Snapshot trades get arrivals below every arrival still to come, in their given order.
@@ -633,6 +661,7 @@ class FoldingClient:
             case MarketAdded(market, ticker):
                 assert market == len(self.tickers)
                 self.tickers.append(ticker)
+                self.metas.append(MarketMeta(ticker))
                 self.windows.append(EMPTY_WINDOW)
                 self.sparklines.append([])
                 self.market_tapes.append([])
@@ -640,10 +669,12 @@ class FoldingClient:
                 self._fold_trade(trade, market, arrival)
             case WindowChanged(market, window):
                 self.windows[market] = window
-            case TopChanged(trades, _):
+            case TopChanged(trades, _, False):
                 self.top = self._ranked(trades)
-            case HotChanged(markets):
+            case HotChanged(markets, False):
                 self.hot_members = set(markets)
+            case MetaChanged(market, meta):
+                self.metas[market] = meta
             case ClockTicked(minute_ms):
                 self.minute = minute_ms
                 forget_before = retention_start_ms(minute_ms, self.sizes["window_ms"])
@@ -660,8 +691,9 @@ class FoldingClient:
             yes_flow=window.yes_flow + yes,
             no_flow=window.no_flow + trade.count - yes,
         )
-        self.top = sorted([*self.top, (trade, arrival)], key=lambda held: (-held[0].usd, held[1]))
-        self.top = self.top[: self.sizes["top_size"]]
+        if not is_parlay(trade.ticker, self.metas[market]):
+            self.top = sorted([*self.top, (trade, arrival)], key=lambda held: (-held[0].usd, held[1]))
+            self.top = self.top[: self.sizes["top_size"]]
         for trades, size in (
             (self.tape, self.sizes["tape_size"]),
             (self.sparklines[market], self.sizes["sparkline_len"]),
@@ -771,3 +803,73 @@ def test_per_trade_work_does_not_grow_with_the_window() -> None:
     (sorted-list inserts and front pops are O(log n); nothing rescans the window)."""
     small, large = calls_per_trade(400), calls_per_trade(40_000)
     assert large < small * 1.3
+
+
+# -- parlays and hot events ------------------------------------------------------------------------
+
+
+def test_parlays_are_left_out_of_the_default_hot_markets_and_top_trades() -> None:
+    """A KXMVE market's trades count in its window, the tape and analytics, but its market is hot
+    and its trades are top trades only in the view with parlays."""
+    agg = Aggregator()
+    parlay = make_trade("p", T0, ticker="KXMVESPORTS-S2025ABC-DEF", count=100_000)
+    plain = make_trade("a", T0, ticker="KXBTC-24MAR10-B70000")
+    events = agg.add_trade(parlay, T0)
+    assert TopChanged((parlay,), derivable=True, parlays=True) in events
+    assert HotChanged((0,), parlays=True) in events
+    assert not [e for e in events if isinstance(e, TopChanged | HotChanged) and not e.parlays]
+    agg.add_trade(plain, T0)
+    assert (agg.hot(), agg.hot(parlays=True)) == ((1,), (0, 1))
+    assert (agg.top_trades(), agg.top_trades(parlays=True)) == ((plain,), (parlay, plain))
+    assert agg.window(0).trades == 1 and agg.recent_trades(5) == (plain, parlay)
+    assert agg.is_parlay(0) and not agg.is_parlay(1)
+
+
+def test_metadata_naming_a_collection_moves_a_market_out_of_the_default_rankings() -> None:
+    """A market whose ticker does not say so becomes a parlay when its metadata names a
+    multivariate collection: the default rankings drop it at once (non-derivable events)."""
+    agg = Aggregator()
+    trade = make_trade("a", T0, ticker="KXODD-1")
+    agg.add_trade(trade, T0)
+    meta = MarketMeta("KXODD-1", mve_collection_ticker="KXMVECROSSCATEGORY")
+    assert agg.set_meta(meta) == [MetaChanged(0, meta), TopChanged((), derivable=False), HotChanged(())]
+    assert agg.hot(parlays=True) == (0,) and agg.top_trades(parlays=True) == (trade,)
+    assert agg.set_meta(MarketMeta("KXODD-1"))[1:] == [
+        TopChanged((trade,), derivable=False),
+        HotChanged((0,)),
+    ]
+
+
+def test_hot_events_sum_their_markets_and_are_ranked_once_a_second() -> None:
+    """Events rank by the $ volume of their markets' windows (ties by event ticker), list their
+    busiest markets with their last price, leave parlays out by default, and change only when
+    the clock reaches a new second."""
+    agg = Aggregator()
+    a1 = make_trade("a1", T0, ticker="KXBTCD-25DEC3117-T1", yes_price=400_000, count=300)
+    a2 = make_trade("a2", T0, ticker="KXBTCD-25DEC3117-T2", yes_price=600_000, count=300, side="no")
+    b1 = make_trade("b1", T0, ticker="KXFED-26MAR-T4.25", yes_price=999_999, count=300)
+    p1 = make_trade("p1", T0, ticker="KXMVEX-S1-P", yes_price=10_000, count=10**7)
+    for trade in (a1, a2, b1, p1):
+        agg.add_trade(trade, T0)
+    assert agg.hot_events() == ()  # ranked at the start of this second, before the trades
+    events = agg.advance(T0 + 999)
+    assert not of_type(events, HotEventsChanged)
+    events = agg.advance(T0 + 1000)
+    btc = HotEvent(
+        "KXBTCD-25DEC3117",
+        usd=a1.usd + a2.usd,
+        trades=2,
+        contracts=600,
+        market_count=2,
+        markets=(EventMarket(0, a1.usd, 400_000), EventMarket(1, a2.usd, 600_000)),
+    )
+    assert a1.usd == a2.usd  # equal $: the markets rank by ticker
+    fed = HotEvent("KXFED-26MAR", b1.usd, 1, 300, 1, (EventMarket(2, b1.usd, 999_999),))
+    assert b1.usd > btc.usd
+    parlay = HotEvent("KXMVEX-S1", p1.usd, 1, 10**7, 1, (EventMarket(3, p1.usd, 10_000),))
+    assert of_type(events, HotEventsChanged) == [
+        HotEventsChanged((fed, btc)),
+        HotEventsChanged((parlay, fed, btc), parlays=True),
+    ]
+    assert agg.hot_events() == (fed, btc)
+    assert agg.advance(T0 + 2000) == []  # nothing changed: nothing said

@@ -41,6 +41,7 @@ from flowboard.aggregate.events import (
     ClockTicked,
     Event,
     HotChanged,
+    HotEventsChanged,
     MarketAdded,
     MetaChanged,
     TopChanged,
@@ -48,8 +49,9 @@ from flowboard.aggregate.events import (
     WindowChanged,
     WindowStats,
 )
+from flowboard.aggregate.events_rank import HOT_EVENTS_PERIOD_MS, EventTotals, HotEvent, event_of
 from flowboard.errors import ConfigError
-from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Trade
+from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Trade, is_parlay
 
 AnalyticsMode = Literal["hour", "day"]
 
@@ -221,14 +223,21 @@ class _Market:
     meta: MarketMeta
     history: _LatestTrades  # its sparkline and its own tape: both are its latest trades
     window: WindowStats = EMPTY_WINDOW
+    parlay: bool = False  # a combination market: left out of the default rankings
+    event: str = ""  # its event (event_of): where its window counts in the hot events
 
 
 class Aggregator:
-    """Per-market windows, sparklines and tapes, hot markets, top trades, analytics and today.
+    """Per-market windows, sparklines and tapes, hot markets, top trades, hot events, analytics
+    and today.
 
     Ties are broken the same way everywhere, so that a client folding the trade stream
     gets the same values: trades are ordered in time by (ts_ms, arrival), by size by
     (-usd, arrival), and markets by (-window usd, ticker).
+
+    The rankings (hot markets, top trades, hot events) are kept twice: without combination
+    ("parlay") markets, the default view, and with them (``parlays=True``); their events say
+    which one changed.
     """
 
     def __init__(
@@ -274,8 +283,16 @@ class Aggregator:
         # largest first so the top trades are the head.
         self._window_by_time = SortedKeyList(key=_by_time)
         self._window_by_size = SortedKeyList(key=_by_size)
+        # The same without parlays' trades: the default top trades are its head.
+        self._window_by_size_plain = SortedKeyList(key=_by_size)
         # (-window usd, ticker, market) of markets with window usd > 0: hot is the head.
         self._ranked = SortedList()
+        self._ranked_plain = SortedList()  # the same without parlays
+        # Per-event sums without and with parlays; the hot events as last ranked from them, and
+        # when to rank them again.
+        self._event_totals = {False: EventTotals(), True: EventTotals()}
+        self._hot_events: dict[bool, tuple[HotEvent, ...]] = {False: (), True: ()}
+        self._hot_events_due_ms = 0
         self._active_markets = 0  # markets with at least one trade in window
 
         self._seen_ids: set[str] = set()  # ids of the trades since dedup_start_ms
@@ -305,25 +322,31 @@ class Aggregator:
         self._trades_total += 1
         self._remember(held)
 
-        hot_before = self._hot_members()
+        hot_before = self._hot_members(False), self._hot_members(True)
         in_window = trade.ts_ms > self._now_ms - self._window_ms
-        entered_top = False
+        entered_top = (False, False)
         if in_window:
-            entered_top = self._window_by_size.bisect_key_left(_by_size(held)) < self._top_size
-            self._window_by_time.add(held)
-            self._window_by_size.add(held)
-            self._shift_window(held, 1)
+            key = _by_size(held)
+            entered_top = (
+                not self._markets[market].parlay
+                and self._window_by_size_plain.bisect_key_left(key) < self._top_size,
+                self._window_by_size.bisect_key_left(key) < self._top_size,
+            )
+            self._add_to_window(held)
 
         window = self._markets[market].window
         events.append(TradeAdded(trade, market, window, held.arrival))
         if not in_window:
             # A client that adds every trade to its window and top list got this one wrong.
             events.append(WindowChanged(market, window))
-            events.append(TopChanged(self.top_trades(), derivable=False))
-        elif entered_top:
-            events.append(TopChanged(self.top_trades(), derivable=True))
-        if self._hot_members() != hot_before:
-            events.append(HotChanged(self.hot()))
+        for parlays in (False, True):
+            if not in_window:
+                events.append(TopChanged(self.top_trades(parlays), derivable=False, parlays=parlays))
+            elif entered_top[parlays]:
+                events.append(TopChanged(self.top_trades(parlays), derivable=True, parlays=parlays))
+        for parlays in (False, True):
+            if self._hot_members(parlays) != hot_before[parlays]:
+                events.append(HotChanged(self.hot(parlays), parlays))
         return events
 
     def needs_store_check(self, trade: Trade, now_ms: int) -> bool:
@@ -392,9 +415,7 @@ class Aggregator:
             self._tape.add(held)
             self._add_to_history(held)
             if trade.ts_ms > window_start:
-                self._window_by_time.add(held)
-                self._window_by_size.add(held)
-                self._shift_window(held, 1)
+                self._add_to_window(held)
 
     def set_meta(self, meta: MarketMeta) -> list[Event]:
         """Store a market's metadata; ``MetaChanged`` only when it differs from what is stored."""
@@ -404,7 +425,43 @@ class Aggregator:
         if market.meta != meta:
             market.meta = meta
             events.append(MetaChanged(market_id, meta))
+            event = event_of(market.ticker, meta)
+            if event != market.event:
+                self._count_in_events(market_id, -1)
+                market.event = event
+                self._count_in_events(market_id, 1)
+            if is_parlay(market.ticker, meta) != market.parlay:
+                self._reclassify(market_id, events)
         return events
+
+    def _count_in_events(self, market_id: int, sign: int) -> None:
+        market = self._markets[market_id]
+        for parlays in (False, True) if not market.parlay else (True,):
+            self._event_totals[parlays].shift(market.event, market_id, market.window, sign)
+
+    def _reclassify(self, market_id: int, events: list[Event]) -> None:
+        """Its metadata says the market is (or is not) a parlay, which its ticker did not: move it
+        into (or out of) the default rankings. Rare, so a pass over the window is fine."""
+        market = self._markets[market_id]
+        top_before, hot_before = self.top_trades(False), self._hot_members(False)
+        held_trades = [held for held in self._window_by_time if held.market == market_id]
+        if market.window.usd > 0:
+            if market.parlay:
+                self._ranked_plain.add((-market.window.usd, market.ticker, market_id))
+            else:
+                self._ranked_plain.remove((-market.window.usd, market.ticker, market_id))
+        for held in held_trades:
+            if market.parlay:
+                self._window_by_size_plain.add(held)
+            else:
+                self._window_by_size_plain.remove(held)
+        self._event_totals[False].shift(market.event, market_id, market.window, 1 if market.parlay else -1)
+        market.parlay = not market.parlay
+        top_after = self.top_trades(False)
+        if top_after != top_before:
+            events.append(TopChanged(top_after, derivable=False))
+        if self._hot_members(False) != hot_before:
+            events.append(HotChanged(self.hot(False)))
 
     # -- settings (clients are told them, to fold the stream the same way) -------------------
 
@@ -477,13 +534,24 @@ class Aggregator:
         """The market's latest trade by (ts, arrival)."""
         return self._markets[market].history.latest()
 
-    def hot(self) -> tuple[int, ...]:
-        """Hot markets, ranked by (-window usd, ticker); only markets with window usd > 0."""
-        return tuple(market for _, _, market in self._ranked.islice(0, self._hot_size))
+    def hot(self, parlays: bool = False) -> tuple[int, ...]:
+        """Hot markets, ranked by (-window usd, ticker); only markets with window usd > 0, and
+        parlays only if ``parlays``."""
+        ranked = self._ranked if parlays else self._ranked_plain
+        return tuple(market for _, _, market in ranked.islice(0, self._hot_size))
 
-    def top_trades(self) -> tuple[Trade, ...]:
-        """The largest in-window trades by (-usd, arrival)."""
-        return tuple(held.trade for held in self._window_by_size.islice(0, self._top_size))
+    def top_trades(self, parlays: bool = False) -> tuple[Trade, ...]:
+        """The largest in-window trades by (-usd, arrival); parlays' trades only if ``parlays``."""
+        by_size = self._window_by_size if parlays else self._window_by_size_plain
+        return tuple(held.trade for held in by_size.islice(0, self._top_size))
+
+    def hot_events(self, parlays: bool = False) -> tuple[HotEvent, ...]:
+        """The hot events as last ranked (at most ``HOT_EVENTS_PERIOD_MS`` ago)."""
+        return self._hot_events[parlays]
+
+    def is_parlay(self, market: int) -> bool:
+        """Whether the market is a combination market, by its ticker or its metadata."""
+        return self._markets[market].parlay
 
     def recent_trades(self, limit: int) -> tuple[Trade, ...]:
         """The tape: up to ``limit`` (at most ``tape_size``) latest trades, newest first."""
@@ -552,7 +620,10 @@ class Aggregator:
         if market is None:
             market = len(self._markets)
             self._market_ids[ticker] = market
-            self._markets.append(_Market(ticker, MarketMeta(ticker), _LatestTrades(self._history_len)))
+            meta = MarketMeta(ticker)
+            history = _LatestTrades(self._history_len)
+            parlay, event = is_parlay(ticker, meta), event_of(ticker, meta)
+            self._markets.append(_Market(ticker, meta, history, parlay=parlay, event=event))
             events.append(MarketAdded(market, ticker))
         return market
 
@@ -566,6 +637,9 @@ class Aggregator:
         self._clock_started = True
         self._now_ms = now_ms
         self._expire(events)
+        if now_ms >= self._hot_events_due_ms:
+            self._rank_events(events)
+            self._hot_events_due_ms = floor_to(now_ms, HOT_EVENTS_PERIOD_MS) + HOT_EVENTS_PERIOD_MS
         self._forget_before(retention_start_ms(now_ms, self._window_ms))
         self._forget_ids_before(dedup_start_ms(now_ms, self._dedup_horizon_ms))
         for mode, totals in self._buckets.items():
@@ -579,34 +653,65 @@ class Aggregator:
         oldest_kept_ts = self._now_ms - self._window_ms + 1
         if not self._window_by_time or self._window_by_time[0].trade.ts_ms >= oldest_kept_ts:
             return
-        top_before = self.top_trades()
-        hot_before = self._hot_members()
+        top_before = self.top_trades(False), self.top_trades(True)
+        hot_before = self._hot_members(False), self._hot_members(True)
         changed: set[int] = set()
         while self._window_by_time and self._window_by_time[0].trade.ts_ms < oldest_kept_ts:
             held = self._window_by_time.pop(0)
             self._window_by_size.remove(held)
+            if not self._markets[held.market].parlay:
+                self._window_by_size_plain.remove(held)
             self._shift_window(held, -1)
             changed.add(held.market)
         events.extend(WindowChanged(market, self._markets[market].window) for market in sorted(changed))
-        top_after = self.top_trades()
-        if top_after != top_before:
-            events.append(TopChanged(top_after, derivable=False))
-        if self._hot_members() != hot_before:
-            events.append(HotChanged(self.hot()))
+        for parlays in (False, True):
+            top_after = self.top_trades(parlays)
+            if top_after != top_before[parlays]:
+                events.append(TopChanged(top_after, derivable=False, parlays=parlays))
+        for parlays in (False, True):
+            if self._hot_members(parlays) != hot_before[parlays]:
+                events.append(HotChanged(self.hot(parlays), parlays))
+
+    def _rank_events(self, events: list[Event]) -> None:
+        """Rank the hot events again; say so where the ranking or its figures changed."""
+        for parlays in (False, True):
+            ranked = self._event_totals[parlays].ranked(self._event_member)
+            if ranked != self._hot_events[parlays]:
+                self._hot_events[parlays] = ranked
+                events.append(HotEventsChanged(ranked, parlays))
+
+    def _event_member(self, market_id: int) -> tuple[int, str, int]:
+        market = self._markets[market_id]
+        last = market.history.latest()
+        assert last is not None, "a market with trades in the window holds them"
+        return market.window.usd, market.ticker, last.yes_price
+
+    def _add_to_window(self, held: _Held) -> None:
+        self._window_by_time.add(held)
+        self._window_by_size.add(held)
+        if not self._markets[held.market].parlay:
+            self._window_by_size_plain.add(held)
+        self._shift_window(held, 1)
 
     def _shift_window(self, held: _Held, sign: int) -> None:
         market = self._markets[held.market]
         before = market.window
         after = _shifted(before, held.trade, sign)
         market.window = after
-        if before.usd > 0:
-            self._ranked.remove((-before.usd, market.ticker, held.market))
-        if after.usd > 0:
-            self._ranked.add((-after.usd, market.ticker, held.market))
+        rankings = (self._ranked,) if market.parlay else (self._ranked, self._ranked_plain)
+        for ranked in rankings:
+            if before.usd > 0:
+                ranked.remove((-before.usd, market.ticker, held.market))
+            if after.usd > 0:
+                ranked.add((-after.usd, market.ticker, held.market))
+        for parlays in (False, True) if not market.parlay else (True,):
+            totals = self._event_totals[parlays]
+            totals.shift(market.event, held.market, before, -1)
+            totals.shift(market.event, held.market, after, 1)
         self._active_markets += (after.trades > 0) - (before.trades > 0)
 
-    def _hot_members(self) -> frozenset[int]:
-        return frozenset(self.hot())
+    def _hot_members(self, parlays: bool) -> frozenset[int]:
+        return frozenset(self.hot(parlays))
 
     def _accepts(self, trade: Trade, absent_from_store: bool) -> bool:
         if trade.ts_ms < retention_start_ms(self._now_ms, self._window_ms):

@@ -10,9 +10,14 @@ for clients that do not receive that trade.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from flowboard.model import MarketMeta, Trade
+
+if TYPE_CHECKING:
+    from flowboard.aggregate.events_rank import HotEvent
 
 
 @attrs.frozen(slots=True)
@@ -62,17 +67,30 @@ class WindowChanged:
 
 @attrs.frozen(slots=True)
 class HotChanged:
-    """The set of hot markets changed; ``markets`` in rank order."""
+    """The set of hot markets changed; ``markets`` in rank order. ``parlays``: of the ranking
+    that includes combination markets (the default one leaves them out)."""
 
     markets: tuple[int, ...]
+    parlays: bool = False
 
 
 @attrs.frozen(slots=True)
 class TopChanged:
-    """The top-trades list changed. ``derivable``: only by inserting the trade just added."""
+    """The top-trades list changed. ``derivable``: only by inserting the trade just added.
+    ``parlays``: the list that includes combination markets' trades (the default leaves them out)."""
 
     trades: tuple[Trade, ...]
     derivable: bool
+    parlays: bool = False
+
+
+@attrs.frozen(slots=True)
+class HotEventsChanged:
+    """The hot events' ranking or figures changed (looked at on the clock, at most once a second).
+    ``parlays``: of the ranking that includes combination markets."""
+
+    events: tuple[HotEvent, ...]
+    parlays: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -90,4 +108,13 @@ class ClockTicked:
     minute_ms: int
 
 
-Event = MarketAdded | TradeAdded | WindowChanged | HotChanged | TopChanged | MetaChanged | ClockTicked
+Event = (
+    MarketAdded
+    | TradeAdded
+    | WindowChanged
+    | HotChanged
+    | TopChanged
+    | MetaChanged
+    | ClockTicked
+    | HotEventsChanged
+)

@@ -26,6 +26,7 @@ Row = tuple[int, int, int, int, int]
 class MarketView:
     ticker: str
     category: str = ""
+    parlay: bool = False
     title: str = ""
     close_ms: int | None = None
     window: list[int] | None = None  # [contracts, usd, trades, yes_flow, no_flow]
@@ -55,6 +56,10 @@ class ViewState:
     markets: dict[int, MarketView] = attrs.Factory(dict)
     hot: list[int] = attrs.Factory(list)
     detail: int | None = None
+    parlays: bool = False  # whether its rankings include parlays (else their trades skip the top)
+    watched: list[int] = attrs.Factory(list)
+    # The hot events as [event_ticker, usd, trades, contracts, market_count, [id, usd, price]...].
+    hot_events: list[list[Any]] = attrs.Factory(list)
     detail_trades: list[tuple[int, int, Row]] = attrs.Factory(list)  # (ts, arrival, row), newest first
     tape: list[tuple[int, int, Row]] = attrs.Factory(list)  # newest first
     top: list[tuple[int, int, Row]] = attrs.Factory(list)  # (usd, arrival, row), largest first
@@ -111,6 +116,7 @@ class ViewState:
         self.window_ms = hello["window_ms"]
         self.spark_len = hello["spark"]
         self.top_len = hello["top"]
+        self.parlays = bool(hello.get("parlays", False))
         units = hello["units"]
         # A trade's usd is count x price, so its unit must be theirs multiplied.
         if units["usd"] != units["price"] + units["count"]:
@@ -122,12 +128,14 @@ class ViewState:
         self.missed += event[1]
 
     def _market(self, event: list[Any]) -> None:
-        _, market, ticker, category = event
+        _, market, ticker, category, *flags = event
+        parlay = bool(flags and flags[0])
         view = self.markets.get(market)
         if view is None or view.ticker != ticker:
-            self.markets[market] = MarketView(ticker, category)
+            self.markets[market] = MarketView(ticker, category, parlay)
         else:
             view.category = category
+            view.parlay = parlay
 
     def _info(self, event: list[Any]) -> None:
         _, market, title, close = event
@@ -151,6 +159,7 @@ class ViewState:
 
     def tracked(self) -> set[int]:
         tracked = set(self.hot) if "hot" in self.channels else set()
+        tracked.update(self.watched)
         if self.detail is not None:
             tracked.add(self.detail)
         return tracked
@@ -167,7 +176,8 @@ class ViewState:
             if folds:
                 _insert_newest_first(self.tape, (ts, self._arrival, row))
                 del self.tape[self.tape_limit :]
-                self._insert_top(usd, row)
+                if self.parlays or not self.markets[market].parlay:
+                    self._insert_top(usd, row)
                 for mode, (bucket_ms, _) in ANALYTICS_VIEWS.items():
                     start = floor_to(ts, bucket_ms)
                     if start >= view_start_ms(mode, self.minute_ms):
@@ -204,6 +214,16 @@ class ViewState:
 
     def _channels(self, event: list[Any]) -> None:
         self.channels = frozenset(event[1:])
+
+    def _parlays(self, event: list[Any]) -> None:
+        self.parlays = bool(event[1])
+
+    def _watch(self, event: list[Any]) -> None:
+        self.watched = list(event[1:])
+        self._drop_untracked()
+
+    def _hot_events(self, event: list[Any]) -> None:
+        self.hot_events = [list(row) for row in event[1:]]
 
     def _hot(self, event: list[Any]) -> None:
         self.hot = list(event[1:])
@@ -303,6 +323,12 @@ class ViewState:
             out["today"] = self.days.get(today, [0, 0])
         if "trades" in self.channels:
             out["tape"] = [self._row_summary(row) for _, _, row in self.tape]
+        if "events" in self.channels:
+            out["events"] = [self._event_summary(row) for row in self.hot_events]
+        if self.watched:
+            out["watch"] = [self._market_summary(m) for m in self.watched]
+        if self.parlays:
+            out["parlays"] = True
         if self.detail is not None:
             detail = self._market_summary(self.detail)
             detail["trades"] = [self._row_summary(row) for _, _, row in self.detail_trades]
@@ -318,6 +344,19 @@ class ViewState:
             "close_ms": view.close_ms,
             "window": view.window,
             "spark": [[price, count, side, ts] for ts, _, price, count, side in view.spark],
+        }
+
+    def _event_summary(self, row: list[Any]) -> dict[str, Any]:
+        event_ticker, usd, trades, contracts, market_count, *members = row
+        return {
+            "event": event_ticker,
+            "usd": usd,
+            "trades": trades,
+            "contracts": contracts,
+            "market_count": market_count,
+            "markets": [
+                [self.markets[m].ticker, self.markets[m].title, m_usd, price] for m, m_usd, price in members
+            ],
         }
 
     def _row_summary(self, row: Row) -> list[Any]:
@@ -359,6 +398,9 @@ _HANDLERS = {
     "T": ViewState._tape,
     "D": ViewState._detail,
     "e": ViewState._error,
+    "P": ViewState._parlays,
+    "W": ViewState._watch,
+    "E": ViewState._hot_events,
 }
 
 
@@ -369,6 +411,8 @@ def expected_summary(
     detail: str | None,
     tape_len: int,
     detail_len: int,
+    parlays: bool = False,
+    watch: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """What ``ViewState.summary()`` must be for a client of ``channels`` at the aggregator's state."""
 
@@ -389,9 +433,9 @@ def expected_summary(
 
     out: dict[str, Any] = {"channels": sorted(channels)}
     if "hot" in channels:
-        out["hot"] = [market(m) for m in agg.hot()]
+        out["hot"] = [market(m) for m in agg.hot(parlays)]
     if "top" in channels:
-        out["top"] = [row(t) for t in agg.top_trades()]
+        out["top"] = [row(t) for t in agg.top_trades(parlays)]
     for mode in ANALYTICS_VIEWS:
         if mode in channels:
             view = agg.analytics(mode)
@@ -400,6 +444,26 @@ def expected_summary(
         out["today"] = list(agg.today())
     if "trades" in channels:
         out["tape"] = [row(t) for t in agg.recent_trades(tape_len)]
+    if "events" in channels:
+        out["events"] = [
+            {
+                "event": event.event_ticker,
+                "usd": event.usd,
+                "trades": event.trades,
+                "contracts": event.contracts,
+                "market_count": event.market_count,
+                "markets": [
+                    [agg.ticker(m.market), agg.meta(m.market).title, m.usd, m.last_price]
+                    for m in event.markets
+                ],
+            }
+            for event in agg.hot_events(parlays)
+        ]
+    watched = [m for m in map(agg.market_id, watch) if m is not None]
+    if watched:
+        out["watch"] = [market(m) for m in watched]
+    if parlays:
+        out["parlays"] = True
     if detail is not None:
         market_id = agg.market_id(detail)
         if market_id is not None:

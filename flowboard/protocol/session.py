@@ -23,6 +23,8 @@ from flowboard.aggregate.events import (
     ClockTicked,
     Event,
     HotChanged,
+    HotEventsChanged,
+    MarketAdded,
     MetaChanged,
     TopChanged,
     TradeAdded,
@@ -87,7 +89,8 @@ class SessionStats:
 
 @attrs.frozen
 class ResumePoint:
-    """What the client held at the sequence it resumes from: the hot set then."""
+    """What the client held at the sequence it resumes from: the hot set then (of the ranking
+    its ``parlays`` option chose)."""
 
     hot: tuple[int, ...]
 
@@ -104,12 +107,18 @@ class ClientSession:
         limits: SessionLimits,
         seq: int,
         resume: ResumePoint | None = None,
+        parlays: bool = False,
+        watch: tuple[str, ...] = (),
     ) -> None:
         self.epoch = epoch
         self.limits = limits
         # What the client asked for.
         self.channels = channels
         self._wanted_detail = detail
+        # Whether its rankings (hot, top, hot events) include parlays.
+        self.parlays = parlays
+        # The markets it pins, by ticker, in its order (known or not yet traded).
+        self._watch = watch
         # The sequence number of the latest event offered; frames carry it.
         self.seq = seq
         # Mirror of the client: market ids it knows, markets whose window/sparkline it holds,
@@ -118,6 +127,10 @@ class ClientSession:
         self._tracked: set[int] = set()
         self._hot_sent: frozenset[int] = frozenset()
         self._detail: int | None = None
+        # The watched markets it was last told (`W`), and markets whose metadata (`i`) it holds
+        # without tracking them (named in the hot events).
+        self._watched: tuple[int, ...] = ()
+        self._described: set[int] = set()
         self._t0 = 0
         self._last_trade_ts = 0
         # Pending changes since the last frame.
@@ -135,6 +148,9 @@ class ClientSession:
         self._today_dirty = False
         self._clock_dirty = False
         self._detail_dirty = False
+        self._watch_dirty = watch != ()
+        self._events_dirty = False
+        self._parlays_dirty = False
         self._added_channels: frozenset[str] = frozenset()
         self._channels_dirty = False
         self._errors: list[str] = []
@@ -181,13 +197,23 @@ class ClientSession:
         elif isinstance(event, WindowChanged):
             self._mark_window(event.market)
         elif isinstance(event, HotChanged):
-            self._hot_dirty = True
+            self._hot_dirty |= event.parlays == self.parlays
         elif isinstance(event, TopChanged):
-            if "top" in self.channels and not (event.derivable and self._folds_trades):
+            if (
+                "top" in self.channels
+                and event.parlays == self.parlays
+                and not (event.derivable and self._folds_trades)
+            ):
                 self._conflated += self._top_dirty
                 self._top_dirty = True
         elif isinstance(event, MetaChanged):
             self._dirty_meta.add(event.market)
+        elif isinstance(event, HotEventsChanged):
+            if "events" in self.channels and event.parlays == self.parlays:
+                self._conflated += self._events_dirty
+                self._events_dirty = True
+        elif isinstance(event, MarketAdded):
+            self._watch_dirty |= event.ticker in self._watch
         elif isinstance(event, ClockTicked) and self.channels & {"hour", "day", "today"}:
             self._clock_dirty = True
 
@@ -247,7 +273,7 @@ class ClientSession:
         for buckets in self._dirty_buckets.values():
             buckets.clear()
         self._hot_dirty = self._top_dirty = self._today_dirty = self._clock_dirty = False
-        self._detail_dirty = False
+        self._detail_dirty = self._watch_dirty = self._events_dirty = self._parlays_dirty = False
         self._added_channels = frozenset()
         self._channels_dirty = False
 
@@ -272,6 +298,20 @@ class ClientSession:
     def set_detail(self, ticker: str | None) -> None:
         self._wanted_detail = ticker
         self._detail_dirty = True
+
+    def watch(self, tickers: tuple[str, ...]) -> None:
+        """Pin these markets (replacing the list): they are tracked like hot ones from now on."""
+        self._watch = tickers
+        self._watch_dirty = True
+
+    def set_parlays(self, on: bool) -> None:
+        """Rank with parlays or without from now on: the client is told (`P`) and gets the
+        rankings it subscribes to afresh."""
+        self.parlays = on
+        self._parlays_dirty = True
+        self._hot_dirty = True
+        self._top_dirty = "top" in self.channels
+        self._events_dirty = "events" in self.channels
 
     def report_error(self, message: str) -> None:
         self._errors.append(message)
@@ -307,6 +347,10 @@ class ClientSession:
             self._last_trade_ts,
             self._hot_sent,
             frozenset(self._tracked),
+            self.parlays,
+            self._watch,
+            self._watched,
+            frozenset(self._described),
         )
 
     def forget_ids_unknown_to(self, other: ClientSession) -> None:
@@ -319,6 +363,7 @@ class ClientSession:
         twin = copy.copy(self)
         twin._known = set(self._known)
         twin._tracked = set(self._tracked)
+        twin._described = set(self._described)
         twin._pending_trades = list(self._pending_trades)
         twin._dirty_windows = set(self._dirty_windows)
         twin._spark_inserts = {market: list(trades) for market, trades in self._spark_inserts.items()}
@@ -344,6 +389,9 @@ class ClientSession:
             or self._top_dirty
             or self._clock_dirty
             or self._detail_dirty
+            or self._watch_dirty
+            or self._events_dirty
+            or self._parlays_dirty
             or self._added_channels
             or self._channels_dirty
             or self._errors
@@ -414,6 +462,7 @@ class ClientSession:
                 "top": agg.top_size,
                 "ch": sorted(self.channels),
                 "detail": self._wanted_detail,
+                "parlays": self.parlays,
                 "resumed": resumed,
             },
         ]
@@ -425,8 +474,7 @@ class ClientSession:
     def _define(self, agg: Aggregator, market: int, out: list[Any]) -> None:
         if market not in self._known:
             self._known.add(market)
-            meta = agg.meta(market)
-            out.append(["m", market, meta.ticker, meta.category])
+            out.append(_market_definition(agg, market))
 
     def _market_state(self, agg: Aggregator, market: int, defs: list[Any], out: list[Any]) -> None:
         """Everything a client needs to start tracking ``market``."""
@@ -453,11 +501,48 @@ class ClientSession:
         view = agg.analytics(mode)
         return ["a", v2.MODE_CODES[mode], view.first_bucket_ms - self._t0, *map(list, view.buckets)]
 
+    def _hot_events_event(self, agg: Aggregator, defs: list[Any], out: list[Any]) -> None:
+        """``E``: the hot events, each with its busiest markets (defined, and described once)."""
+        self._events_dirty = False
+        ranked: list[Any] = ["E"]
+        described: list[Any] = []
+        for event in agg.hot_events(self.parlays):
+            row: list[Any] = [
+                event.event_ticker,
+                event.usd,
+                event.trades,
+                event.contracts,
+                event.market_count,
+            ]
+            for member in event.markets:
+                self._define(agg, member.market, defs)
+                if member.market not in self._described and member.market not in self._tracked:
+                    self._described.add(member.market)
+                    described.append(self._info_event(agg, member.market))
+                row.append([member.market, member.usd, member.last_price])
+            ranked.append(row)
+        out.extend(described)
+        out.append(ranked)
+
+    def _info_event(self, agg: Aggregator, market: int) -> list[Any]:
+        meta = agg.meta(market)
+        close = None if meta.close_ts_ms is None else meta.close_ts_ms - self._t0
+        return ["i", market, meta.title, close]
+
+    def _watch_parts(self, agg: Aggregator, defs: list[Any]) -> list[Any]:
+        """``W``: the watched markets that have traded, in the client's order."""
+        self._watch_dirty = False
+        ids = [agg.market_id(ticker) for ticker in self._watch]
+        self._watched = tuple(market for market in ids if market is not None)
+        for market in self._watched:
+            self._define(agg, market, defs)
+        return ["W", *self._watched]
+
     def _channel_parts(self, agg: Aggregator, channels: frozenset[str], defs: list[Any]) -> list[Any]:
         """The current state of ``channels`` (a snapshot, or what a new subscription needs)."""
         parts: list[Any] = []
         if "hot" in channels:
-            hot = agg.hot()
+            hot = agg.hot(self.parlays)
             parts.append(["k", *hot])
             self._hot_sent = frozenset(hot)
             for market in hot:
@@ -465,7 +550,9 @@ class ClientSession:
                     self._market_state(agg, market, defs, parts)
                     self._tracked.add(market)
         if "top" in channels:
-            parts.append(["x", *self._rows(agg, agg.top_trades(), defs)])
+            parts.append(["x", *self._rows(agg, agg.top_trades(self.parlays), defs)])
+        if "events" in channels:
+            self._hot_events_event(agg, defs, parts)
         for mode in ANALYTICS_VIEWS:
             if mode in channels:
                 parts.append(self._analytics_event(agg, mode))
@@ -484,7 +571,9 @@ class ClientSession:
         frame.append(self._hello(agg, resumed=False))
         self._known.clear()
         self._tracked.clear()
+        self._described.clear()
         self._hot_sent = frozenset()
+        self._watched = tuple[int, ...]()
         self._detail = None
         self._needs_snapshot = False
         self._resumed = False
@@ -492,6 +581,12 @@ class ClientSession:
         self._last_analytics_ms = 0
         defs: list[Any] = []
         parts = self._channel_parts(agg, self.channels, defs)
+        if self._watch:
+            parts.append(self._watch_parts(agg, defs))
+            for watched in self._watched:
+                if watched not in self._tracked:
+                    self._market_state(agg, watched, defs, parts)
+                    self._tracked.add(watched)
         detail_parts = self._detail_parts(agg, defs) if self._wanted_detail is not None else []
         frame.extend(defs)
         if agg.now_ms - agg.now_ms % MINUTE_MS != self._t0:
@@ -511,7 +606,12 @@ class ClientSession:
             self._wanted_detail = None
         previous = self._detail
         self._detail = wanted
-        if previous is not None and previous != wanted and previous not in self._hot_sent:
+        if (
+            previous is not None
+            and previous != wanted
+            and previous not in self._hot_sent
+            and previous not in self._watched
+        ):
             self._tracked.discard(previous)
         if wanted is None:
             return [["D", None]]
@@ -572,15 +672,23 @@ class ClientSession:
             # After the trades (folded under the old channels), before the state for the new ones.
             head.append(["C", *sorted(self.channels)])
             self._channels_dirty = False
+        if self._parlays_dirty:
+            # Likewise: the trades before it were folded into the top trades under the old option.
+            head.append(["P", int(self.parlays)])
+            self._parlays_dirty = False
 
-        # Markets the client must hold from now on: the hot set and the detail market.
-        hot = agg.hot() if "hot" in self.channels else ()
+        if self._watch_dirty:
+            keyed.append(self._watch_parts(agg, defs))
+
+        # Markets the client must hold from now on: the hot set, the watched and the detail market.
+        hot = agg.hot(self.parlays) if "hot" in self.channels else ()
         if self._hot_dirty or "hot" in self._added_channels:
             self._hot_dirty = False
             if frozenset(hot) != self._hot_sent or "hot" in self._added_channels:
                 keyed.append(["k", *hot])
                 self._hot_sent = frozenset(hot)
         wanted_tracked = set(self._hot_sent)
+        wanted_tracked.update(self._watched)
         if self._detail is not None:
             wanted_tracked.add(self._detail)
         entering = wanted_tracked - self._tracked
@@ -591,12 +699,9 @@ class ClientSession:
 
         for market in sorted(self._dirty_meta):
             if market in self._known:
-                meta = agg.meta(market)
-                defs.append(["m", market, meta.ticker, meta.category])
-            if market in self._tracked and market not in entering:
-                meta = agg.meta(market)
-                close = None if meta.close_ts_ms is None else meta.close_ts_ms - self._t0
-                keyed.append(["i", market, meta.title, close])
+                defs.append(_market_definition(agg, market))
+            if (market in self._tracked and market not in entering) or market in self._described:
+                keyed.append(self._info_event(agg, market))
         self._dirty_meta.clear()
 
         for market in sorted(self._dirty_windows):
@@ -625,8 +730,11 @@ class ClientSession:
         self._spark_inserts.clear()
 
         if self._top_dirty:
-            keyed.append(["x", *self._rows(agg, agg.top_trades(), defs)])
+            keyed.append(["x", *self._rows(agg, agg.top_trades(self.parlays), defs)])
             self._top_dirty = False
+
+        if self._events_dirty and "events" not in self._added_channels:
+            self._hot_events_event(agg, defs, keyed)
 
         if self._added_channels:
             keyed.extend(self._channel_parts(agg, self._added_channels - {"hot"}, defs))
@@ -662,6 +770,15 @@ class ClientSession:
             updates.append(["d", *agg.today()])
             self._today_dirty = False
         return updates
+
+
+def _market_definition(agg: Aggregator, market: int) -> list[Any]:
+    """``m``: ticker and category, and a 1 after them for a parlay (the client leaves its trades
+    out of the top trades unless it asked for parlays)."""
+    meta = agg.meta(market)
+    if agg.is_parlay(market):
+        return ["m", market, meta.ticker, meta.category, 1]
+    return ["m", market, meta.ticker, meta.category]
 
 
 __all__ = ["ClientSession", "ResumePoint", "SessionLimits", "SessionStats"]

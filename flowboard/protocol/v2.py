@@ -14,12 +14,18 @@ import orjson
 
 from flowboard.aggregate.aggregator import AnalyticsMode
 from flowboard.errors import ProtocolError
-from flowboard.model import COUNT_DECIMALS, PRICE_DECIMALS, USD_DECIMALS, Trade
+from flowboard.model import COUNT_DECIMALS, MAX_NAME_CHARS, PRICE_DECIMALS, USD_DECIMALS, Trade
 
 VERSION = 2
 
-CHANNELS = ("trades", "hot", "hour", "day", "top", "today")
-DEFAULT_CHANNELS = frozenset(CHANNELS)
+#: The default view's channels: what a client that asks for nothing gets.
+DEFAULT_CHANNEL_NAMES = ("trades", "hot", "hour", "day", "top", "today")
+DEFAULT_CHANNELS = frozenset(DEFAULT_CHANNEL_NAMES)
+#: Every channel; the others only to clients that subscribe to them.
+CHANNELS = (*DEFAULT_CHANNEL_NAMES, "events")
+
+#: Most markets one client may watch (``watch``): each costs it their windows and sparklines.
+MAX_WATCHED = 20
 UNITS = {"price": PRICE_DECIMALS, "count": COUNT_DECIMALS, "usd": USD_DECIMALS}
 
 #: Analytics modes as the wire names them.
@@ -51,7 +57,7 @@ def trade_row(market: int, trade: Trade, t0_ms: int) -> list[int]:
 
 def parse_channels(names: Iterable[str]) -> frozenset[str]:
     channels = frozenset(name.strip() for name in names if name.strip())
-    unknown = channels - DEFAULT_CHANNELS
+    unknown = channels - frozenset(CHANNELS)
     if unknown:
         raise ProtocolError(f"unknown channel(s) {sorted(unknown)}; expected any of {list(CHANNELS)}")
     return channels
@@ -72,7 +78,35 @@ class Detail:
     ticker: str | None
 
 
-Command = Subscribe | Unsubscribe | Detail
+@attrs.frozen(slots=True)
+class Watch:
+    """The markets the client pins, in its order (replaces the previous list)."""
+
+    tickers: tuple[str, ...]
+
+
+@attrs.frozen(slots=True)
+class Parlays:
+    """Whether the client's rankings (hot markets, top trades, hot events) include parlays."""
+
+    on: bool
+
+
+Command = Subscribe | Unsubscribe | Detail | Watch | Parlays
+
+
+def _is_ticker(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS
+
+
+def parse_watch(tickers: object) -> tuple[str, ...]:
+    """A watch list: at most MAX_WATCHED distinct tickers (duplicates kept once, in order)."""
+    if not isinstance(tickers, list) or not all(_is_ticker(ticker) for ticker in tickers):
+        raise ProtocolError("'watch' expects \"tickers\": a list of market tickers")
+    unique = tuple(dict.fromkeys(tickers))
+    if len(unique) > MAX_WATCHED:
+        raise ProtocolError(f"'watch' takes at most {MAX_WATCHED} markets, got {len(unique)}")
+    return unique
 
 
 def parse_command(text: str | bytes) -> Command:
@@ -92,10 +126,19 @@ def parse_command(text: str | bytes) -> Command:
         return Subscribe(channels) if op == "sub" else Unsubscribe(channels)
     if op == "detail":
         ticker = message.get("ticker")
-        if ticker is not None and (not isinstance(ticker, str) or not ticker or len(ticker) > 200):
+        if ticker is not None and not _is_ticker(ticker):
             raise ProtocolError("'detail' expects \"ticker\": a market ticker or null")
         return Detail(ticker)
-    raise ProtocolError(f"unknown op {str(op)[:40]!r}; expected one of 'sub', 'unsub', 'detail'")
+    if op == "watch":
+        return Watch(parse_watch(message.get("tickers")))
+    if op == "parlays":
+        on = message.get("on")
+        if not isinstance(on, bool):
+            raise ProtocolError("'parlays' expects \"on\": true or false")
+        return Parlays(on)
+    raise ProtocolError(
+        f"unknown op {str(op)[:40]!r}; expected one of 'sub', 'unsub', 'detail', 'watch', 'parlays'"
+    )
 
 
 def dumps(frame: list[Any]) -> bytes:

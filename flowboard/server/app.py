@@ -18,6 +18,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
 from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode
+from flowboard.aggregate.events_rank import HotEvent
 from flowboard.errors import BadRequest, StoreError
 from flowboard.model import (
     COUNT_DECIMALS,
@@ -79,6 +80,7 @@ def market_json(agg: Aggregator, market: int) -> dict[str, Any]:
         "title": meta.title,
         "category": meta.category,
         "event_ticker": meta.event_ticker,
+        "parlay": agg.is_parlay(market),
         "close_time": iso_utc(meta.close_ts_ms),
         "last_price": None if last is None else _price(last.yes_price),
         "window": {
@@ -145,6 +147,38 @@ def _int_arg(name: str, expected: str, minimum: int, maximum: int) -> int | None
 def _limit(default: int, maximum: int) -> int:
     limit = _int_arg("limit", f"a whole number from 1 to {maximum}", 1, maximum)
     return default if limit is None else limit
+
+
+def _parlays() -> bool:
+    """``?parlays=1``: rankings with combination markets (``0`` or absent: without)."""
+    text = request.args.get("parlays")
+    if text is None or text == "0":
+        return False
+    if text == "1":
+        return True
+    raise BadRequest(f"parlays must be 0 or 1, got {_shown(text)}")
+
+
+def hot_event_json(agg: Aggregator, event: HotEvent) -> dict[str, Any]:
+    return {
+        "event_ticker": event.event_ticker,
+        "window": {
+            "usd_volume": _usd(event.usd),
+            "trades": event.trades,
+            "contracts": _count(event.contracts),
+        },
+        "market_count": event.market_count,
+        "markets": [
+            {
+                "ticker": agg.ticker(member.market),
+                "title": agg.meta(member.market).title,
+                "usd_volume": _usd(member.usd),
+                "last_price": _price(member.last_price),
+                "parlay": agg.is_parlay(member.market),
+            }
+            for member in event.markets
+        ],
+    }
 
 
 def _name(kind: str, text: str) -> str:
@@ -300,8 +334,16 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.route("/api/markets/hot")
     async def hot_markets() -> Response:
+        hot = agg.hot(_parlays())
         return _json(
-            {"markets": [dict(market_json(agg, m), rank=rank) for rank, m in enumerate(agg.hot(), start=1)]}
+            {"markets": [dict(market_json(agg, m), rank=rank) for rank, m in enumerate(hot, start=1)]}
+        )
+
+    @app.route("/api/events/hot")
+    async def hot_events() -> Response:
+        ranked = agg.hot_events(_parlays())
+        return _json(
+            {"events": [dict(hot_event_json(agg, e), rank=rank) for rank, e in enumerate(ranked, 1)]}
         )
 
     @app.route("/api/markets/<ticker>")
@@ -408,7 +450,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.route("/api/trades/top")
     async def top_trades() -> Response:
-        return _json({"trades": [trade_json(t) for t in agg.top_trades()]})
+        return _json({"trades": [trade_json(t) for t in agg.top_trades(_parlays())]})
 
     @app.route("/api/analytics")
     async def analytics() -> Response:

@@ -167,8 +167,9 @@ class Hub:
         self.seq = 0
         # The latest events, for clients that resume: (seq, event).
         self._ring: deque[tuple[int, Event]] = deque(maxlen=ring_size)
-        # The hot set as of the event just before the ring's oldest (for resume points).
-        self._hot_before_ring: tuple[int, ...] = ()
+        # The hot sets (without, with parlays) as of the event just before the ring's oldest
+        # (for resume points).
+        self._hot_before_ring: dict[bool, tuple[int, ...]] = {False: (), True: ()}
         # Every connected v2 client, on its own or in a group.
         self.clients: set[Client] = set()
         # v2 clients with a session of their own.
@@ -200,7 +201,7 @@ class Hub:
     def rebase(self) -> None:
         """Start the event history here (after a rebuild or warm start that published nothing)."""
         self._ring.clear()
-        self._hot_before_ring = self.agg.hot()
+        self._hot_before_ring = {parlays: self.agg.hot(parlays) for parlays in (False, True)}
         if self.listener is not None:
             self.listener.rebased()
 
@@ -259,7 +260,7 @@ class Hub:
             if len(ring) == ring.maxlen:
                 _, oldest = ring[0]
                 if isinstance(oldest, HotChanged):
-                    self._hot_before_ring = oldest.markets
+                    self._hot_before_ring[oldest.parlays] = oldest.markets
             ring.append((self.seq, event))
             for session in sessions:
                 session.offer(self.seq, event, now_ms)
@@ -361,7 +362,7 @@ class Hub:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _resume_point(self, resume: tuple[str, int] | None) -> ResumePoint | None:
+    def _resume_point(self, resume: tuple[str, int] | None, parlays: bool) -> ResumePoint | None:
         """Where a reconnecting client can continue, or None if it needs a snapshot."""
         if resume is None:
             return None
@@ -369,18 +370,25 @@ class Hub:
         oldest = self._ring[0][0] if self._ring else self.seq + 1
         if epoch != self.epoch or not oldest - 1 <= seq <= self.seq:
             return None
-        hot = self._hot_before_ring
+        hot = self._hot_before_ring[parlays]
         for event_seq, event in self._ring:
             if event_seq > seq:
                 break
-            if isinstance(event, HotChanged):
+            if isinstance(event, HotChanged) and event.parlays == parlays:
                 hot = event.markets
         return ResumePoint(hot=hot)
 
     def connect(
-        self, *, channels: frozenset[str], detail: str | None, resume: tuple[str, int] | None, now_ms: int
+        self,
+        *,
+        channels: frozenset[str],
+        detail: str | None,
+        resume: tuple[str, int] | None,
+        now_ms: int,
+        parlays: bool = False,
+        watch: tuple[str, ...] = (),
     ) -> Client:
-        point = self._resume_point(resume)
+        point = self._resume_point(resume, parlays)
         start_seq = resume[1] if point is not None and resume is not None else self.seq
         session = ClientSession(
             epoch=self.epoch,
@@ -389,6 +397,8 @@ class Hub:
             limits=self.limits,
             seq=start_seq,
             resume=point,
+            parlays=parlays,
+            watch=watch,
         )
         if point is not None:
             for event_seq, event in self._ring:

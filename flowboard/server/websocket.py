@@ -37,6 +37,15 @@ def parse_resume(text: str | None) -> tuple[str, int] | None:
     return epoch, int(seq)
 
 
+def parse_flag(name: str, text: str | None) -> bool:
+    """``1`` or ``0`` (absent: 0) from the query string."""
+    if text is None or text == "0":
+        return False
+    if text == "1":
+        return True
+    raise ProtocolError(f"{name} must be 0 or 1, got {text[:20]!r}")
+
+
 @attrs.frozen
 class _FrameCounters:
     """The labelled v2 counters, looked up once per process (not per connection)."""
@@ -77,6 +86,8 @@ async def serve_v2(runtime: Runtime) -> None:
         channels = v2.parse_channels(args["ch"].split(",")) if "ch" in args else v2.DEFAULT_CHANNELS
         detail = args.get("detail") or None
         resume = parse_resume(args.get("resume"))
+        parlays = parse_flag("parlays", args.get("parlays"))
+        watch = v2.parse_watch(args["watch"].split(",")) if args.get("watch") else ()
     except ProtocolError as exc:
         await websocket.accept()
         await websocket.close(guards.CLOSE_POLICY, str(exc)[:120])
@@ -84,7 +95,14 @@ async def serve_v2(runtime: Runtime) -> None:
     await websocket.accept()
     wire = await connection.attach(websocket.scope, stall_timeout=runtime.config.delivery.stall_timeout_s)
     hub = runtime.hub
-    client = hub.connect(channels=channels, detail=detail, resume=resume, now_ms=runtime.wall_ms())
+    client = hub.connect(
+        channels=channels,
+        detail=detail,
+        resume=resume,
+        now_ms=runtime.wall_ms(),
+        parlays=parlays,
+        watch=watch,
+    )
     runtime.metrics.connections.labels("v2").inc()
     if client.session.is_resume:
         runtime.metrics.resumed.inc()
@@ -271,6 +289,10 @@ async def _read_commands(runtime: Runtime, client: Client) -> None:
                 session.subscribe(command.channels)
             elif isinstance(command, v2.Unsubscribe):
                 session.unsubscribe(command.channels)
+            elif isinstance(command, v2.Watch):
+                session.watch(command.tickers)
+            elif isinstance(command, v2.Parlays):
+                session.set_parlays(command.on)
             else:
                 session.set_detail(command.ticker)
         client.wake()
