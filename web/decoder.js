@@ -69,6 +69,9 @@ function newChanges() {
     detail: false,
     clock: false,
     channels: false,
+    parlays: false, // the parlays option changed
+    watch: false, // the watched markets changed
+    events: false, // the hot events changed
     errors: [], // messages of "e" events
     unknown: [], // event codes this decoder does not know (skipped)
   };
@@ -106,6 +109,9 @@ export class ViewState {
     this.markets = new Map();
     this.byTicker = new Map(); // ticker -> id
     this.hot = []; // membership as sent; rankedHot() orders it
+    this.parlays = false; // whether the rankings include parlays (else their trades skip the top)
+    this.watched = []; // the pinned markets that have traded, in the client's order
+    this.hotEvents = []; // [event_ticker, usd, trades, contracts, market_count, [id, usd, price]...]
     this.detail = null; // the detail market's id
     this.detailTrades = []; // newest first
     this._tape = []; // oldest first (appending is the common case); read with tapeAt()
@@ -179,6 +185,7 @@ export class ViewState {
     this.sparkLen = h.spark;
     this.topLen = h.top;
     if (h.hot !== undefined) this.hotLen = h.hot;
+    this.parlays = h.parlays === true;
     const units = h.units ?? DEFAULT_UNITS;
     // A trade's usd is count x price: its unit must be theirs multiplied.
     if (units.usd !== units.price + units.count) {
@@ -198,13 +205,15 @@ export class ViewState {
 
   _market(ev) {
     const [, id, ticker, category] = ev;
+    const parlay = ev[4] === 1;
     const view = this.markets.get(id);
     if (view === undefined || view.ticker !== ticker) {
       if (view !== undefined && this.byTicker.get(view.ticker) === id) this.byTicker.delete(view.ticker);
-      this.markets.set(id, { id, ticker, category, title: "", close: null, window: null, spark: [] });
+      this.markets.set(id, { id, ticker, category, parlay, title: "", close: null, window: null, spark: [] });
       this.byTicker.set(ticker, id);
     } else {
       view.category = category;
+      view.parlay = parlay;
     }
     this._changes.markets.add(id);
   }
@@ -244,13 +253,14 @@ export class ViewState {
   }
 
   tracked(id) {
-    return id === this.detail || (this.channels.has("hot") && this.hot.includes(id));
+    return id === this.detail || (this.channels.has("hot") && this.hot.includes(id)) || this.watched.includes(id);
   }
 
   _trades(ev) {
     const folds = this.channels.has("trades");
     const ch = this._changes;
-    const hotTracked = this.channels.has("hot") ? new Set(this.hot) : null;
+    const hotTracked = new Set(this.watched);
+    if (this.channels.has("hot")) for (const id of this.hot) hotTracked.add(id);
     const dayOfMinute = this.minuteMs - (this.minuteMs % DAY_MS);
     this.tradesSeen += ev.length - 1;
     for (let i = 1; i < ev.length; i++) {
@@ -261,7 +271,7 @@ export class ViewState {
       const t = trade(id, price, count, side, ts, this._arrival, this.oneDollar);
       if (folds) {
         this._insertTape(t);
-        this._insertTop(t);
+        if (this.parlays || !this.markets.get(id)?.parlay) this._insertTop(t);
         for (const code of ["h", "d"]) {
           const step = MODES[code].step;
           const start = ts - (ts % step);
@@ -288,7 +298,7 @@ export class ViewState {
         }
       }
       const isDetail = id === this.detail;
-      if ((isDetail || (hotTracked !== null && hotTracked.has(id))) && (folds || isDetail)) {
+      if ((isDetail || hotTracked.has(id)) && (folds || isDetail)) {
         const view = this._market_(id, "t");
         const w = view.window;
         if (w !== null) {
@@ -349,6 +359,22 @@ export class ViewState {
 
   _forgetUnsubscribedViews() {
     for (const code of this.viewsLoaded) if (!this.channels.has(MODES[code].name)) this.viewsLoaded.delete(code);
+  }
+
+  _setParlays(ev) {
+    this.parlays = ev[1] === 1;
+    this._changes.parlays = true;
+  }
+
+  _watch(ev) {
+    this.watched = ev.slice(1);
+    this._dropUntracked();
+    this._changes.watch = true;
+  }
+
+  _hotEvents(ev) {
+    this.hotEvents = ev.slice(1);
+    this._changes.events = true;
   }
 
   _hot(ev) {
@@ -516,6 +542,17 @@ export class ViewState {
       for (let i = 0; i < this.tapeLength; i++) tape.push(row(this.tapeAt(i)));
       out.tape = tape;
     }
+    if (this.channels.has("events")) {
+      out.events = this.hotEvents.map(([event, usd, trades, contracts, marketCount, ...members]) => ({
+        event, usd, trades, contracts, market_count: marketCount,
+        markets: members.map(([id, mUsd, price]) => {
+          const v = this.markets.get(id);
+          return [v.ticker, v.title, mUsd, price];
+        }),
+      }));
+    }
+    if (this.watched.length) out.watch = this.watched.map((id) => this._marketSummary(id));
+    if (this.parlays) out.parlays = true;
     if (this.detail !== null) {
       const detail = this._marketSummary(this.detail);
       detail.trades = this.detailTrades.map(row);
@@ -555,4 +592,7 @@ const HANDLERS = {
   T: ViewState.prototype._tapeSet,
   D: ViewState.prototype._detailSet,
   e: ViewState.prototype._error,
+  P: ViewState.prototype._setParlays,
+  W: ViewState.prototype._watch,
+  E: ViewState.prototype._hotEvents,
 };

@@ -8,10 +8,10 @@ events is a summary a viewer glances at, and a ranking per trade would cost a so
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 
 import attrs
+from sortedcontainers import SortedList
 
 from flowboard.aggregate.events import WindowStats
 from flowboard.model import MarketMeta
@@ -61,10 +61,12 @@ class _EventTotals:
 
 class EventTotals:
     """Running per-event sums of the windows of markets with $ volume, kept by the aggregator as
-    windows change (O(1) each), so that ranking once a second only sorts the events."""
+    windows change (O(log n) each), and the events in rank order, so that ranking once a second
+    only reads the head."""
 
     def __init__(self) -> None:
         self._events: dict[str, _EventTotals] = {}
+        self._ranked = SortedList()  # (-usd, event_ticker) of every event held
 
     def shift(self, event_ticker: str, market: int, window: WindowStats, sign: int) -> None:
         """Add (sign 1) or take out (sign -1) a market's window; windows without $ volume are
@@ -74,6 +76,8 @@ class EventTotals:
         totals = self._events.get(event_ticker)
         if totals is None:
             totals = self._events[event_ticker] = _EventTotals()
+        else:
+            self._ranked.remove((-totals.usd, event_ticker))
         totals.usd += sign * window.usd
         totals.trades += sign * window.trades
         totals.contracts += sign * window.contracts
@@ -83,15 +87,17 @@ class EventTotals:
             totals.markets.discard(market)
             if not totals.markets:
                 del self._events[event_ticker]
+                return
+        self._ranked.add((-totals.usd, event_ticker))
 
     def ranked(
         self, market_usd: Callable[[int], tuple[int, str, int]], size: int = HOT_EVENTS
     ) -> tuple[HotEvent, ...]:
         """The ``size`` events with the largest $ volume, ties by event ticker, each with its
         busiest markets; ``market_usd(market)`` gives (window usd, ticker, last price)."""
-        top = heapq.nsmallest(size, self._events.items(), key=lambda item: (-item[1].usd, item[0]))
         events = []
-        for event_ticker, totals in top:
+        for _, event_ticker in self._ranked.islice(0, size):
+            totals = self._events[event_ticker]
             members = [(market_usd(m), m) for m in totals.markets]
             members.sort(key=lambda member: (-member[0][0], member[0][1]))
             events.append(

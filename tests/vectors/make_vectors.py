@@ -41,10 +41,13 @@ def hello(
     resumed: bool = False,
     detail: str | None = None,
     units: dict[str, int] = UNITS,
+    parlays: bool | None = None,
 ) -> list[Any]:
+    extra = {} if parlays is None else {"parlays": parlays}
     return [
         "H",
         {
+            **extra,
             "v": 2,
             "epoch": epoch,
             "t0": t0,
@@ -246,6 +249,56 @@ def micro_prices() -> list[list[Any]]:
     ]
 
 
+PARLAY = "KXMVECROSSCATEGORY-S2025A1B2C3D4E5F-0123456789A"
+
+
+def trader() -> list[list[Any]]:
+    """Parlays left out of the top trades, then included (`P`); a watchlist (`W`) with its
+    markets' live windows; the hot events (`E`) naming markets described once by `i`."""
+    channels = ["events", "hot", "top", "trades"]
+    return [
+        [
+            300,
+            hello("e1", T0, channels, units=MICRO_UNITS, parlays=False),
+            *MARKETS,
+            ["m", 5, PARLAY, "Sports", 1],
+            ["k", 1],
+            ["i", 1, "Bitcoin above $100,000 on Dec 31?", 3_600_000],
+            ["w", 1, 10_000, 3_650_500_000, 1, 10_000, 0],
+            ["s", 1, 0, [365_050, 10_000, 1, -10_000]],
+            ["x", [1, 365_050, 10_000, 1, -10_000]],
+            ["i", 3, "Fed decision in January: hold?", None],
+            ["E", ["KXBTCD-25DEC31", 3_650_500_000, 1, 10_000, 1, [1, 3_650_500_000, 365_050]],
+             ["KXFEDDECISION-26JAN", 1_000_000, 1, 100, 1, [3, 1_000_000, 10_000]]],
+            ["T", [5, 10_000, 1_000_000, 1, -20_000], [1, 365_050, 10_000, 1, -10_000]],
+            ["W", 2],
+            ["i", 2, "Lakers vs Celtics: Lakers win?", None],
+            ["w", 2, 100, 55_000_000, 1, 100, 0],
+            ["s", 2, 0, [550_000, 100, 1, -30_000]],
+        ],
+        # A parlay's large trade: on the tape, not in the top trades; a watched market's trade folds.
+        [301, ["t", [5, 20_000, 5_000_000, 1, 1_000], [2, 560_000, 200, 0, 10]]],
+        # Parlays on: the top trades come afresh, and the next parlay trade goes into them.
+        [
+            303,
+            ["P", 1],
+            ["x", [5, 20_000, 5_000_000, 1, 1_000], [5, 10_000, 1_000_000, 1, -20_000],
+             [1, 365_050, 10_000, 1, -10_000]],
+            ["E", ["KXMVECROSSCATEGORY-S2025A1B2C3D4E5F", 110_000_000_000, 2, 6_000_000, 1,
+                   [5, 110_000_000_000, 20_000]]],
+        ],
+        [304, ["t", [5, 30_000, 400_000, 1, 100]]],
+        # The watchlist changes: market 2 is dropped, market 3 is tracked from here on.
+        [
+            305,
+            ["W", 3],
+            ["w", 3, 100, 1_000_000, 1, 100, 0],
+            ["s", 3, 0, [100_000, 100, 1, -1_000]],
+        ],
+        [306, ["t", [3, 110_000, 50, 0, 100], [2, 570_000, 100, 1, 1]]],
+    ]  # fmt: skip
+
+
 VECTORS = {
     "basics": (
         "Snapshot, trades (batched, late, tied), keyed state, midnight clock, channels, detail",
@@ -254,6 +307,7 @@ VECTORS = {
     "resume": ("Resume with a new t0, then resync into a new epoch with reused market ids", resume),
     "no_fold": ("A client that does not fold trades: detail-only trades, p/a/d updates", no_fold),
     "micro_prices": ("Prices with 5 and 6 decimals, exact $ volume in $0.00000001", micro_prices),
+    "trader": ("Parlays out of and into the top trades, a watchlist, the hot events", trader),
 }
 
 
