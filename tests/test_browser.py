@@ -728,3 +728,74 @@ def test_times_follow_one_zone_that_is_named(browser: Any, server: Server) -> No
     finally:
         context.close()
     assert console.errors == []
+
+
+# -- trader tools: the markets -> events toggle, parlays, the watchlist ---------------------------
+
+
+def test_events_view_subscribes_and_shows_the_servers_ranking(
+    page: tuple[Any, Console], server: Server
+) -> None:
+    """Clicking "Events" subscribes to the events channel and lists events with their markets,
+    ranked like /api/events/hot; "Markets" unsubscribes again."""
+    pg, _ = page
+    pg.click(".toggle button[data-hot='events']")
+    pg.wait_for_function("flowboard.state.channels.has('events')", timeout=10_000)
+    pg.wait_for_function("document.querySelectorAll('#events li.event').length > 0", timeout=10_000)
+    assert pg.locator("#hot").is_hidden()
+    shown = pg.evaluate("[...document.querySelectorAll('#events li.event')].map((e) => e.dataset.event)")
+    api = [event["event_ticker"] for event in server.api("/api/events/hot")["events"]]
+    # The ranking moves each second: the page's leader is among the API's, and most agree.
+    assert shown[0] in api and len(set(shown) & set(api)) >= len(api) // 2
+    assert pg.locator("#events li.event .ev-markets li[data-ticker]").count() >= len(shown)
+    pg.click(".toggle button[data-hot='markets']")
+    pg.wait_for_function("!flowboard.state.channels.has('events')", timeout=10_000)
+    assert pg.locator("#events").is_hidden() and pg.locator("#hot").is_visible()
+
+
+def test_parlays_switch_and_tape_label(page: tuple[Any, Console], server: Server) -> None:
+    """The tape labels parlays' trades; the switch asks for rankings with parlays (the server
+    echoes it with P) and is remembered; unticking goes back to the default."""
+    pg, _ = page
+    pg.wait_for_function("document.querySelectorAll('#tape .trow.parlay').length > 0", timeout=20_000)
+    labelled = pg.locator("#tape .trow.parlay").first.get_attribute("data-ticker")
+    assert labelled is not None and labelled.startswith("KXMVE")
+    assert not pg.evaluate("flowboard.state.parlays")
+    pg.check("#parlays")
+    pg.wait_for_function("flowboard.state.parlays === true", timeout=10_000)
+    assert pg.evaluate("localStorage.getItem('flowboard.parlays')") == "1"
+    pg.uncheck("#parlays")
+    pg.wait_for_function("flowboard.state.parlays === false", timeout=10_000)
+
+
+def test_watchlist_pins_from_the_drawer_and_survives_a_reload(
+    page: tuple[Any, Console], server: Server
+) -> None:
+    """Pinning a market in the drawer sends a watch command and shows it in the watchlist with
+    its live window and sparkline; after a reload the page asks for it again; unpin removes it."""
+    pg, _ = page
+    card = pg.locator("#hot .card[data-ticker]").first
+    ticker = card.get_attribute("data-ticker")
+    card.click()
+    pg.locator("#drawer").wait_for(state="visible")
+    pg.click("#dr-pin")
+    assert pg.locator("#dr-pin").get_attribute("aria-pressed") == "true"
+    pg.keyboard.press("Escape")
+    item = pg.locator(f"#watch li[data-ticker='{ticker}']")
+    item.wait_for(state="visible")
+    pg.wait_for_function(
+        f"flowboard.state.watched.includes(flowboard.state.byTicker.get({json.dumps(ticker)}))",
+        timeout=10_000,
+    )
+    _wait(pg, lambda: item.locator(".px").text_content() not in ("", "–"), what="the pinned market's price")
+    assert item.locator("polyline").get_attribute("points")
+    assert json.loads(pg.evaluate("localStorage.getItem('flowboard.watch')")) == [ticker]
+
+    pg.reload()
+    pg.wait_for_function("document.documentElement.dataset.ready === '1'", timeout=15_000)
+    pg.wait_for_function("flowboard.state.watched.length === 1", timeout=10_000)
+    item = pg.locator(f"#watch li[data-ticker='{ticker}']")
+    item.wait_for(state="visible")
+    item.locator(".unpin").click()
+    pg.wait_for_function("flowboard.state.watched.length === 0", timeout=10_000)
+    assert pg.locator("#watch-panel").is_hidden()

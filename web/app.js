@@ -9,6 +9,7 @@ import { Tape } from "./tape.js";
 import { HotCards, sparkPoints } from "./cards.js";
 import { ActivityChart } from "./chart.js";
 import { HistoryPanel } from "./history.js";
+import { Trader } from "./trader.js";
 
 const TAPE_LIMIT = 5000;
 const BACKOFF_MIN_MS = 1000;
@@ -205,6 +206,7 @@ function onFrame(text) {
       if (state.channels.has(other)) send({ op: "unsub", ch: [other] });
     }
     conn.live = true;
+    trader.onLive();
     conn.attempts = 0;
     conn.closeReason = "";
     setConn("live");
@@ -291,6 +293,7 @@ function paint(now) {
   }
   if (ch.reset || ch.hot || ch.markets.size) cards.render(state, ch.markets, ch.hot || ch.reset, wall);
   if (ch.reset || ch.top) paintTop();
+  trader.paint(ch);
   if (ch.tapeReordered) tape.rebuild(state, !ch.reset);
   else if (ch.tape) tape.add(state, ch.tape);
   tape.render();
@@ -622,6 +625,7 @@ $("top").addEventListener("keydown", (e) => {
   }
 });
 $("dr-close").addEventListener("click", closeDrawer);
+const trader = new Trader({ state, send, openDrawer, detail: () => ui.detail });
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && ui.detail) closeDrawer();
 });

@@ -208,6 +208,7 @@ export class Tape {
     el.title = m && m.title ? m.title : "";
     c[0].textContent = time.clock(t.ts);
     c[1].textContent = m ? m.ticker : "?";
+    el.classList.toggle("parlay", m !== undefined && m.parlay);
     c[2].textContent = t.side === 1 ? "YES" : "NO";
     c[2].className = t.side === 1 ? "sd yes" : "sd no";
     c[3].textContent = fmt.price(takerPrice(t));
