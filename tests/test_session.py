@@ -625,3 +625,52 @@ def test_decoder_accepts_a_restarted_servers_lower_seq_only_with_a_fresh_hello()
     restarted.check(again)
     with pytest.raises(DecodeError, match="backwards"):
         view.apply_frame(orjson.dumps([view.seq - 1, ["d", 1, 1]]))
+
+
+# -- parlays, hot events, watchlist ------------------------------------------------------------
+
+
+def test_a_watched_ticker_is_delivered_once_it_trades_and_tracked_without_the_trades_channel() -> None:
+    """A client without `trades` that watches a market not traded yet gets `W` with it at its first
+    trade, then its window and sparkline as `w`/`s`; its folded view equals the server's."""
+    h = Harness()
+    client = h.connect(channels=frozenset({"top"}))
+    client.session.watch(("KXLATER-1", "KXA-1"))
+    h.trade("KXA-1", 400_000, 100, "yes")
+    h.read_until_idle(client)
+    assert h.views[client].watched == [h.agg.market_id("KXA-1")]
+    for _ in range(3):
+        h.trade("KXLATER-1", 410_000, 250, "no")
+        h.trade("KXB-1", 999_999, 10_000, "yes")
+        h.advance(500)
+    h.read_until_idle(client)
+    view = h.views[client]
+    assert view.watched == [h.agg.market_id("KXLATER-1"), h.agg.market_id("KXA-1")]
+    actual = view.summary()
+    actual.pop("seq")
+    assert actual == expected_summary(
+        h.agg,
+        channels=client.session.channels,
+        detail=None,
+        tape_len=200,
+        detail_len=50,
+        watch=("KXLATER-1", "KXA-1"),
+    )
+    assert actual["watch"][0]["window"][2] == 3  # its three trades, from `w`
+
+
+def test_clients_share_frames_only_with_the_same_parlays_option_and_watchlist() -> None:
+    """The group signature holds the parlays option and the watchlist: caught-up clients that
+    differ in either are never sent the same frames."""
+    h = Harness()
+    h.trade("KXA-1", 400_000, 100, "yes")
+    clients = [h.connect() for _ in range(3)]
+    clients[1].session.set_parlays(True)
+    clients[2].session.watch(("KXA-1",))
+    for client in clients:
+        h.read_until_idle(client)
+    signatures = [client.session.group_signature() for client in clients]
+    assert None not in signatures and len(set(signatures)) == 3
+    twin = h.connect()
+    h.read_until_idle(twin)
+    assert twin.session.group_signature() == signatures[0]
