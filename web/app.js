@@ -73,6 +73,9 @@ function wsUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const q = new URLSearchParams({ ch: channels().join(",") });
   if (ui.detail) q.set("detail", ui.detail);
+  // What the trader tools asked for, so that a resumed stream goes on with the same rankings.
+  if (trader.parlays) q.set("parlays", "1");
+  if (trader.watch.length) q.set("watch", trader.watch.join(","));
   if (state.epoch && state.seq >= 0) q.set("resume", `${state.epoch}:${state.seq}`);
   return `${proto}//${location.host}/ws?${q.toString().replaceAll("%2C", ",").replaceAll("%3A", ":")}`;
 }

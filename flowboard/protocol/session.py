@@ -734,7 +734,9 @@ class ClientSession:
             self._top_dirty = False
 
         if self._events_dirty and "events" not in self._added_channels:
-            self._hot_events_event(agg, defs, keyed)
+            if "events" in self.channels:
+                self._hot_events_event(agg, defs, keyed)
+            self._events_dirty = False
 
         if self._added_channels:
             keyed.extend(self._channel_parts(agg, self._added_channels - {"hot"}, defs))
