@@ -6,7 +6,7 @@ input. Its ids are those of every trade it ever accepted, like the store: it kno
 duplicate of any age, where the real one remembers ids for ``dedup_horizon_ms`` and is
 told about older trades by whoever asked the store (``absent_from_store``).
 Rankings come in two views, without parlays (the default) and with them; the hot events are
-ranked again each time the clock reaches a new second.
+ranked again by ``advance`` each time the clock reached a new second since they last were.
 Slow (O(n) per read) and obviously right: it shares no code with the real one except the
 records it returns.
 """
@@ -93,6 +93,7 @@ class ReferenceAggregator:
         self.tickers: list[str] = []
         self.metas: list[MarketMeta] = []
         self.events_ranked: dict[bool, tuple[HotEvent, ...]] = {False: (), True: ()}
+        self.ranked_at: int | None = None  # the clock when advance() last ranked the hot events
 
     @property
     def trades_total(self) -> int:
@@ -101,13 +102,25 @@ class ReferenceAggregator:
     # -- inputs --------------------------------------------------------------------------
 
     def advance(self, now_ms: int) -> list[Event]:
+        before_ranked = self.ranked_at
+        backwards = self.started and now_ms < self.now_ms
+        events = self._clock(now_ms)
+        if not backwards and (before_ranked is None or self.now_ms // 1000 != before_ranked // 1000):
+            self.ranked_at = self.now_ms
+            for parlays in (False, True):
+                ranked = self._rank_events(parlays)
+                if ranked != self.events_ranked[parlays]:
+                    self.events_ranked[parlays] = ranked
+                    events.append(HotEventsChanged(ranked, parlays))
+        return events
+
+    def _clock(self, now_ms: int) -> list[Event]:
         if self.started and now_ms <= self.now_ms:
             return []
         events: list[Event] = []
         if self.started and now_ms // MINUTE != self.now_ms // MINUTE:
             events.append(ClockTicked(now_ms // MINUTE * MINUTE))
         before = self._rankings()
-        before_started, before_now = self.started, self.now_ms
         self.started = True
         self.now_ms = now_ms
         after = self._rankings()
@@ -120,16 +133,10 @@ class ReferenceAggregator:
         for parlays in (False, True):
             if set(after.hot[parlays]) != set(before.hot[parlays]):
                 events.append(HotChanged(after.hot[parlays], parlays))
-        if not before_started or now_ms // 1000 != before_now // 1000:
-            for parlays in (False, True):
-                ranked = self._rank_events(parlays)
-                if ranked != self.events_ranked[parlays]:
-                    self.events_ranked[parlays] = ranked
-                    events.append(HotEventsChanged(ranked, parlays))
         return events
 
     def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
-        events = self.advance(now_ms)
+        events = self._clock(now_ms)
         if absent_from_store:
             assert trade.trade_id not in self.seen_ids, "a test vouched for a trade the store has"
         if trade.trade_id in self.seen_ids or trade.ts_ms < retention_start(self.now_ms, self.window_ms):

@@ -843,7 +843,7 @@ def test_metadata_naming_a_collection_moves_a_market_out_of_the_default_rankings
 def test_hot_events_sum_their_markets_and_are_ranked_once_a_second() -> None:
     """Events rank by the $ volume of their markets' windows (ties by event ticker), list their
     busiest markets with their last price, leave parlays out by default, and change only when
-    the clock reaches a new second."""
+    the clock (``advance``) reaches a new second."""
     agg = Aggregator()
     a1 = make_trade("a1", T0, ticker="KXBTCD-25DEC3117-T1", yes_price=400_000, count=300)
     a2 = make_trade("a2", T0, ticker="KXBTCD-25DEC3117-T2", yes_price=600_000, count=300, side="no")
@@ -851,9 +851,11 @@ def test_hot_events_sum_their_markets_and_are_ranked_once_a_second() -> None:
     p1 = make_trade("p1", T0, ticker="KXMVEX-S1-P", yes_price=10_000, count=10**7)
     for trade in (a1, a2, b1, p1):
         agg.add_trade(trade, T0)
-    assert agg.hot_events() == ()  # ranked at the start of this second, before the trades
-    events = agg.advance(T0 + 999)
-    assert not of_type(events, HotEventsChanged)
+    assert agg.hot_events() == ()  # not ranked yet: trades never rank them, the clock does
+    agg.advance(T0 + 999)
+    late = make_trade("b2", T0 + 999, ticker="KXFED-26MAR-T4.25", count=1)
+    agg.add_trade(late, T0 + 999)
+    assert not of_type(agg.advance(T0 + 999), HotEventsChanged)  # ranked at T0 + 999 already
     events = agg.advance(T0 + 1000)
     btc = HotEvent(
         "KXBTCD-25DEC3117",
@@ -864,7 +866,8 @@ def test_hot_events_sum_their_markets_and_are_ranked_once_a_second() -> None:
         markets=(EventMarket(0, a1.usd, 400_000), EventMarket(1, a2.usd, 600_000)),
     )
     assert a1.usd == a2.usd  # equal $: the markets rank by ticker
-    fed = HotEvent("KXFED-26MAR", b1.usd, 1, 300, 1, (EventMarket(2, b1.usd, 999_999),))
+    fed_usd = b1.usd + late.usd
+    fed = HotEvent("KXFED-26MAR", fed_usd, 2, 301, 1, (EventMarket(2, fed_usd, 5000),))
     assert b1.usd > btc.usd
     parlay = HotEvent("KXMVEX-S1", p1.usd, 1, 10**7, 1, (EventMarket(3, p1.usd, 10_000),))
     assert of_type(events, HotEventsChanged) == [

@@ -363,8 +363,13 @@ class Aggregator:
         """Move the clock to ``now_ms``: expire trades that left the window, roll the minute.
 
         A time earlier than one already passed in changes nothing: state only moves forward.
+        The hot events are ranked here (not per trade), when the clock reached a new second since
+        they were last ranked: the pipeline advances the clock every second.
         """
-        return self._move_clock(now_ms)
+        events = self._move_clock(now_ms)
+        if now_ms >= self._now_ms >= self._hot_events_due_ms:
+            self._rank_events(events)
+        return events
 
     def restore(self, now_ms: int, minutes: Iterable[MinuteSummary], recent: Sequence[Trade]) -> None:
         """Take over the stored trades in bulk, ending in the state of adding them one by one in
@@ -416,6 +421,8 @@ class Aggregator:
             self._add_to_history(held)
             if trade.ts_ms > window_start:
                 self._add_to_window(held)
+        # Where ``advance(now_ms)`` after adding them one by one would leave the hot events.
+        self._rank_events(unannounced)
 
     def set_meta(self, meta: MarketMeta) -> list[Event]:
         """Store a market's metadata; ``MetaChanged`` only when it differs from what is stored."""
@@ -637,9 +644,6 @@ class Aggregator:
         self._clock_started = True
         self._now_ms = now_ms
         self._expire(events)
-        if now_ms >= self._hot_events_due_ms:
-            self._rank_events(events)
-            self._hot_events_due_ms = floor_to(now_ms, HOT_EVENTS_PERIOD_MS) + HOT_EVENTS_PERIOD_MS
         self._forget_before(retention_start_ms(now_ms, self._window_ms))
         self._forget_ids_before(dedup_start_ms(now_ms, self._dedup_horizon_ms))
         for mode, totals in self._buckets.items():
@@ -674,6 +678,7 @@ class Aggregator:
 
     def _rank_events(self, events: list[Event]) -> None:
         """Rank the hot events again; say so where the ranking or its figures changed."""
+        self._hot_events_due_ms = floor_to(self._now_ms, HOT_EVENTS_PERIOD_MS) + HOT_EVENTS_PERIOD_MS
         for parlays in (False, True):
             ranked = self._event_totals[parlays].ranked(self._event_member)
             if ranked != self._hot_events[parlays]:
