@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from flowboard.config import Config
+from flowboard.config import make_config
 from flowboard.protocol import v2
 from flowboard.protocol.decoder import ViewState, expected_summary
 from flowboard.server.pipeline import run_server
@@ -30,7 +30,7 @@ def virtual_wall_ms() -> int:
 
 @pytest.fixture
 async def server(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> AsyncIterator[Runtime]:
-    config = Config(port=0, rate=20.0, seed=7, sim_history_s=300.0, db=str(tmp_path / "flowboard.db"))
+    config = make_config(port=0, rate=20.0, seed=7, sim_history=300.0, db=str(tmp_path / "flowboard.db"))
     async with trio.open_nursery() as nursery:
         runtime: Runtime = await nursery.start(partial(run_server, config, wall_ms=virtual_wall_ms))
         yield runtime
