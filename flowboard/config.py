@@ -26,6 +26,7 @@ import cattrs
 
 from flowboard.errors import ConfigError
 from flowboard.ingest.kalshi import KalshiConfig
+from flowboard.model import MINUTE_MS, USD_SCALE
 from flowboard.options import FLAG, Flag, between, flag, non_negative, one_of, parse_bool, positive
 from flowboard.page import page_dir
 from flowboard.protocol.session import SessionLimits
@@ -244,6 +245,44 @@ class ScaleoutConfig:
         return f"{self.prefix}:snapshot:{slot}"
 
 
+def _accumulation(text: str) -> tuple[int, int]:
+    usd, sep, minutes = text.partition(":")
+    if not sep or not usd.isdigit() or not minutes.isdigit() or int(usd) < 1 or int(minutes) < 1:
+        raise ValueError("expected DOLLARS:MINUTES in whole numbers, e.g. 5000:5")
+    return int(usd), int(minutes)
+
+
+@attrs.frozen
+class TraderConfig:
+    """Trader tools (flowboard.aggregate.alerts, flows, movers): when a trade or a run alerts."""
+
+    alert_floor_usd: int = flag(
+        1_000,
+        "--alert-floor",
+        "the least trade $ volume that is a whale alert",
+        int,
+        unit=" $",
+        validator=positive,
+    )
+    accumulation: tuple[int, int] = flag(
+        (5_000, 5),
+        "--accumulation",
+        "DOLLARS:MINUTES one market side must take for an accumulation alert",
+        _accumulation,
+    )
+    lists_period_ms: int = 1_000  # flow and mover lists are recomputed (and sent if changed) this often
+
+    def aggregator_options(self) -> dict[str, int]:
+        """The aggregator's keyword arguments for these settings, in its exact units."""
+        accumulation_usd, accumulation_minutes = self.accumulation
+        return {
+            "whale_usd": self.alert_floor_usd * USD_SCALE,
+            "accumulation_usd": accumulation_usd * USD_SCALE,
+            "accumulation_ms": accumulation_minutes * MINUTE_MS,
+            "lists_period_ms": self.lists_period_ms,
+        }
+
+
 @attrs.frozen
 class RecordConfig:
     """``flowboard record``: where the raw feed goes and for how long."""
@@ -273,6 +312,7 @@ class Config:
     store: StoreConfig = attrs.field(factory=StoreConfig)
     delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
     scaleout: ScaleoutConfig = attrs.field(factory=ScaleoutConfig)
+    trader: TraderConfig = attrs.field(factory=TraderConfig)
     record: RecordConfig = attrs.field(factory=RecordConfig)
 
 

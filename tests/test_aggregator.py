@@ -505,9 +505,7 @@ Operation = tuple[Any, ...]
 START = T0 - 5 * MINUTE_MS
 
 
-def run(
-    operations: list[Operation], *, future_trades_from: int = 0
-) -> Iterator[tuple[str, Any, int, bool]]:
+def run(operations: list[Operation], *, future_trades_from: int = 0) -> Iterator[tuple[str, Any, int, bool]]:
     """Turn drawn operations into inputs: ("trade", Trade, now, ask_store), ("advance", None,
     now, False), ("meta", meta, now, False).
 
@@ -575,6 +573,10 @@ def reads(source: Aggregator | ReferenceAggregator) -> dict[str, Any]:
         "day": source.analytics("day"),
         "today": source.today(),
         "active": source.active_markets(),
+        # Trader tools (flowboard.aggregate.alerts, flows, movers).
+        "alerts": (source.alerts(), source.alerts(source.now_ms - 120_000, 3)),
+        "flows": (source.flows(1000), source.flows(3, include_parlays=True)),
+        "movers": [source.movers(period, 1000, include_parlays=True) for period in ("10m", "1h")],
     }
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import attrs
 
+from flowboard.aggregate.alerts import Alert
+from flowboard.aggregate.flows import Flow
+from flowboard.aggregate.movers import Move
 from flowboard.model import MarketMeta, Trade
 
 
@@ -90,4 +93,38 @@ class ClockTicked:
     minute_ms: int
 
 
-Event = MarketAdded | TradeAdded | WindowChanged | HotChanged | TopChanged | MetaChanged | ClockTicked
+@attrs.frozen(slots=True)
+class AlertRaised:
+    """A trade raised an alert (``flowboard.aggregate.alerts``); ``market`` is its market's id."""
+
+    alert: Alert
+    market: int
+
+
+@attrs.frozen(slots=True)
+class FlowsChanged:
+    """The published flow list changed (at most once a second): the largest flows, ranked."""
+
+    flows: tuple[Flow, ...]
+
+
+@attrs.frozen(slots=True)
+class MoversChanged:
+    """The published movers of one period (``"10m"`` or ``"1h"``) changed (at most once a second)."""
+
+    period: str
+    moves: tuple[Move, ...]
+
+
+Event = (
+    MarketAdded
+    | TradeAdded
+    | WindowChanged
+    | HotChanged
+    | TopChanged
+    | MetaChanged
+    | ClockTicked
+    | AlertRaised
+    | FlowsChanged
+    | MoversChanged
+)

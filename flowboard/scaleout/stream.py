@@ -32,7 +32,8 @@ from flowboard.model import MarketMeta, Trade
 #: 2: prices in $0.000001 (were $0.0001), market metadata with open interest and liquidity.
 #: 3: the aggregator keeps ids for its de-duplication horizon only (another state), and a
 #: trade input may carry the ingest's store's word (``absent_from_store``).
-FORMAT_VERSION = 3
+#: 4: the aggregator holds the trader tools' state (alerts, flows, movers, published lists).
+FORMAT_VERSION = 4
 
 
 @attrs.frozen(slots=True)

@@ -17,7 +17,10 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
-from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode
+from flowboard.aggregate.aggregator import ALERTS_KEPT, ANALYTICS_VIEWS, Aggregator, AnalyticsMode
+from flowboard.aggregate.alerts import Alert
+from flowboard.aggregate.flows import Flow
+from flowboard.aggregate.movers import MOVER_WINDOWS, Move
 from flowboard.errors import BadRequest, StoreError
 from flowboard.model import (
     COUNT_DECIMALS,
@@ -119,6 +122,51 @@ def analytics_json(agg: Aggregator, mode: AnalyticsMode) -> dict[str, Any]:
     }
 
 
+def alert_json(alert: Alert) -> dict[str, Any]:
+    trade = alert.trade
+    return {
+        "id": alert.alert_id,
+        "kind": alert.kind,
+        "ticker": trade.ticker,
+        "side": trade.taker_side,
+        "usd_volume": _usd(alert.usd),
+        "contracts": _count(alert.contracts),
+        "trades": alert.trades,
+        "price": _price(trade.yes_price),
+        "ts_ms": trade.ts_ms,
+        "first_ts_ms": alert.first_ts_ms,
+        "trade_id": trade.trade_id,
+    }
+
+
+def flow_json(agg: Aggregator, flow: Flow) -> dict[str, Any]:
+    meta = agg.meta(flow.market)
+    return {
+        "ticker": meta.ticker,
+        "title": meta.title,
+        "side": flow.side,
+        "usd_volume": _usd(flow.usd),
+        "contracts": _count(flow.contracts),
+        "trades": flow.trades,
+        "vwap": _price(flow.vwap),
+    }
+
+
+def mover_json(agg: Aggregator, move: Move) -> dict[str, Any]:
+    meta = agg.meta(move.market)
+    change_bp = move.change_bp
+    return {
+        "ticker": meta.ticker,
+        "title": meta.title,
+        "first_price": _price(move.first_price),
+        "last_price": _price(move.last_price),
+        "change": _price(move.change),
+        "change_pct": None if change_bp is None else str(from_units(change_bp, 2)),
+        "usd_volume": _usd(move.usd),
+        "trades": move.trades,
+    }
+
+
 #: A query integer as we take it: ASCII digits only (str.isdigit() also takes "²", which int()
 #: refuses), at most 19 of them (int64, and far below Python's digit limit for int()).
 _ASCII_INTEGER = re.compile(r"[0-9]{1,19}")
@@ -145,6 +193,13 @@ def _int_arg(name: str, expected: str, minimum: int, maximum: int) -> int | None
 def _limit(default: int, maximum: int) -> int:
     limit = _int_arg("limit", f"a whole number from 1 to {maximum}", 1, maximum)
     return default if limit is None else limit
+
+
+def _parlays() -> bool:
+    text = request.args.get("parlays", "0")
+    if text not in ("0", "1"):
+        raise BadRequest(f"parlays must be 0 or 1, got {_shown(text)}")
+    return text == "1"
 
 
 def _name(kind: str, text: str) -> str:
@@ -416,6 +471,34 @@ def create_app(runtime: Runtime) -> QuartTrio:
         if mode not in ANALYTICS_VIEWS:
             return _json({"error": f"mode must be 'hour' or 'day', got {mode[:20]!r}"}, 400)
         return _json(analytics_json(agg, mode))
+
+    @app.route("/api/alerts")
+    async def alerts() -> Response:
+        """Whale and accumulation alerts, newest first (README "Trader tools")."""
+        since = _int_arg("since", f"a time in Unix ms from 0 to {_MAX_TS_MS}", 0, _MAX_TS_MS)
+        limit = _limit(100, ALERTS_KEPT)
+        return _json({"alerts": [alert_json(a) for a in agg.alerts(since or 0, limit)]})
+
+    @app.route("/api/flows")
+    async def flows() -> Response:
+        limit = _limit(50, 1000)
+        rows = agg.flows(limit, include_parlays=_parlays())
+        return _json({"window_ms": agg.window_ms, "flows": [flow_json(agg, f) for f in rows]})
+
+    @app.route("/api/movers")
+    async def movers() -> Response:
+        window = request.args.get("window", "10m")
+        if window not in MOVER_WINDOWS:
+            raise BadRequest(f"window must be one of {', '.join(MOVER_WINDOWS)}, got {_shown(window)}")
+        limit = _limit(20, 1000)
+        rows = agg.movers(window, limit, include_parlays=_parlays())
+        return _json(
+            {
+                "window": window,
+                "min_usd_volume": _usd(agg.movers_min_usd),
+                "movers": [mover_json(agg, m) for m in rows],
+            }
+        )
 
     @app.websocket("/ws")
     async def stream_v2() -> None:
