@@ -245,13 +245,6 @@ class ScaleoutConfig:
         return f"{self.prefix}:snapshot:{slot}"
 
 
-def _accumulation(text: str) -> tuple[int, int]:
-    usd, sep, minutes = text.partition(":")
-    if not sep or not usd.isdigit() or not minutes.isdigit() or int(usd) < 1 or int(minutes) < 1:
-        raise ValueError("expected DOLLARS:MINUTES in whole numbers, e.g. 5000:5")
-    return int(usd), int(minutes)
-
-
 @attrs.frozen
 class TraderConfig:
     """Trader tools (flowboard.aggregate.alerts, flows, movers): when a trade or a run alerts."""
@@ -259,26 +252,30 @@ class TraderConfig:
     alert_floor_usd: int = flag(
         1_000,
         "--alert-floor",
-        "the least trade $ volume that is a whale alert",
+        "whole dollars a trade needs to be a whale alert",
         int,
         unit=" $",
         validator=positive,
     )
-    accumulation: tuple[int, int] = flag(
-        (5_000, 5),
-        "--accumulation",
-        "DOLLARS:MINUTES one market side must take for an accumulation alert",
-        _accumulation,
+    accumulation_usd: int = flag(
+        5_000,
+        "--accumulation-usd",
+        "whole dollars one market side must take within --accumulation-minutes: an accumulation alert",
+        int,
+        unit=" $",
+        validator=positive,
+    )
+    accumulation_minutes: int = flag(
+        5, "--accumulation-minutes", "the period of --accumulation-usd", int, unit=" min", validator=positive
     )
     lists_period_ms: int = 1_000  # flow and mover lists are recomputed (and sent if changed) this often
 
     def aggregator_options(self) -> dict[str, int]:
         """The aggregator's keyword arguments for these settings, in its exact units."""
-        accumulation_usd, accumulation_minutes = self.accumulation
         return {
             "whale_usd": self.alert_floor_usd * USD_SCALE,
-            "accumulation_usd": accumulation_usd * USD_SCALE,
-            "accumulation_ms": accumulation_minutes * MINUTE_MS,
+            "accumulation_usd": self.accumulation_usd * USD_SCALE,
+            "accumulation_ms": self.accumulation_minutes * MINUTE_MS,
             "lists_period_ms": self.lists_period_ms,
         }
 

@@ -23,7 +23,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _require_chromium()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FLOWBOARD_ALERT_FLOOR", "1")
-        env.setenv("FLOWBOARD_ACCUMULATION", "50:5")
+        env.setenv("FLOWBOARD_ACCUMULATION_USD", "50")
         srv = Server(tmp_path_factory.mktemp("trader") / "flowboard.sqlite3", rate=4)
         srv.start()
     try:
