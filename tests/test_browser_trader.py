@@ -46,10 +46,15 @@ def test_the_page_subscribes_and_shows_alerts_flows_and_movers(
     _wait(pg, lambda: pg.locator("#alerts li").count() >= 1, what="an alert")
     _wait(pg, lambda: pg.locator("#flows-body tr").count() >= 2, what="flows")
     # The feed is the state's alerts, newest first; the API agrees on what they are.
-    shown = pg.evaluate("[...document.querySelectorAll('#alerts li')].map((li) => Number(li.dataset.usd))")
-    assert shown == pg.evaluate("flowboard.state.alerts.map((a) => a.usd)")
+    # (Alerts keep coming with a $1 floor: compare at a moment the page has painted the last one.)
+    same = """() => {
+      const shown = [...document.querySelectorAll('#alerts li')].map((li) => Number(li.dataset.usd));
+      return JSON.stringify(shown) === JSON.stringify(flowboard.state.alerts.map((a) => a.usd));
+    }"""
+    _wait(pg, lambda: pg.evaluate(same), what="the feed to show the state's alerts")
+    shown = pg.evaluate("document.querySelectorAll('#alerts li').length")
     api_ids = {alert["id"] for alert in server.api("/api/alerts?limit=1000")["alerts"]}
-    assert len(api_ids) >= len(shown)
+    assert len(api_ids) >= shown
 
     # Flows: largest $ first; a click on "Contracts" sorts by contracts.
     def column(index: int) -> list[str]:
