@@ -304,7 +304,9 @@ class Connection:
     def can_send(self) -> bool:
         """Whether data frames may still be sent (no close frame sent or received yet)."""
         stream = self._stream
-        return not self.broken and not stream.closed and stream.connection.state is ConnectionState.OPEN
+        return (
+            not self.broken and not stream.closed and stream.connection.state is ConnectionState.OPEN
+        )
 
     def send_text_nowait(self, payload: bytes) -> bool:
         """Queue ``payload`` (UTF-8 JSON) as one text frame, writing what the socket takes now.
