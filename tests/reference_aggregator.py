@@ -284,6 +284,49 @@ class ReferenceAggregator:
     def active_markets(self) -> int:
         return sum(1 for market in range(len(self.tickers)) if self.window(market).trades > 0)
 
+    # -- trader tools ----------------------------------------------------------------------
+
+    def alerts(self, since_ms: int = 0, limit: int = 1_000) -> list[Alert]:
+        """The 1,000 latest by (time, order raised), of those at or after ``since_ms``, newest first."""
+        order = sorted(range(len(self.raised)), key=lambda i: (self.raised[i].trade.ts_ms, i), reverse=True)
+        kept = [self.raised[i] for i in order[:1_000]]
+        return [alert for alert in kept if alert.trade.ts_ms >= since_ms][:limit]
+
+    def flows(self, limit: int, *, include_parlays: bool = False) -> tuple[Flow, ...]:
+        flows = []
+        for market, ticker in enumerate(self.tickers):
+            if not include_parlays and is_parlay(ticker, self.metas[market]):
+                continue
+            for side in ("yes", "no"):
+                trades = [
+                    a.trade for a in self._in_window() if a.market == market and a.trade.taker_side == side
+                ]
+                if trades:
+                    usd = sum(t.usd for t in trades)
+                    contracts = sum(t.count for t in trades)
+                    flows.append(Flow(market, side, usd, contracts, len(trades)))
+        flows.sort(key=lambda f: (-f.usd, self.tickers[f.market], f.side != "yes"))
+        return tuple(flows[:limit])
+
+    def movers(self, period: str, limit: int, *, include_parlays: bool = False) -> tuple[Move, ...]:
+        length = {"10m": 10 * MINUTE, "1h": HOUR}[period]
+        moves = []
+        for market, ticker in enumerate(self.tickers):
+            if not include_parlays and is_parlay(ticker, self.metas[market]):
+                continue
+            held = sorted(
+                (a for a in self.accepted if a.market == market and a.trade.ts_ms > self.now_ms - length),
+                key=lambda a: (a.trade.ts_ms, a.arrival),
+            )
+            if not held:
+                continue
+            usd = sum(a.trade.usd for a in held)
+            move = Move(market, held[0].trade.yes_price, held[-1].trade.yes_price, usd, len(held))
+            if move.last_price != move.first_price and usd >= self.movers_min_usd:
+                moves.append(move)
+        moves.sort(key=lambda m: (-abs(m.last_price - m.first_price), -m.usd, self.tickers[m.market]))
+        return tuple(moves[:limit])
+
 
 # -- history (candles, export): recomputed from a plain list of trades ----------------------
 
@@ -345,45 +388,3 @@ def reference_export(
         and t.count * t.taker_price >= min_usd
     ]
     return sorted(chosen, key=lambda t: t.ts_ms)
-    # -- trader tools ----------------------------------------------------------------------
-
-    def alerts(self, since_ms: int = 0, limit: int = 1_000) -> list[Alert]:
-        """The 1,000 latest by (time, order raised), of those at or after ``since_ms``, newest first."""
-        order = sorted(range(len(self.raised)), key=lambda i: (self.raised[i].trade.ts_ms, i), reverse=True)
-        kept = [self.raised[i] for i in order[:1_000]]
-        return [alert for alert in kept if alert.trade.ts_ms >= since_ms][:limit]
-
-    def flows(self, limit: int, *, include_parlays: bool = False) -> tuple[Flow, ...]:
-        flows = []
-        for market, ticker in enumerate(self.tickers):
-            if not include_parlays and is_parlay(ticker, self.metas[market]):
-                continue
-            for side in ("yes", "no"):
-                trades = [
-                    a.trade for a in self._in_window() if a.market == market and a.trade.taker_side == side
-                ]
-                if trades:
-                    usd = sum(t.usd for t in trades)
-                    contracts = sum(t.count for t in trades)
-                    flows.append(Flow(market, side, usd, contracts, len(trades)))
-        flows.sort(key=lambda f: (-f.usd, self.tickers[f.market], f.side != "yes"))
-        return tuple(flows[:limit])
-
-    def movers(self, period: str, limit: int, *, include_parlays: bool = False) -> tuple[Move, ...]:
-        length = {"10m": 10 * MINUTE, "1h": HOUR}[period]
-        moves = []
-        for market, ticker in enumerate(self.tickers):
-            if not include_parlays and is_parlay(ticker, self.metas[market]):
-                continue
-            held = sorted(
-                (a for a in self.accepted if a.market == market and a.trade.ts_ms > self.now_ms - length),
-                key=lambda a: (a.trade.ts_ms, a.arrival),
-            )
-            if not held:
-                continue
-            usd = sum(a.trade.usd for a in held)
-            move = Move(market, held[0].trade.yes_price, held[-1].trade.yes_price, usd, len(held))
-            if move.last_price != move.first_price and usd >= self.movers_min_usd:
-                moves.append(move)
-        moves.sort(key=lambda m: (-abs(m.last_price - m.first_price), -m.usd, self.tickers[m.market]))
-        return tuple(moves[:limit])
