@@ -26,6 +26,7 @@ import cattrs
 
 from flowboard.errors import ConfigError
 from flowboard.ingest.kalshi import KalshiConfig
+from flowboard.model import MINUTE_MS, USD_SCALE
 from flowboard.options import FLAG, Flag, between, flag, non_negative, one_of, parse_bool, positive
 from flowboard.page import page_dir
 from flowboard.protocol.session import SessionLimits
@@ -266,6 +267,41 @@ class ScaleoutConfig:
 
 
 @attrs.frozen
+class TraderConfig:
+    """Trader tools (flowboard.aggregate.alerts, flows, movers): when a trade or a run alerts."""
+
+    alert_floor_usd: int = flag(
+        1_000,
+        "--alert-floor",
+        "whole dollars a trade needs to be a whale alert",
+        int,
+        unit=" $",
+        validator=positive,
+    )
+    accumulation_usd: int = flag(
+        5_000,
+        "--accumulation-usd",
+        "whole dollars one market side must take within --accumulation-minutes: an accumulation alert",
+        int,
+        unit=" $",
+        validator=positive,
+    )
+    accumulation_minutes: int = flag(
+        5, "--accumulation-minutes", "the period of --accumulation-usd", int, unit=" min", validator=positive
+    )
+    lists_period_ms: int = 1_000  # flow and mover lists are recomputed (and sent if changed) this often
+
+    def aggregator_options(self) -> dict[str, int]:
+        """The aggregator's keyword arguments for these settings, in its exact units."""
+        return {
+            "whale_usd": self.alert_floor_usd * USD_SCALE,
+            "accumulation_usd": self.accumulation_usd * USD_SCALE,
+            "accumulation_ms": self.accumulation_minutes * MINUTE_MS,
+            "lists_period_ms": self.lists_period_ms,
+        }
+
+
+@attrs.frozen
 class RecordConfig:
     """``flowboard record``: where the raw feed goes and for how long."""
 
@@ -294,6 +330,7 @@ class Config:
     store: StoreConfig = attrs.field(factory=StoreConfig)
     delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
     scaleout: ScaleoutConfig = attrs.field(factory=ScaleoutConfig)
+    trader: TraderConfig = attrs.field(factory=TraderConfig)
     record: RecordConfig = attrs.field(factory=RecordConfig)
 
 

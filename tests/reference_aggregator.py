@@ -18,7 +18,9 @@ from typing import Literal
 import attrs
 
 from flowboard.aggregate.aggregator import Analytics
+from flowboard.aggregate.alerts import Alert
 from flowboard.aggregate.events import (
+    AlertRaised,
     ClockTicked,
     Event,
     HotChanged,
@@ -31,7 +33,9 @@ from flowboard.aggregate.events import (
     WindowStats,
 )
 from flowboard.aggregate.events_rank import EventMarket, HotEvent
-from flowboard.model import MarketMeta, Trade
+from flowboard.aggregate.flows import Flow
+from flowboard.aggregate.movers import Move
+from flowboard.model import MarketMeta, Trade, is_parlay
 
 HOT_EVENTS = 10
 EVENT_MARKETS = 6
@@ -58,6 +62,7 @@ class _Accepted:
     trade: Trade
     market: int
     arrival: int
+    parlay: bool = False  # when it was accepted (alerts judge a trade by what was known then)
 
 
 @attrs.frozen
@@ -78,6 +83,10 @@ class ReferenceAggregator:
         tape_size: int = 200,
         market_tape_size: int = 50,
         dedup_horizon_ms: int = 600_000,
+        whale_usd: int = 1_000 * 10**8,
+        accumulation_usd: int = 5_000 * 10**8,
+        accumulation_ms: int = 5 * MINUTE,
+        movers_min_usd: int = 100 * 10**8,
     ) -> None:
         self.window_ms = window_ms
         self.sparkline_len = sparkline_len
@@ -86,6 +95,12 @@ class ReferenceAggregator:
         self.tape_size = tape_size
         self.market_tape_size = market_tape_size
         self.dedup_horizon_ms = dedup_horizon_ms
+        self.whale_usd = whale_usd
+        self.accumulation_usd = accumulation_usd
+        self.accumulation_ms = accumulation_ms
+        self.movers_min_usd = movers_min_usd
+        self.raised: list[Alert] = []  # every alert, in the order raised
+        self.latest_ms = 0  # the latest clock or trade time seen: accumulation runs end there
         self.now_ms = 0
         self.started = False
         self.accepted: list[_Accepted] = []
@@ -123,6 +138,7 @@ class ReferenceAggregator:
         before = self._rankings()
         self.started = True
         self.now_ms = now_ms
+        self.latest_ms = max(self.latest_ms, now_ms)
         after = self._rankings()
         for market, window in enumerate(after.windows):
             if window != before.windows[market]:
@@ -147,9 +163,13 @@ class ReferenceAggregator:
         before = self._rankings()
         self.seen_ids.add(trade.trade_id)
         arrival = len(self.accepted)
-        self.accepted.append(_Accepted(trade, market, arrival))
+        parlay = is_parlay(trade.ticker, self.metas[market])
+        self.accepted.append(_Accepted(trade, market, arrival, parlay))
         after = self._rankings()
         events.append(TradeAdded(trade, market, self.window(market), arrival))
+        for alert in self._alerts_raised_by(trade, parlay):
+            self.raised.append(alert)
+            events.append(AlertRaised(alert, market))
         late = trade.ts_ms <= self.now_ms - self.window_ms
         if late:
             events.append(WindowChanged(market, self.window(market)))
@@ -162,6 +182,32 @@ class ReferenceAggregator:
             if set(after.hot[parlays]) != set(before.hot[parlays]):
                 events.append(HotChanged(after.hot[parlays], parlays))
         return events
+
+    def _alerts_raised_by(self, trade: Trade, parlay: bool) -> list[Alert]:
+        """Whale: usd at least the floor. Accumulation: the side's trades timed after
+        latest - period reach the threshold with this trade and not without it (two at least)."""
+        self.latest_ms = max(self.latest_ms, trade.ts_ms)
+        if parlay:
+            return []
+        alerts = []
+        if trade.usd >= self.whale_usd:
+            alerts.append(Alert("whale", trade, trade.usd, trade.count, 1, trade.ts_ms))
+        start = self.latest_ms - self.accumulation_ms
+        run = [
+            a.trade
+            for a in self.accepted
+            if not a.parlay
+            and a.trade.ticker == trade.ticker
+            and a.trade.taker_side == trade.taker_side
+            and a.trade.ts_ms > start
+        ]
+        if trade.ts_ms > start and len(run) >= 2:
+            total = sum(t.usd for t in run)
+            if total - trade.usd < self.accumulation_usd <= total:
+                contracts = sum(t.count for t in run)
+                first = min(t.ts_ms for t in run)
+                alerts.append(Alert("accumulation", trade, total, contracts, len(run), first))
+        return alerts
 
     def set_meta(self, meta: MarketMeta) -> list[Event]:
         events: list[Event] = []
@@ -314,6 +360,49 @@ class ReferenceAggregator:
 
     def active_markets(self) -> int:
         return sum(1 for market in range(len(self.tickers)) if self.window(market).trades > 0)
+
+    # -- trader tools ----------------------------------------------------------------------
+
+    def alerts(self, since_ms: int = 0, limit: int = 1_000) -> list[Alert]:
+        """The 1,000 latest by (time, order raised), of those at or after ``since_ms``, newest first."""
+        order = sorted(range(len(self.raised)), key=lambda i: (self.raised[i].trade.ts_ms, i), reverse=True)
+        kept = [self.raised[i] for i in order[:1_000]]
+        return [alert for alert in kept if alert.trade.ts_ms >= since_ms][:limit]
+
+    def flows(self, limit: int, *, include_parlays: bool = False) -> tuple[Flow, ...]:
+        flows = []
+        for market, ticker in enumerate(self.tickers):
+            if not include_parlays and is_parlay(ticker, self.metas[market]):
+                continue
+            for side in ("yes", "no"):
+                trades = [
+                    a.trade for a in self._in_window() if a.market == market and a.trade.taker_side == side
+                ]
+                if trades:
+                    usd = sum(t.usd for t in trades)
+                    contracts = sum(t.count for t in trades)
+                    flows.append(Flow(market, side, usd, contracts, len(trades)))
+        flows.sort(key=lambda f: (-f.usd, self.tickers[f.market], f.side != "yes"))
+        return tuple(flows[:limit])
+
+    def movers(self, period: str, limit: int, *, include_parlays: bool = False) -> tuple[Move, ...]:
+        length = {"10m": 10 * MINUTE, "1h": HOUR}[period]
+        moves = []
+        for market, ticker in enumerate(self.tickers):
+            if not include_parlays and is_parlay(ticker, self.metas[market]):
+                continue
+            held = sorted(
+                (a for a in self.accepted if a.market == market and a.trade.ts_ms > self.now_ms - length),
+                key=lambda a: (a.trade.ts_ms, a.arrival),
+            )
+            if not held:
+                continue
+            usd = sum(a.trade.usd for a in held)
+            move = Move(market, held[0].trade.yes_price, held[-1].trade.yes_price, usd, len(held))
+            if move.last_price != move.first_price and usd >= self.movers_min_usd:
+                moves.append(move)
+        moves.sort(key=lambda m: (-abs(m.last_price - m.first_price), -m.usd, self.tickers[m.market]))
+        return tuple(moves[:limit])
 
 
 # -- history (candles, export): recomputed from a plain list of trades ----------------------

@@ -601,6 +601,10 @@ def reads(source: Aggregator | ReferenceAggregator) -> dict[str, Any]:
         "day": source.analytics("day"),
         "today": source.today(),
         "active": source.active_markets(),
+        # Trader tools (flowboard.aggregate.alerts, flows, movers).
+        "alerts": (source.alerts(), source.alerts(source.now_ms - 120_000, 3)),
+        "flows": (source.flows(1000), source.flows(3, include_parlays=True)),
+        "movers": [source.movers(period, 1000, include_parlays=True) for period in ("10m", "1h")],
     }
 
 

@@ -90,7 +90,7 @@ def summary_of(
 def restored(agg: Aggregator, stored: Sequence[Trade], now_ms: int) -> Aggregator:
     """The fast rebuild, as ``pipeline._rebuild`` does it."""
     since = retention_start_ms(now_ms, agg.window_ms)
-    summary = summary_of(stored, since, now_ms - agg.window_ms + 1, agg)
+    summary = summary_of(stored, since, now_ms - agg.restore_horizon_ms + 1, agg)
     agg.restore(now_ms, summary.minutes, summary.recent)
     return agg
 
@@ -122,6 +122,9 @@ def reads(agg: Aggregator) -> dict[str, Any]:
         "today": agg.today(),
         "today_flow": agg.today_flow(),
         "active": agg.active_markets(),
+        # Alerts are not here: a restart takes them from the store, never raises them again.
+        "flows": agg.flows(1000, include_parlays=True),
+        "movers": [agg.movers(period, 1000, include_parlays=True) for period in ("10m", "1h")],
     }
 
 
@@ -262,11 +265,11 @@ async def test_store_summary_restores_the_replayed_state(db_url: str, seed: int)
         await wait_until(lambda: store.statistics().written_total == len(stored))
         summary = await store.load_summary_since(
             since,
-            recent_since_ms=NOW - agg.window_ms + 1,
+            recent_since_ms=NOW - agg.restore_horizon_ms + 1,
             tape_size=agg.tape_size,
             per_market=agg.history_len,
         )
-    assert summary == summary_of(stored, since, NOW - agg.window_ms + 1, agg)
+    assert summary == summary_of(stored, since, NOW - agg.restore_horizon_ms + 1, agg)
     assert any(minute.usd > 2**63 for minute in summary.minutes)
     agg.restore(NOW, summary.minutes, summary.recent)
     assert reads(agg) == reads(replayed(Aggregator(**sizes), stored, NOW))

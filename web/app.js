@@ -10,6 +10,7 @@ import { HotCards, sparkPoints } from "./cards.js";
 import { ActivityChart } from "./chart.js";
 import { HistoryPanel } from "./history.js";
 import { Trader } from "./trader.js";
+import { TraderPanels } from "./alerts.js";
 
 const TAPE_LIMIT = 5000;
 const BACKOFF_MIN_MS = 1000;
@@ -208,6 +209,7 @@ function onFrame(text) {
       const other = viewName(ui.view === "h" ? "d" : "h");
       if (state.channels.has(other)) send({ op: "unsub", ch: [other] });
     }
+    panels.subscribe(state);
     conn.live = true;
     trader.onLive();
     conn.attempts = 0;
@@ -301,6 +303,7 @@ function paint(now) {
   else if (ch.tape) tape.add(state, ch.tape);
   tape.render();
   if (ui.detail && (ch.detail || ch.reset || (state.detail !== null && ch.markets.has(state.detail)))) paintDrawer();
+  panels.render(state, ch);
   if (ch.markets.size && ch.markets.size < 64) {
     for (const id of ch.markets) if (state.markets.get(id)?.category) noteCategory(state.markets.get(id).category);
   }
@@ -650,9 +653,11 @@ document.addEventListener("visibilitychange", () => {
   requestPaint(0);
 });
 
+const panels = new TraderPanels(send, openDrawer);
+
 // For tests and the bench: the live state, read-only by convention.
 window.flowboard = {
-  state, conn, ui, chart, openDrawer, closeDrawer, setView, setZone, historyPanel, tapeCsvHref,
+  state, conn, ui, chart, openDrawer, closeDrawer, setView, setZone, historyPanel, tapeCsvHref, trader, panels,
   receive: onFrame,
   // Whether the figures in the DOM are the state's (chart and number rolls may lag a moment):
   // every applied frame painted (frames, not seq: a command's answer comes at the same seq),

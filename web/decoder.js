@@ -73,6 +73,10 @@ function newChanges() {
     watch: false, // the watched markets changed
     events: false, // the hot events changed
     errors: [], // messages of "e" events
+    alerts: [], // alerts that arrived live ("A" mode 1), oldest first: the page may notify
+    alertsReset: false, // the alert list was replaced
+    flows: false,
+    movers: false,
     unknown: [], // event codes this decoder does not know (skipped)
   };
 }
@@ -85,6 +89,7 @@ export class ViewState {
   constructor(options = {}) {
     this.tapeLimit = options.tapeLimit ?? 200;
     this.detailLimit = options.detailLimit ?? 50;
+    this.alertsLimit = options.alertsLimit ?? 50;
     this.missed = 0;
     this.resyncs = 0;
     this.units = DEFAULT_UNITS; // the hello's: decimals of price, count and usd
@@ -123,6 +128,11 @@ export class ViewState {
     this.viewsLoaded = new Set();
     this.days = new Map(); // UTC day start -> [trades, usd]
     this.errors = [];
+    // Trader tools: alerts newest first {market, kind, side, usd, contracts, trades, ts, firstTs,
+    // arrival}; flows and movers as sent ([id, ...] rows; movers by period).
+    this.alerts = [];
+    this.flows = [];
+    this.movers = new Map();
     this._lastTs = 0;
     this._arrival = 0;
   }
@@ -462,6 +472,37 @@ export class ViewState {
     this._changes.detail = true;
   }
 
+  _alertsEvent(ev) {
+    const rows = ev.slice(2);
+    if (ev[1] === 0) {
+      // The snapshot is newest first: older alerts get earlier arrival numbers.
+      this.alerts = [];
+      rows.reverse();
+      this._changes.alertsReset = true;
+    }
+    for (const [market, kind, side, usd, contracts, trades, ts, firstTs] of rows) {
+      const alert = {
+        market, kind, side, usd, contracts, trades,
+        ts: ts + this.t0, firstTs: firstTs + this.t0, arrival: ++this._arrival,
+      };
+      let i = 0;
+      while (i < this.alerts.length && later(this.alerts[i], alert)) i++;
+      this.alerts.splice(i, 0, alert);
+      if (ev[1] === 1) this._changes.alerts.push(alert);
+    }
+    this.alerts.length = Math.min(this.alerts.length, this.alertsLimit);
+  }
+
+  _flowsEvent(ev) {
+    this.flows = ev.slice(1);
+    this._changes.flows = true;
+  }
+
+  _moversEvent(ev) {
+    this.movers.set(ev[1], ev.slice(2));
+    this._changes.movers = true;
+  }
+
   _error(ev) {
     this.errors.push(ev[1]);
     this._changes.errors.push(String(ev[1]));
@@ -558,6 +599,17 @@ export class ViewState {
       detail.trades = this.detailTrades.map(row);
       out.detail = detail;
     }
+    const named = (r) => [this.markets.get(r[0]).ticker, ...r.slice(1)];
+    if (this.channels.has("alerts")) {
+      out.alerts = this.alerts.map((a) => [
+        this.markets.get(a.market).ticker, a.kind, a.side, a.usd, a.contracts, a.trades, a.ts, a.firstTs,
+      ]);
+    }
+    if (this.channels.has("flows")) out.flows = this.flows.map(named);
+    if (this.channels.has("movers")) {
+      out.movers = {};
+      for (const period of [...this.movers.keys()].sort()) out.movers[period] = this.movers.get(period).map(named);
+    }
     return out;
   }
 
@@ -595,4 +647,7 @@ const HANDLERS = {
   P: ViewState.prototype._setParlays,
   W: ViewState.prototype._watch,
   E: ViewState.prototype._hotEvents,
+  A: ViewState.prototype._alertsEvent,
+  F: ViewState.prototype._flowsEvent,
+  M: ViewState.prototype._moversEvent,
 };

@@ -36,20 +36,26 @@ from typing import Literal
 import attrs
 from sortedcontainers import SortedDict, SortedKeyList, SortedList
 
+from flowboard.aggregate.alerts import ACCUMULATION_MS, ACCUMULATION_USD, WHALE_USD, Alert, AlertDetector
 from flowboard.aggregate.events import (
     EMPTY_WINDOW,
+    AlertRaised,
     ClockTicked,
     Event,
+    FlowsChanged,
     HotChanged,
     HotEventsChanged,
     MarketAdded,
     MetaChanged,
+    MoversChanged,
     TopChanged,
     TradeAdded,
     WindowChanged,
     WindowStats,
 )
 from flowboard.aggregate.events_rank import HOT_EVENTS_PERIOD_MS, EventTotals, HotEvent, event_of
+from flowboard.aggregate.flows import Flow, Flows, flow_key
+from flowboard.aggregate.movers import MOVER_WINDOWS, MOVERS_MIN_USD, Move, MoverPeriod, move_key
 from flowboard.errors import ConfigError
 from flowboard.model import DAY_MS, HOUR_MS, MINUTE_MS, MarketMeta, Trade, is_parlay
 
@@ -60,6 +66,13 @@ ANALYTICS_VIEWS: dict[AnalyticsMode, tuple[int, int]] = {
     "hour": (MINUTE_MS, 60),
     "day": (HOUR_MS, 24),
 }
+
+
+#: Alerts held for reads and snapshots (older ones stay in the store).
+ALERTS_KEPT = 1_000
+#: Rows of the flow and mover lists published to subscribed clients (per mover period).
+FLOWS_PUBLISHED = 20
+MOVERS_PUBLISHED = 20
 
 
 def floor_to(ts_ms: int, unit_ms: int) -> int:
@@ -250,7 +263,15 @@ class Aggregator:
         tape_size: int = 200,
         market_tape_size: int = 50,
         dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
+        whale_usd: int = WHALE_USD,
+        accumulation_usd: int = ACCUMULATION_USD,
+        accumulation_ms: int = ACCUMULATION_MS,
+        movers_min_usd: int = MOVERS_MIN_USD,
+        lists_period_ms: int = 0,
     ) -> None:
+        """``lists_period_ms``: recompute the flow and mover lists that clients subscribe to on
+        this grid of the clock and announce them when changed; 0 (the default, for tools and
+        tests that only read) never announces them, and ``flows()``/``movers()`` still answer."""
         sizes = {
             "window_ms": window_ms,
             "sparkline_len": sparkline_len,
@@ -259,6 +280,10 @@ class Aggregator:
             "tape_size": tape_size,
             "market_tape_size": market_tape_size,
             "dedup_horizon_ms": dedup_horizon_ms,
+            "whale_usd": whale_usd,
+            "accumulation_usd": accumulation_usd,
+            "accumulation_ms": accumulation_ms,
+            "movers_min_usd": movers_min_usd,
         }
         for name, value in sizes.items():
             if value < 1:
@@ -306,6 +331,24 @@ class Aggregator:
         # (and today, whose hours are all inside the day view).
         self._buckets: dict[AnalyticsMode, SortedDict] = {mode: SortedDict() for mode in ANALYTICS_VIEWS}
 
+        # Trader tools (flowboard.aggregate.alerts, flows, movers).
+        self._alert_detector = AlertDetector(
+            whale_usd=whale_usd, accumulation_usd=accumulation_usd, accumulation_ms=accumulation_ms
+        )
+        # The latest ALERTS_KEPT as (ts, raised, alert), oldest first: by the raising trade's time,
+        # ties in the order raised (what a client that inserts them as they come ends up with).
+        self._alerts = SortedList()
+        self._alert_ids: set[str] = set()
+        self._alerts_raised = 0
+        self._flows = Flows()
+        self._mover_periods = {name: MoverPeriod(length_ms) for name, length_ms in MOVER_WINDOWS.items()}
+        self._movers_min_usd = movers_min_usd
+        # What subscribed clients were last told, recomputed on whole seconds of the clock.
+        self._lists_period_ms = lists_period_ms
+        self._lists_due_ms = 0
+        self._published_flows: tuple[Flow, ...] = ()
+        self._published_moves: dict[str, tuple[Move, ...]] = {name: () for name in MOVER_WINDOWS}
+
     # -- inputs ------------------------------------------------------------------------------
 
     def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
@@ -334,8 +377,15 @@ class Aggregator:
             )
             self._add_to_window(held)
 
+        for period in self._mover_periods.values():
+            period.add(market, trade, held.arrival)
+
         window = self._markets[market].window
         events.append(TradeAdded(trade, market, window, held.arrival))
+        parlay = is_parlay(trade.ticker, self._markets[market].meta)
+        for alert in self._alert_detector.observe(trade, held.arrival, self._now_ms, parlay=parlay):
+            self._keep_alert(alert)
+            events.append(AlertRaised(alert, market))
         if not in_window:
             # A client that adds every trade to its window and top list got this one wrong.
             events.append(WindowChanged(market, window))
@@ -421,8 +471,31 @@ class Aggregator:
             self._add_to_history(held)
             if trade.ts_ms > window_start:
                 self._add_to_window(held)
+            for period in self._mover_periods.values():
+                period.add(held.market, trade, arrival)
+            parlay = is_parlay(trade.ticker, self._markets[held.market].meta)
+            self._alert_detector.warm(trade, arrival, now_ms, parlay=parlay)
+        self._published_flows = self._ranked_flows(FLOWS_PUBLISHED, include_parlays=False)
+        self._published_moves = {
+            name: self._ranked_moves(name, MOVERS_PUBLISHED, include_parlays=False) for name in MOVER_WINDOWS
+        }
         # Where ``advance(now_ms)`` after adding them one by one would leave the hot events.
         self._rank_events(unannounced)
+
+    def restore_alerts(self, newest_first: Sequence[Alert]) -> None:
+        """Take over stored alerts (a restart): kept for reads and snapshots, never raised again."""
+        for alert in reversed(newest_first):
+            self._keep_alert(alert)
+
+    @property
+    def restore_horizon_ms(self) -> int:
+        """How far back ``restore`` wants whole trades: the window, the longest mover period and
+        twice the accumulation period (a run is judged against the latest time seen)."""
+        return max(
+            self._window_ms,
+            max(MOVER_WINDOWS.values()),
+            2 * self._alert_detector.accumulation_ms,
+        )
 
     def set_meta(self, meta: MarketMeta) -> list[Event]:
         """Store a market's metadata; ``MetaChanged`` only when it differs from what is stored."""
@@ -608,6 +681,84 @@ class Aggregator:
         """Markets with at least one trade in the window."""
         return self._active_markets
 
+    # -- reads: trader tools -------------------------------------------------------------------
+
+    @property
+    def whale_usd(self) -> int:
+        return self._alert_detector.whale_usd
+
+    @property
+    def accumulation_usd(self) -> int:
+        return self._alert_detector.accumulation_usd
+
+    @property
+    def accumulation_ms(self) -> int:
+        return self._alert_detector.accumulation_ms
+
+    @property
+    def movers_min_usd(self) -> int:
+        return self._movers_min_usd
+
+    def alerts(self, since_ms: int = 0, limit: int = ALERTS_KEPT) -> list[Alert]:
+        """The latest alerts raised by trades timed at or after ``since_ms``, newest first."""
+        newest_first = self._alerts.irange(minimum=(since_ms,), reverse=True)
+        return [alert for _, (_, _, alert) in zip(range(limit), newest_first, strict=False)]
+
+    def flows(self, limit: int, *, include_parlays: bool = False) -> tuple[Flow, ...]:
+        """The window's flows per market and taker side, largest $ notional first."""
+        return self._ranked_flows(limit, include_parlays=include_parlays)
+
+    def movers(self, period: str, limit: int, *, include_parlays: bool = False) -> tuple[Move, ...]:
+        """The markets that moved most over ``period`` (a key of MOVER_WINDOWS)."""
+        return self._ranked_moves(period, limit, include_parlays=include_parlays)
+
+    def published_flows(self) -> tuple[Flow, ...]:
+        """The flow list as subscribed clients were last told it (parlays left out)."""
+        return self._published_flows
+
+    def published_moves(self, period: str) -> tuple[Move, ...]:
+        return self._published_moves[period]
+
+    def _shown(self, market: int, include_parlays: bool) -> bool:
+        return include_parlays or not is_parlay(self._markets[market].ticker, self._markets[market].meta)
+
+    def _ranked_flows(self, limit: int, *, include_parlays: bool) -> tuple[Flow, ...]:
+        flows = [flow for flow in self._flows.all() if self._shown(flow.market, include_parlays)]
+        flows.sort(key=lambda flow: flow_key(flow, self._markets[flow.market].ticker))
+        return tuple(flows[:limit])
+
+    def _ranked_moves(self, period: str, limit: int, *, include_parlays: bool) -> tuple[Move, ...]:
+        moves = [
+            move
+            for move in self._mover_periods[period].moves()
+            if move.change != 0
+            and move.usd >= self._movers_min_usd
+            and self._shown(move.market, include_parlays)
+        ]
+        moves.sort(key=lambda move: move_key(move, self._markets[move.market].ticker))
+        return tuple(moves[:limit])
+
+    def _publish_lists(self, events: list[Event]) -> None:
+        flows = self._ranked_flows(FLOWS_PUBLISHED, include_parlays=False)
+        if flows != self._published_flows:
+            self._published_flows = flows
+            events.append(FlowsChanged(flows))
+        for name in MOVER_WINDOWS:
+            moves = self._ranked_moves(name, MOVERS_PUBLISHED, include_parlays=False)
+            if moves != self._published_moves[name]:
+                self._published_moves[name] = moves
+                events.append(MoversChanged(name, moves))
+
+    def _keep_alert(self, alert: Alert) -> None:
+        if alert.alert_id in self._alert_ids:
+            return
+        self._alerts_raised += 1
+        self._alerts.add((alert.trade.ts_ms, self._alerts_raised, alert))
+        self._alert_ids.add(alert.alert_id)
+        if len(self._alerts) > ALERTS_KEPT:
+            _, _, dropped = self._alerts.pop(0)
+            self._alert_ids.discard(dropped.alert_id)
+
     def statistics(self) -> AggregatorStatistics:
         return AggregatorStatistics(
             markets=len(self._markets),
@@ -650,6 +801,12 @@ class Aggregator:
             start_ms = view_start_ms(mode, now_ms)
             while totals and totals.peekitem(0)[0] < start_ms:
                 totals.popitem(0)
+        for period in self._mover_periods.values():
+            period.advance(now_ms)
+        self._alert_detector.advance(now_ms)
+        if self._lists_period_ms and now_ms >= self._lists_due_ms:
+            self._lists_due_ms = floor_to(now_ms, self._lists_period_ms) + self._lists_period_ms
+            self._publish_lists(events)
         return events
 
     def _expire(self, events: list[Event]) -> None:
@@ -703,6 +860,7 @@ class Aggregator:
         before = market.window
         after = _shifted(before, held.trade, sign)
         market.window = after
+        self._flows.shift(held.market, held.trade, sign)
         rankings = (self._ranked,) if market.parlay else (self._ranked, self._ranked_plain)
         for ranked in rankings:
             if before.usd > 0:

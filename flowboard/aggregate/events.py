@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from flowboard.aggregate.alerts import Alert
+from flowboard.aggregate.flows import Flow
+from flowboard.aggregate.movers import Move
 from flowboard.model import MarketMeta, Trade
 
 if TYPE_CHECKING:
@@ -108,6 +111,29 @@ class ClockTicked:
     minute_ms: int
 
 
+@attrs.frozen(slots=True)
+class AlertRaised:
+    """A trade raised an alert (``flowboard.aggregate.alerts``); ``market`` is its market's id."""
+
+    alert: Alert
+    market: int
+
+
+@attrs.frozen(slots=True)
+class FlowsChanged:
+    """The published flow list changed (at most once a second): the largest flows, ranked."""
+
+    flows: tuple[Flow, ...]
+
+
+@attrs.frozen(slots=True)
+class MoversChanged:
+    """The published movers of one period (``"10m"`` or ``"1h"``) changed (at most once a second)."""
+
+    period: str
+    moves: tuple[Move, ...]
+
+
 Event = (
     MarketAdded
     | TradeAdded
@@ -117,4 +143,7 @@ Event = (
     | MetaChanged
     | ClockTicked
     | HotEventsChanged
+    | AlertRaised
+    | FlowsChanged
+    | MoversChanged
 )

@@ -14,6 +14,7 @@ import attrs
 import orjson
 
 from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode, floor_to, view_start_ms
+from flowboard.aggregate.movers import MOVER_WINDOWS
 from flowboard.errors import DecodeError
 from flowboard.model import DAY_MS, MINUTE_MS, ONE_DOLLAR, Trade
 from flowboard.protocol import v2
@@ -45,6 +46,7 @@ class ViewState:
 
     tape_limit: int = 200
     detail_limit: int = 50
+    alerts_limit: int = 50
     seq: int = -1
     epoch: str = ""
     t0: int = 0
@@ -66,6 +68,11 @@ class ViewState:
     minute_ms: int = 0
     buckets: dict[AnalyticsMode, dict[int, list[int]]] = attrs.Factory(lambda: {"hour": {}, "day": {}})
     days: dict[int, list[int]] = attrs.Factory(dict)  # UTC day start -> [trades, usd]
+    # Trader tools: alerts as (ts, arrival, row) newest first, row = [market, kind, side, usd,
+    # contracts, trades, ts, first_ts] with absolute times; flows and movers as sent.
+    alerts: list[tuple[int, int, list[int]]] = attrs.Factory(list)
+    flows: list[list[int]] = attrs.Factory(list)
+    movers: dict[str, list[list[int]]] = attrs.Factory(dict)
     missed: int = 0
     resyncs: int = 0
     errors: list[str] = attrs.Factory(list)
@@ -103,6 +110,7 @@ class ViewState:
             fresh = ViewState(
                 tape_limit=self.tape_limit,
                 detail_limit=self.detail_limit,
+                alerts_limit=self.alerts_limit,
                 missed=self.missed,
                 resyncs=self.resyncs,
             )
@@ -289,6 +297,27 @@ class ViewState:
             self._drop_untracked()
         self.detail_trades = list(reversed(self._rows(list(reversed(rows)))))
 
+    def _alerts(self, event: list[Any]) -> None:
+        _, mode, *rows = event
+        if mode == 0:
+            # The snapshot is newest first: give older alerts earlier arrival numbers.
+            self.alerts = []
+            rows = list(reversed(rows))
+        for market, kind, side, usd, contracts, trades, ts, first_ts in rows:
+            self._arrival += 1
+            row = [market, kind, side, usd, contracts, trades, ts + self.t0, first_ts + self.t0]
+            position = 0
+            while position < len(self.alerts) and self.alerts[position][:2] > (row[6], self._arrival):
+                position += 1
+            self.alerts.insert(position, (row[6], self._arrival, row))
+        del self.alerts[self.alerts_limit :]
+
+    def _flows(self, event: list[Any]) -> None:
+        self.flows = [list(row) for row in event[1:]]
+
+    def _movers(self, event: list[Any]) -> None:
+        self.movers[event[1]] = [list(row) for row in event[2:]]
+
     def _error(self, event: list[Any]) -> None:
         self.errors.append(event[1])
 
@@ -333,6 +362,15 @@ class ViewState:
             detail = self._market_summary(self.detail)
             detail["trades"] = [self._row_summary(row) for _, _, row in self.detail_trades]
             out["detail"] = detail
+        if "alerts" in self.channels:
+            out["alerts"] = [[self.markets[row[0]].ticker, *row[1:]] for _, _, row in self.alerts]
+        if "flows" in self.channels:
+            out["flows"] = [[self.markets[row[0]].ticker, *row[1:]] for row in self.flows]
+        if "movers" in self.channels:
+            out["movers"] = {
+                period: [[self.markets[row[0]].ticker, *row[1:]] for row in rows]
+                for period, rows in sorted(self.movers.items())
+            }
         return out
 
     def _market_summary(self, market: int) -> dict[str, Any]:
@@ -401,6 +439,9 @@ _HANDLERS = {
     "P": ViewState._parlays,
     "W": ViewState._watch,
     "E": ViewState._hot_events,
+    "A": ViewState._alerts,
+    "F": ViewState._flows,
+    "M": ViewState._movers,
 }
 
 
@@ -413,6 +454,7 @@ def expected_summary(
     detail_len: int,
     parlays: bool = False,
     watch: tuple[str, ...] = (),
+    alerts_len: int = 50,
 ) -> dict[str, Any]:
     """What ``ViewState.summary()`` must be for a client of ``channels`` at the aggregator's state."""
 
@@ -470,4 +512,15 @@ def expected_summary(
             summary = market(market_id)
             summary["trades"] = [row(t) for t in agg.market_trades(market_id, detail_len)]
             out["detail"] = summary
+    if "alerts" in channels:
+        out["alerts"] = [
+            [alert.trade.ticker, *v2.alert_row(0, alert, 0)[1:]] for alert in agg.alerts(limit=alerts_len)
+        ]
+    if "flows" in channels:
+        out["flows"] = [[agg.ticker(f.market), *v2.flow_row(f)[1:]] for f in agg.published_flows()]
+    if "movers" in channels:
+        out["movers"] = {
+            period: [[agg.ticker(m.market), *v2.move_row(m)[1:]] for m in agg.published_moves(period)]
+            for period in sorted(MOVER_WINDOWS)
+        }
     return out

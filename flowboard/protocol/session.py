@@ -19,17 +19,22 @@ from typing import Any, NamedTuple
 import attrs
 
 from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode, floor_to
+from flowboard.aggregate.alerts import Alert
 from flowboard.aggregate.events import (
+    AlertRaised,
     ClockTicked,
     Event,
+    FlowsChanged,
     HotChanged,
     HotEventsChanged,
     MarketAdded,
     MetaChanged,
+    MoversChanged,
     TopChanged,
     TradeAdded,
     WindowChanged,
 )
+from flowboard.aggregate.movers import MOVER_WINDOWS
 from flowboard.model import HOUR_MS, MINUTE_MS, Trade
 from flowboard.options import flag, positive
 from flowboard.protocol import v2
@@ -70,6 +75,7 @@ class SessionLimits:
     resync_period_ms: int = 60_000
     snapshot_tape: int = 50  # trades in the snapshot's tape
     detail_trades: int = 50  # trades sent when a market's detail opens
+    snapshot_alerts: int = 50  # alerts in the `alerts` channel's snapshot
     # Clients that do not fold trades get analytics/today updates at an adaptive cadence:
     # every analytics_busy_ms when trades flow fast, every analytics_quiet_ms when slow.
     analytics_busy_ms: int = 250
@@ -154,6 +160,10 @@ class ClientSession:
         self._added_channels: frozenset[str] = frozenset()
         self._channels_dirty = False
         self._errors: list[str] = []
+        # Trader tools: alerts raised since the last frame; lists changed since (conflated).
+        self._pending_alerts: list[AlertRaised] = []
+        self._flows_dirty = False
+        self._movers_dirty: set[str] = set()
         self._missed = 0
         self._last_analytics_ms = 0
         self._recent_trade_times: list[int] = []
@@ -216,6 +226,14 @@ class ClientSession:
             self._watch_dirty |= event.ticker in self._watch
         elif isinstance(event, ClockTicked) and self.channels & {"hour", "day", "today"}:
             self._clock_dirty = True
+        elif isinstance(event, AlertRaised) and "alerts" in self.channels:
+            self._pending_alerts.append(event)
+        elif isinstance(event, FlowsChanged) and "flows" in self.channels:
+            self._conflated += self._flows_dirty
+            self._flows_dirty = True
+        elif isinstance(event, MoversChanged) and "movers" in self.channels:
+            self._conflated += event.period in self._movers_dirty
+            self._movers_dirty.add(event.period)
 
     def _mark_window(self, market: int) -> None:
         if market in self._dirty_windows:
@@ -276,6 +294,9 @@ class ClientSession:
         self._detail_dirty = self._watch_dirty = self._events_dirty = self._parlays_dirty = False
         self._added_channels = frozenset()
         self._channels_dirty = False
+        self._pending_alerts = []
+        self._flows_dirty = False
+        self._movers_dirty = set()
 
     # -- input: commands from the client -------------------------------------------------
 
@@ -294,6 +315,12 @@ class ClientSession:
         self._channels_dirty = True
         if "hot" in removed:
             self._hot_dirty = True  # an empty `k` tells the client to drop the hot markets
+        if "alerts" in removed:
+            self._pending_alerts = []
+        if "flows" in removed:
+            self._flows_dirty = False
+        if "movers" in removed:
+            self._movers_dirty = set()
 
     def set_detail(self, ticker: str | None) -> None:
         self._wanted_detail = ticker
@@ -370,6 +397,8 @@ class ClientSession:
         twin._dirty_meta = set(self._dirty_meta)
         twin._dirty_buckets = {mode: set(starts) for mode, starts in self._dirty_buckets.items()}
         twin._errors = list(self._errors)
+        twin._pending_alerts = list(self._pending_alerts)
+        twin._movers_dirty = set(self._movers_dirty)
         twin._recent_trade_times = list(self._recent_trade_times)
         twin._resync_times = list(self._resync_times)
         return twin
@@ -395,6 +424,9 @@ class ClientSession:
             or self._added_channels
             or self._channels_dirty
             or self._errors
+            or self._pending_alerts
+            or self._flows_dirty
+            or self._movers_dirty
             or self._analytics_due(now_ms)
         )
 
@@ -560,7 +592,35 @@ class ClientSession:
             parts.append(["d", *agg.today()])
         if "trades" in channels:
             parts.append(["T", *self._rows(agg, agg.recent_trades(self.limits.snapshot_tape), defs)])
+        if "alerts" in channels:
+            alerts = agg.alerts(limit=self.limits.snapshot_alerts)
+            parts.append(["A", 0, *self._alert_rows(agg, alerts, defs)])
+        if "flows" in channels:
+            parts.append(self._flows_event(agg, defs))
+        if "movers" in channels:
+            parts.extend(self._movers_event(agg, period, defs) for period in MOVER_WINDOWS)
         return parts
+
+    def _alert_rows(self, agg: Aggregator, alerts: list[Alert], defs: list[Any]) -> list[list[int]]:
+        rows = []
+        for alert in alerts:
+            market = agg.market_id(alert.trade.ticker)
+            assert market is not None, "an alert's trade always has a market id"
+            self._define(agg, market, defs)
+            rows.append(v2.alert_row(market, alert, self._t0))
+        return rows
+
+    def _flows_event(self, agg: Aggregator, defs: list[Any]) -> list[Any]:
+        flows = agg.published_flows()
+        for flow in flows:
+            self._define(agg, flow.market, defs)
+        return ["F", *map(v2.flow_row, flows)]
+
+    def _movers_event(self, agg: Aggregator, period: str, defs: list[Any]) -> list[Any]:
+        moves = agg.published_moves(period)
+        for move in moves:
+            self._define(agg, move.market, defs)
+        return ["M", period, *map(v2.move_row, moves)]
 
     def _snapshot_frame(self, agg: Aggregator) -> list[Any]:
         frame: list[Any] = [self.seq]
@@ -737,6 +797,17 @@ class ClientSession:
             if "events" in self.channels:
                 self._hot_events_event(agg, defs, keyed)
             self._events_dirty = False
+        # A channel subscribed in this frame gets its whole state below, which includes these.
+        if self._pending_alerts and "alerts" not in self._added_channels:
+            alerts = [event.alert for event in self._pending_alerts]
+            keyed.append(["A", 1, *self._alert_rows(agg, alerts, defs)])
+        self._pending_alerts = []
+        if self._flows_dirty and "flows" not in self._added_channels:
+            keyed.append(self._flows_event(agg, defs))
+        self._flows_dirty = False
+        if "movers" not in self._added_channels:
+            keyed.extend(self._movers_event(agg, period, defs) for period in sorted(self._movers_dirty))
+        self._movers_dirty = set()
 
         if self._added_channels:
             keyed.extend(self._channel_parts(agg, self._added_channels - {"hot"}, defs))

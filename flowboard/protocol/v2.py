@@ -13,6 +13,9 @@ import attrs
 import orjson
 
 from flowboard.aggregate.aggregator import AnalyticsMode
+from flowboard.aggregate.alerts import Alert
+from flowboard.aggregate.flows import Flow
+from flowboard.aggregate.movers import Move
 from flowboard.errors import ProtocolError
 from flowboard.model import COUNT_DECIMALS, MAX_NAME_CHARS, PRICE_DECIMALS, USD_DECIMALS, Trade
 
@@ -21,11 +24,16 @@ VERSION = 2
 #: The default view's channels: what a client that asks for nothing gets.
 DEFAULT_CHANNEL_NAMES = ("trades", "hot", "hour", "day", "top", "today")
 DEFAULT_CHANNELS = frozenset(DEFAULT_CHANNEL_NAMES)
+#: Trader tools: only for clients that subscribe, so that the default view pays nothing for them.
+TRADER_CHANNELS = ("alerts", "flows", "movers")
 #: Every channel; the others only to clients that subscribe to them.
-CHANNELS = (*DEFAULT_CHANNEL_NAMES, "events")
+CHANNELS = (*DEFAULT_CHANNEL_NAMES, "events", *TRADER_CHANNELS)
 
 #: Most markets one client may watch (``watch``): each costs it their windows and sparklines.
 MAX_WATCHED = 20
+
+#: Alert kinds and mover periods as the wire names them.
+ALERT_KIND_CODES = {"whale": 0, "accumulation": 1}
 UNITS = {"price": PRICE_DECIMALS, "count": COUNT_DECIMALS, "usd": USD_DECIMALS}
 
 #: Analytics modes as the wire names them.
@@ -53,6 +61,31 @@ def trade_point(trade: Trade, t0_ms: int) -> list[int]:
 def trade_row(market: int, trade: Trade, t0_ms: int) -> list[int]:
     """A trade in a list (``x``, ``T``, ``D``): ``[id, price, count, side, ts]``."""
     return [market, trade.yes_price, trade.count, side_code(trade), trade.ts_ms - t0_ms]
+
+
+def alert_row(market: int, alert: Alert, t0_ms: int) -> list[int]:
+    """An alert: ``[id, kind, side, usd, contracts, trades, ts, first_ts]`` (times relative to t0)."""
+    trade = alert.trade
+    return [
+        market,
+        ALERT_KIND_CODES[alert.kind],
+        side_code(trade),
+        alert.usd,
+        alert.contracts,
+        alert.trades,
+        trade.ts_ms - t0_ms,
+        alert.first_ts_ms - t0_ms,
+    ]
+
+
+def flow_row(flow: Flow) -> list[int]:
+    """A flow: ``[id, side, usd, contracts, trades, vwap]``."""
+    return [flow.market, 1 if flow.side == "yes" else 0, flow.usd, flow.contracts, flow.trades, flow.vwap]
+
+
+def move_row(move: Move) -> list[int]:
+    """A mover: ``[id, first_price, last_price, usd, trades]``."""
+    return [move.market, move.first_price, move.last_price, move.usd, move.trades]
 
 
 def parse_channels(names: Iterable[str]) -> frozenset[str]:

@@ -17,8 +17,11 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
-from flowboard.aggregate.aggregator import ANALYTICS_VIEWS, Aggregator, AnalyticsMode
+from flowboard.aggregate.aggregator import ALERTS_KEPT, ANALYTICS_VIEWS, Aggregator, AnalyticsMode
+from flowboard.aggregate.alerts import Alert
 from flowboard.aggregate.events_rank import HotEvent
+from flowboard.aggregate.flows import Flow
+from flowboard.aggregate.movers import MOVER_WINDOWS, Move
 from flowboard.errors import BadRequest, StoreError
 from flowboard.model import (
     COUNT_DECIMALS,
@@ -118,6 +121,51 @@ def analytics_json(agg: Aggregator, mode: AnalyticsMode) -> dict[str, Any]:
         "total_trades": view.total_trades,
         "peak_usd_volume": _usd(view.peak_usd),
         "peak_trades": view.peak_trades,
+    }
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    trade = alert.trade
+    return {
+        "id": alert.alert_id,
+        "kind": alert.kind,
+        "ticker": trade.ticker,
+        "side": trade.taker_side,
+        "usd_volume": _usd(alert.usd),
+        "contracts": _count(alert.contracts),
+        "trades": alert.trades,
+        "price": _price(trade.yes_price),
+        "ts_ms": trade.ts_ms,
+        "first_ts_ms": alert.first_ts_ms,
+        "trade_id": trade.trade_id,
+    }
+
+
+def flow_json(agg: Aggregator, flow: Flow) -> dict[str, Any]:
+    meta = agg.meta(flow.market)
+    return {
+        "ticker": meta.ticker,
+        "title": meta.title,
+        "side": flow.side,
+        "usd_volume": _usd(flow.usd),
+        "contracts": _count(flow.contracts),
+        "trades": flow.trades,
+        "vwap": _price(flow.vwap),
+    }
+
+
+def mover_json(agg: Aggregator, move: Move) -> dict[str, Any]:
+    meta = agg.meta(move.market)
+    change_bp = move.change_bp
+    return {
+        "ticker": meta.ticker,
+        "title": meta.title,
+        "first_price": _price(move.first_price),
+        "last_price": _price(move.last_price),
+        "change": _price(move.change),
+        "change_pct": None if change_bp is None else str(from_units(change_bp, 2)),
+        "usd_volume": _usd(move.usd),
+        "trades": move.trades,
     }
 
 
@@ -458,6 +506,34 @@ def create_app(runtime: Runtime) -> QuartTrio:
         if mode not in ANALYTICS_VIEWS:
             return _json({"error": f"mode must be 'hour' or 'day', got {mode[:20]!r}"}, 400)
         return _json(analytics_json(agg, mode))
+
+    @app.route("/api/alerts")
+    async def alerts() -> Response:
+        """Whale and accumulation alerts, newest first (README "Trader tools")."""
+        since = _int_arg("since", f"a time in Unix ms from 0 to {_MAX_TS_MS}", 0, _MAX_TS_MS)
+        limit = _limit(100, ALERTS_KEPT)
+        return _json({"alerts": [alert_json(a) for a in agg.alerts(since or 0, limit)]})
+
+    @app.route("/api/flows")
+    async def flows() -> Response:
+        limit = _limit(50, 1000)
+        rows = agg.flows(limit, include_parlays=_parlays())
+        return _json({"window_ms": agg.window_ms, "flows": [flow_json(agg, f) for f in rows]})
+
+    @app.route("/api/movers")
+    async def movers() -> Response:
+        window = request.args.get("window", "10m")
+        if window not in MOVER_WINDOWS:
+            raise BadRequest(f"window must be one of {', '.join(MOVER_WINDOWS)}, got {_shown(window)}")
+        limit = _limit(20, 1000)
+        rows = agg.movers(window, limit, include_parlays=_parlays())
+        return _json(
+            {
+                "window": window,
+                "min_usd_volume": _usd(agg.movers_min_usd),
+                "movers": [mover_json(agg, m) for m in rows],
+            }
+        )
 
     @app.websocket("/ws")
     async def stream_v2() -> None:

@@ -27,8 +27,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
-from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
-from flowboard.aggregate.events import Event, MarketAdded, TradeAdded
+from flowboard.aggregate.aggregator import ALERTS_KEPT, Aggregator, retention_start_ms
+from flowboard.aggregate.events import AlertRaised, Event, MarketAdded, TradeAdded
 from flowboard.config import Config, ServerConfig, SourceConfig
 from flowboard.errors import ConfigError, StoreError
 from flowboard.ingest.feed import FeedCounters, FeedItem, Received
@@ -95,6 +95,9 @@ class Ingestor:
                 accepted = True
             elif isinstance(event, MarketAdded) and self.on_new_market is not None:
                 self.on_new_market(event.ticker)
+            elif isinstance(event, AlertRaised) and self.store is not None:
+                # After its trade: the writer commits trades before the alerts queued behind them.
+                self.store.offer_alerts((event.alert,))
         if accepted:
             self.metrics.trades_ingested.inc()
             if self.store is not None:
@@ -211,11 +214,13 @@ async def _rebuild(runtime: Runtime, store: Store) -> int:
     now = runtime.wall_ms()
     summary = await store.load_summary_since(
         retention_start_ms(now, agg.window_ms),
-        recent_since_ms=now - agg.window_ms + 1,
+        recent_since_ms=now - agg.restore_horizon_ms + 1,
         tape_size=agg.tape_size,
         per_market=agg.history_len,
     )
     agg.restore(now, summary.minutes, summary.recent)
+    # Stored alerts are shown again but never raised again: restore() only warms the detector.
+    agg.restore_alerts(await store.load_alerts(ALERTS_KEPT))
     return agg.trades_total
 
 
@@ -461,10 +466,10 @@ def _build_runtime(config: Config, store: Store, wall_ms: Callable[[], int]) -> 
     journal: StreamJournal | None = None
     if role == "ingest":
         # Every input of the aggregator is journaled and each publish is one stream entry.
-        agg = JournalingAggregator()
+        agg = JournalingAggregator(**aggregator_options(config))
         journal = StreamJournal(agg, Outbox(config.scaleout.backlog))
     else:
-        agg = Aggregator()
+        agg = Aggregator(**aggregator_options(config))
     # An edge's epoch and seq are the ingest's, from its snapshot (Follower -> Hub.restart).
     epoch = "" if role == "edge" else secrets.token_hex(4)
     hub = Hub(agg, epoch=epoch, ring_size=delivery.ring_size, limits=delivery.session, listener=journal)
@@ -602,6 +607,11 @@ def _repeatable_since_ms(kalshi: KalshiConfig, now_ms: int, last_stored_ms: int 
     margin_ms = int(kalshi.backfill_margin_s * 1000) + 2_000
     since = now_ms - int(kalshi.lookback_s * 1000) - margin_ms
     return since if last_stored_ms is None else min(since, last_stored_ms - margin_ms)
+
+
+def aggregator_options(config: Config) -> dict[str, int]:
+    """The aggregator's settings a server takes from its configuration (the rest are defaults)."""
+    return config.trader.aggregator_options()
 
 
 def _install_deflate(runtime: Runtime) -> None:

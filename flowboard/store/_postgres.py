@@ -15,9 +15,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
+from flowboard.aggregate.alerts import Alert
 from flowboard.errors import StoreError, TradesRejected
 from flowboard.model import MINUTE_MS, MarketMeta, Trade, wall_clock_ms
 
+from ._alerts import alert_of, alert_row, delete_alerts_sql, insert_alert_sql, latest_alerts_sql
 from ._config import PostgresTarget, StoreConfig
 from ._history import (
     CANDLES_POSTGRES,
@@ -187,6 +189,8 @@ class PostgresDatabase:
 
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int:
         with self._transaction("deleting old trades") as connection:
+            # Alerts go with the trades that raised them (few: no batching needed).
+            connection.execute(delete_alerts_sql("%s"), (cutoff_ms,))
             return connection.execute(_DELETE_OLDEST, (cutoff_ms, max_rows)).rowcount
 
     def market_trades_before(self, ticker: str, before: PageCursor, limit: int) -> list[Trade]:
@@ -275,6 +279,16 @@ class PostgresDatabase:
         with self._transaction("loading market metadata") as connection:
             rows = connection.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
         return list(starmap(MarketMeta, rows))
+
+    def insert_alerts(self, alerts: Sequence[Alert]) -> None:
+        rows = [alert_row(a) for a in alerts]
+        with self._transaction("writing alerts") as connection, connection.cursor() as cursor:
+            cursor.executemany(insert_alert_sql("%s"), rows)
+
+    def latest_alerts(self, limit: int) -> list[Alert]:
+        with self._transaction("loading alerts") as connection:
+            rows = connection.execute(latest_alerts_sql("%s"), (limit,)).fetchall()
+        return [alert_of(row) for row in rows]
 
     def load_source_state(self, name: str) -> str | None:
         with self._transaction("loading the source's state") as connection:

@@ -14,6 +14,8 @@ import attrs
 
 from flowboard.errors import StoreError
 
+from ._alerts import create_alerts
+
 Dialect = Literal["sqlite", "postgres"]
 
 CREATE_VERSION_TABLE = (
@@ -142,6 +144,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         summary="the market index covers a market's prices, counts and sides, for its candles",
         sqlite=_MARKET_HISTORY_INDEX,
         postgres=_MARKET_HISTORY_INDEX,
+    ),
+    Migration(
+        version=8,
+        summary="alerts (whale and accumulation), so that a restart shows them and never raises them again",
+        sqlite=create_alerts("TEXT"),
+        postgres=create_alerts('TEXT COLLATE "C"'),
     ),
 )
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import trio
 
+from flowboard.aggregate.alerts import Alert
 from flowboard.errors import ConfigError, StoreError, TradesRejected
 from flowboard.model import MINUTE_MS, MarketMeta, Trade, wall_clock_ms
 
+from ._alerts import alert_of, alert_row, delete_alerts_sql, insert_alert_sql, latest_alerts_sql
 from ._config import StoreConfig
 from ._history import (
     CANDLES_SQLITE,
@@ -179,6 +181,8 @@ class SqliteDatabase:
 
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int:
         with self._write_transaction("deleting old trades") as connection:
+            # Alerts go with the trades that raised them (few: no batching needed).
+            connection.execute(delete_alerts_sql("?"), (cutoff_ms,))
             return connection.execute(_DELETE_OLDEST, (cutoff_ms, max_rows)).rowcount
 
     def market_trades_before(self, ticker: str, before: PageCursor, limit: int) -> list[Trade]:
@@ -292,6 +296,15 @@ class SqliteDatabase:
         with _as_store_error("loading market metadata", self._path):
             rows = self._reader.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
         return list(starmap(MarketMeta, rows))
+
+    def insert_alerts(self, alerts: Sequence[Alert]) -> None:
+        with self._write_transaction("writing alerts") as connection:
+            connection.executemany(insert_alert_sql("?"), [alert_row(a) for a in alerts])
+
+    def latest_alerts(self, limit: int) -> list[Alert]:
+        with _as_store_error("loading alerts", self._path):
+            rows = self._reader.execute(latest_alerts_sql("?"), (limit,)).fetchall()
+        return [alert_of(row) for row in rows]
 
     def load_source_state(self, name: str) -> str | None:
         with _as_store_error("loading the source's state", self._path):

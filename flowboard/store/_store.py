@@ -9,6 +9,7 @@ from typing import NoReturn, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
+from flowboard.aggregate.alerts import Alert
 from flowboard.errors import StoreError, TradesRejected
 from flowboard.model import DAY_MS, MarketMeta, Trade, wall_clock_ms
 
@@ -29,6 +30,8 @@ class Database(Protocol):
 
     def migrate(self) -> int: ...
     def insert_trades(self, trades: Sequence[Trade]) -> None: ...
+    def insert_alerts(self, alerts: Sequence[Alert]) -> None: ...
+    def latest_alerts(self, limit: int) -> list[Alert]: ...
     def delete_trades_before(self, cutoff_ms: int, max_rows: int) -> int: ...
     def market_trades_before(self, ticker: str, before: PageCursor, limit: int) -> list[Trade]: ...
     def trades_after(self, after: Cursor, limit: int) -> tuple[list[Trade], Cursor]: ...
@@ -53,6 +56,8 @@ class Store(Protocol):
     """Where every trade is kept, and what a restart rebuilds from."""
 
     def offer(self, trades: Iterable[Trade]) -> None: ...
+    def offer_alerts(self, alerts: Iterable[Alert]) -> None: ...
+    async def load_alerts(self, limit: int) -> list[Alert]: ...
     def statistics(self) -> StoreStatistics: ...
     async def serve_writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -97,6 +102,9 @@ class BatchedStore:
         self._write_limiter = write_limiter
         self._read_limiter = read_limiter
         self._pending = PendingTrades(config.queue_max_trades)
+        # Alerts wait behind the trades that raised them: each commit of trades takes them along.
+        self._pending_alerts: list[Alert] = []
+        self._dropped_alerts = 0
         # Set by offer() once the queue holds _wake_at_queued trades; replaced each time the writer waits.
         self._writer_wakeup = trio.Event()
         self._wake_at_queued = 1
@@ -133,6 +141,17 @@ class BatchedStore:
             )
         if len(self._pending) >= self._wake_at_queued:
             self._writer_wakeup.set()
+
+    def offer_alerts(self, alerts: Iterable[Alert]) -> None:
+        """Queue alerts for the writer, which commits them after the trades offered before them.
+        Bounded like the trades: past ``queue_max_trades`` they are dropped and counted."""
+        for alert in alerts:
+            if len(self._pending_alerts) >= self._pending.capacity:
+                self._dropped_alerts += 1
+                if self._dropped_alerts == 1:
+                    log.warning("store: alert queue full; dropping alerts until the database catches up")
+                continue
+            self._pending_alerts.append(alert)
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
@@ -196,6 +215,7 @@ class BatchedStore:
                     rejected += 1
                     log.error("store: the database refused %r, so it is not stored: %s", trade, error)
         self._pending.discard_oldest(len(batch))
+        await self._commit_alerts()
         self._rejected += rejected
         self._written_total += len(batch) - rejected
         self._batches += 1
@@ -210,6 +230,21 @@ class BatchedStore:
             log.warning(
                 "store: queue has room again after dropping %d trades",
                 self._pending.dropped_total - self._dropped_at_episode_start,
+            )
+
+    async def _commit_alerts(self) -> None:
+        """Write the queued alerts: all of them were offered after the trades that raised them,
+        which are committed by now or wait in the queue behind this batch."""
+        alerts, self._pending_alerts = self._pending_alerts, []
+        if not alerts:
+            return
+        try:
+            await self._run_write(self._database.insert_alerts, alerts)
+        except StoreError as error:
+            # Put them back in front: the next commit of trades tries again.
+            self._pending_alerts[:0] = alerts
+            log.warning(
+                "store: writing %d alerts failed (%s); trying again with the next trades", len(alerts), error
             )
 
     async def _insert_until_committed(self, trades: list[Trade]) -> None:
@@ -242,6 +277,7 @@ class BatchedStore:
         with trio.move_on_after(self._config.shutdown_flush_s, shield=True):
             while self._pending:
                 await self._commit_oldest_batch()
+            await self._commit_alerts()
         if self._pending:
             log.error("store: shut down with %d trades not written", len(self._pending))
 
@@ -340,6 +376,10 @@ class BatchedStore:
 
     async def last_trade_ms(self) -> int | None:
         return await self._run_read(self._database.last_trade_ms)
+
+    async def load_alerts(self, limit: int) -> list[Alert]:
+        """The latest ``limit`` stored alerts, newest first."""
+        return await self._run_read(self._database.latest_alerts, limit)
 
     async def known_trade_ids_since(self, since_ms: int) -> set[str]:
         return await self._run_read(self._database.trade_ids_since, since_ms)

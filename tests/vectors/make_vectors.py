@@ -300,6 +300,44 @@ def trader() -> list[list[Any]]:
         [307, ["P", 0], ["x", [1, 365_050, 10_000, 1, -10_000]]],
         [308, ["t", [5, 40_000, 9_000_000, 1, 50], [1, 370_000, 20_000, 1, 1]]],
     ]  # fmt: skip
+def alerts() -> list[list[Any]]:
+    """The trader channels alone: an alert snapshot, live alerts (late, tied), flows and movers
+    replaced, a subscription to them later getting their whole state."""
+    return [
+        [
+            300,
+            hello("e1", T0, ["alerts", "flows"], units=MICRO_UNITS),
+            *MARKETS,
+            # Newest first: an accumulation run (2 trades over 3 min) and a whale trade.
+            [
+                "A",
+                0,
+                [2, 1, 0, 500_000_000_000, 900_000, 2, -5_000, -185_000],
+                [1, 0, 1, 120_000_000_000, 20_000, 1, -60_000, -60_000],
+            ],
+            # A YES flow of 100 contracts at VWAP $0.60, a NO flow of 3.47 at $0.36505.
+            ["F", [1, 1, 6_000_000_000, 10_000, 2, 600_000], [2, 0, 126_672_350, 347, 1, 365_050]],
+        ],
+        # Live: a late whale (older than the newest held), then two at one time: later arrival first.
+        [301, ["A", 1, [3, 0, 1, 150_000_000_000, 30_000, 1, -30_000, -30_000]]],
+        [
+            302,
+            [
+                "A",
+                1,
+                [1, 0, 0, 100_000_000_000, 25_000, 1, 1_000, 1_000],
+                [2, 0, 1, 110_000_000_000, 12_000, 1, 1_000, 1_000],
+            ],
+        ],
+        [303, ["F", [2, 0, 126_672_350, 347, 1, 365_050]]],
+        [
+            304,
+            ["C", "alerts", "flows", "movers"],
+            ["M", "10m", [3, 400_000, 450_000, 50_000_000_000, 7]],
+            ["M", "1h", [3, 380_000, 450_000, 90_000_000_000, 12], [1, 620_000, 600_000, 30_000_000_000, 4]],
+        ],
+        [305, ["M", "10m"]],
+    ]
 
 
 VECTORS = {
@@ -311,6 +349,7 @@ VECTORS = {
     "no_fold": ("A client that does not fold trades: detail-only trades, p/a/d updates", no_fold),
     "micro_prices": ("Prices with 5 and 6 decimals, exact $ volume in $0.00000001", micro_prices),
     "trader": ("Parlays out of and into the top trades, a watchlist, the hot events", trader),
+    "alerts": ("Alerts (snapshot, live, late, tied), flows and movers replaced", alerts),
 }
 
 
