@@ -397,9 +397,9 @@ def test_a_trader_client_folds_to_the_servers_alerts_flows_and_movers(
         for client in (trader, default):
             while (frame := client.session.build_frame(agg, now)) is not None:
                 if client is trader:
-                    view.apply_frame(frame)
+                    view.apply_frame(frame.payload)
                 else:
-                    default_codes.update(event[0] for event in orjson.loads(frame)[1:])
+                    default_codes.update(event[0] for event in orjson.loads(frame.payload)[1:])
     summary = view.summary()
     summary.pop("seq")
     assert summary == expected_summary(
@@ -430,7 +430,7 @@ def test_subscribing_later_gets_the_whole_state_once() -> None:
     hub.publish(agg.add_trade(trade("s1", T0 + 1, count=400_000, price=ONE_DOLLAR // 2), T0 + 1), T0 + 1)
     frame = client.session.build_frame(agg, T0 + 1)
     assert frame is not None
-    alert_events = [event for event in orjson.loads(frame)[1:] if event[0] == "A"]
+    alert_events = [event for event in orjson.loads(frame.payload)[1:] if event[0] == "A"]
     assert len(alert_events) == 1 and alert_events[0][1] == 0 and len(alert_events[0]) == 3
 
 
