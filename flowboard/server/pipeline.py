@@ -116,15 +116,26 @@ class StoreLookup:
     unverified: set[str] = attrs.Factory(set)  # the store could not answer
 
 
+#: How long the aggregation loop waits for the store to say whether late trades are stored:
+#: every trade behind them waits as long. Past it they take the unverified path.
+LATE_LOOKUP_TIMEOUT_S = 0.5
+
+
 async def look_up_old_trades(
-    agg: Aggregator, store: Store | None, trades: Sequence[Trade], wall_ms: Callable[[], int]
+    agg: Aggregator,
+    store: Store | None,
+    trades: Sequence[Trade],
+    wall_ms: Callable[[], int],
+    *,
+    timeout_s: float = LATE_LOOKUP_TIMEOUT_S,
 ) -> tuple[int, StoreLookup]:
     """The time to aggregate ``trades`` at, and the store's answer for those of them that the
     aggregator can no longer tell from a duplicate at that time (``needs_store_check``).
 
     The clock moves while the store answers, and can carry more trades past the horizon:
     asked again until nothing new needs asking, so there is no await between the last
-    answer and aggregating at the time returned.
+    answer and aggregating at the time returned. A lookup that fails or takes longer than
+    ``timeout_s`` leaves its trades unverified (the store still gets them).
     """
     lookup = StoreLookup()
     while True:
@@ -136,11 +147,25 @@ async def look_up_old_trades(
         if store is None:
             lookup.unverified |= unchecked
             continue
+        stored: set[str] | None = None
         try:
-            lookup.stored |= await store.stored_trade_ids(unchecked)
+            with trio.move_on_after(timeout_s):
+                stored = await store.stored_trade_ids(unchecked)
         except StoreError as exc:
+            _store_log.warning(
+                "store lookup of %d late trades failed (%s): stored, not shown", len(unchecked), exc
+            )
+        else:
+            if stored is None:
+                _store_log.warning(
+                    "store lookup of %d late trades took over %.1f s: stored, not shown",
+                    len(unchecked),
+                    timeout_s,
+                )
+        if stored is None:
             lookup.unverified |= unchecked
-            log.warning("store lookup of %d late trades failed (%s): stored, not shown", len(unchecked), exc)
+        else:
+            lookup.stored |= stored
 
 
 def bind_socket(

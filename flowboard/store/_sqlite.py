@@ -1,4 +1,4 @@
-"""The store on SQLite: stdlib ``sqlite3`` in WAL mode, one writer connection and one reader.
+"""The store on SQLite: stdlib ``sqlite3`` in WAL mode, one writer connection and two readers.
 
 Each connection is used by one worker thread at a time (a capacity limiter of 1 each), so
 ``check_same_thread=False`` is safe. WAL lets reads run while a batch commits.
@@ -121,6 +121,9 @@ class SqliteDatabase:
             self._writer.execute("PRAGMA synchronous = FULL")
             self._reader = _connect(path, config)
             self._reader.execute("PRAGMA query_only = ON")
+            # The late-trade lookup's own: a lookup given up on may still be running on it.
+            self._lookup = _connect(path, config)
+            self._lookup.execute("PRAGMA query_only = ON")
         except BaseException as error:
             if self._lock is not None:
                 self._lock.release()
@@ -277,7 +280,7 @@ class SqliteDatabase:
             for start in range(0, len(trade_ids), _IDS_PER_LOOKUP):
                 chunk = trade_ids[start : start + _IDS_PER_LOOKUP]
                 placeholders = ",".join("?" * len(chunk))
-                rows = self._reader.execute(
+                rows = self._lookup.execute(
                     f"SELECT trade_id FROM trades WHERE trade_id IN ({placeholders})", chunk
                 ).fetchall()
                 found.update(trade_id for (trade_id,) in rows)
@@ -305,6 +308,7 @@ class SqliteDatabase:
     def close(self) -> None:
         try:
             with _as_store_error("closing", self._path):
+                self._lookup.close()
                 self._reader.close()
                 self._writer.close()
         finally:

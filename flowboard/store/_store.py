@@ -96,6 +96,10 @@ class BatchedStore:
         # One write at a time: SQLite allows one writer, and batches must commit in offer order.
         self._write_limiter = write_limiter
         self._read_limiter = read_limiter
+        # The aggregation loop's late-trade lookups, one at a time and apart from the other
+        # reads: a caller that gives up abandons the thread, which holds this until it ends,
+        # so a stuck database costs one thread, never a pile of them or the pages' reads.
+        self._lookup_limiter = trio.CapacityLimiter(1)
         self._pending = PendingTrades(config.queue_max_trades)
         # Set by offer() once the queue holds _wake_at_queued trades; replaced each time the writer waits.
         self._writer_wakeup = trio.Event()
@@ -117,6 +121,10 @@ class BatchedStore:
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
+            # An abandoned lookup may still be reading: let it end (its statement is bounded by
+            # the lock timeout) before its connection closes.
+            with trio.move_on_after(self._config.lock_timeout_s):
+                await self._lookup_limiter.acquire()
             await self._run_write(self._database.close)
 
     # -- writing ---------------------------------------------------------------------------
@@ -349,13 +357,21 @@ class BatchedStore:
 
         The queue is read first: a trade leaves it only once committed, so one that left it
         during the database read below was committed before that read began.
+        Cancellable at any await: the database read is then abandoned (it finishes in its
+        thread), and until it has, further lookups fail at once with StoreError rather than
+        queue behind it.
         """
         wanted = set(trade_ids)
         queued = wanted & self._pending.trade_ids()
         unqueued = sorted(wanted - queued)
         if not unqueued:
             return queued
-        return queued | await self._run_read(self._database.stored_trade_ids, unqueued)
+        if not self._lookup_limiter.available_tokens:
+            raise StoreError("an earlier lookup of trade ids has not finished")
+        stored = await trio.to_thread.run_sync(
+            self._database.stored_trade_ids, unqueued, limiter=self._lookup_limiter, abandon_on_cancel=True
+        )
+        return queued | stored
 
     async def save_meta(self, metas: Sequence[MarketMeta]) -> None:
         """Insert or replace market metadata by ticker."""
