@@ -7,11 +7,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+import attrs
 import pytest
 import trio
 
 # Fixtures of the store suite: each test taking db_url runs on SQLite and on PostgreSQL.
-from test_store import db_url, postgres_url, running_store, wait_until  # noqa: F401
+from test_store import (  # noqa: F401
+    FAST,
+    db_url,
+    load_all,
+    postgres_url,
+    running_store,
+    trades_table_locked,
+    wait_until,
+)
 
 from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
 from flowboard.aggregate.events import Event, TradeAdded
@@ -182,3 +191,36 @@ async def test_a_lookup_the_database_does_not_answer_in_time_is_abandoned(
     assert agg.trades_total == 0
     assert counted(metrics, "flowboard_trades_unverified_total") == 2
     assert counted(metrics, "flowboard_trades_duplicate_total") == 2
+
+
+async def test_a_trade_the_full_queue_dropped_is_stored_when_sent_again_and_counted_once(
+    db_url: str,  # noqa: F811
+) -> None:
+    """The views count a trade when it comes; if the store's full queue then drops it, the
+    feed's next copy is the store's only chance: it is stored, and the views refuse it, within
+    the de-duplication horizon (by id) and past it (the store remembers what it dropped),
+    where the store's lookup alone would call it new and count it twice."""
+    config = attrs.evolve(FAST, queue_max_trades=1)
+    agg = Aggregator(window_ms=60 * MINUTE_MS, dedup_horizon_ms=HORIZON_MS)
+    agg.advance(NOW)
+    metrics = Metrics()
+    first, lost, lost_recent = (trade(name, NOW - MINUTE_MS) for name in ("first", "lost", "lost-recent"))
+    async with running_store(db_url, config) as store:
+        ingestor = Ingestor(agg, metrics, store=store)
+        async with trades_table_locked(db_url):
+            events = await aggregate(ingestor, store, [first, lost, lost_recent], lambda: NOW)
+            assert added(events) == ["first", "lost", "lost-recent"]
+            assert store.statistics().dropped == 2
+        await wait_until(lambda: store.statistics().queued == 0)
+        assert added(await aggregate(ingestor, store, [lost_recent], lambda: NOW + 1)) == []
+        await wait_until(lambda: store.statistics().queued == 0)
+        assert added(await aggregate(ingestor, store, [lost], lambda: NOW + 10 * MINUTE_MS)) == []
+        await wait_until(lambda: store.statistics().written_total == 3)
+        assert sorted(t.trade_id for t in await load_all(store)) == ["first", "lost", "lost-recent"]
+        # Stored now: refused on the store's word.
+        assert added(await aggregate(ingestor, store, [lost], lambda: NOW + 11 * MINUTE_MS)) == []
+    assert agg.trades_total == 3
+    assert agg.analytics("hour").total_trades == 3
+    assert counted(metrics, "flowboard_trades_ingested_total") == 3
+    assert counted(metrics, "flowboard_trades_duplicate_total") == 3
+    assert counted(metrics, "flowboard_trades_unverified_total") == 0

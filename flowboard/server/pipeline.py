@@ -51,7 +51,7 @@ from flowboard.server.hub import Hub
 from flowboard.server.listener import serve_hypercorn
 from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import PROTOCOLS, Runtime
-from flowboard.store import Store, open_store, serve_writer
+from flowboard.store import Dropped, Store, open_store, serve_writer
 
 log = logging.getLogger(__name__)
 #: Store failures outside the trade writer (which logs its own): an outage must not flood the log.
@@ -80,12 +80,16 @@ class Ingestor:
         answer for the trades older than the ids the aggregator remembers."""
         absent_from_store = False
         if lookup is not None and trade.trade_id in lookup.checked:
-            if trade.trade_id in lookup.unverified:
+            if trade.trade_id in lookup.unverified or self._was_dropped(trade) == "maybe":
                 # The store is the record of every trade and its unique key refuses a duplicate,
                 # so it gets the trade; the views do not, as it might be counted twice there.
                 self.metrics.unverified.inc()
-                if self.store is not None:
-                    self.store.offer((trade,))
+                self._store_again(trade, lookup)
+                return []
+            if trade.trade_id not in lookup.stored and self._was_dropped(trade) == "yes":
+                # Counted when it first came; the store's full queue dropped it.
+                self.metrics.duplicates.inc()
+                self._store_again(trade, lookup)
                 return []
             absent_from_store = trade.trade_id not in lookup.stored
         events = self.agg.add_trade(trade, now_ms, absent_from_store=absent_from_store)
@@ -97,14 +101,23 @@ class Ingestor:
                 self.on_new_market(event.ticker)
         if accepted:
             self.metrics.trades_ingested.inc()
-            if self.store is not None:
-                self.store.offer((trade,))
-            if lookup is not None:
-                # Stored now, as far as the rest of this batch is concerned.
-                lookup.stored.add(trade.trade_id)
+            self._store_again(trade, lookup)
         else:
             self.metrics.duplicates.inc()
+            if self.store is not None and self._was_dropped(trade) != "no":
+                # A duplicate to the views, but maybe the only copy the store will get.
+                self.store.offer((trade,))
         return events
+
+    def _was_dropped(self, trade: Trade) -> Dropped:
+        return "no" if self.store is None else self.store.was_dropped(trade)
+
+    def _store_again(self, trade: Trade, lookup: StoreLookup | None) -> None:
+        if self.store is not None:
+            self.store.offer((trade,))
+        if lookup is not None:
+            # Stored now, as far as the rest of this batch is concerned.
+            lookup.stored.add(trade.trade_id)
 
 
 @attrs.define

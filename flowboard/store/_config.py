@@ -28,6 +28,8 @@ class StoreConfig:
     batch_interval_s: float = 0.2
     #: Trades held in memory while the database is slow or down; beyond this they are dropped and counted.
     queue_max_trades: int = 500_000
+    #: Ids of dropped trades remembered, so that a trade sent again is stored and counted once.
+    dropped_ids_kept: int = 100_000
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
     #: How long one statement waits for a lock someone else holds before the attempt fails and is retried.

@@ -14,7 +14,7 @@ from flowboard.model import DAY_MS, MarketMeta, Trade, wall_clock_ms
 
 from ._config import StoreConfig
 from ._history import CandlePage
-from ._pending import Cursor, PageCursor, PendingTrades, StoreStatistics, page_cursor, retry_delay_s
+from ._pending import Cursor, Dropped, PageCursor, PendingTrades, StoreStatistics, page_cursor, retry_delay_s
 from ._summary import StoredSummary
 
 log = logging.getLogger("flowboard.store")
@@ -53,6 +53,7 @@ class Store(Protocol):
     """Where every trade is kept, and what a restart rebuilds from."""
 
     def offer(self, trades: Iterable[Trade]) -> None: ...
+    def was_dropped(self, trade: Trade) -> Dropped: ...
     def statistics(self) -> StoreStatistics: ...
     async def serve_writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -100,7 +101,7 @@ class BatchedStore:
         # reads: a caller that gives up abandons the thread, which holds this until it ends,
         # so a stuck database costs one thread, never a pile of them or the pages' reads.
         self._lookup_limiter = trio.CapacityLimiter(1)
-        self._pending = PendingTrades(config.queue_max_trades)
+        self._pending = PendingTrades(config.queue_max_trades, config.dropped_ids_kept)
         # Set by offer() once the queue holds _wake_at_queued trades; replaced each time the writer waits.
         self._writer_wakeup = trio.Event()
         self._wake_at_queued = 1
@@ -141,6 +142,11 @@ class BatchedStore:
             )
         if len(self._pending) >= self._wake_at_queued:
             self._writer_wakeup.set()
+
+    def was_dropped(self, trade: Trade) -> Dropped:
+        """Whether ``offer`` dropped this trade (by its id) for lack of room, and has not
+        queued it since: "maybe" when too many were dropped to keep all their ids."""
+        return self._pending.dropped_ids.of(trade)
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
