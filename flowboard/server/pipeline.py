@@ -244,8 +244,6 @@ async def _rebuild(runtime: Runtime, store: Store) -> int:
     """Restart: windows, sparklines, analytics, top trades, today and tapes from the stored
     trades, as if replayed in trade-time order (``Aggregator.restore``). Returns how many."""
     agg = runtime.agg
-    for meta in await store.load_meta():
-        agg.set_meta(meta)
     now = runtime.wall_ms()
     summary = await store.load_summary_since(
         retention_start_ms(now, agg.window_ms),
@@ -254,6 +252,9 @@ async def _rebuild(runtime: Runtime, store: Store) -> int:
         per_market=agg.history_len,
     )
     agg.restore(now, summary.minutes, summary.recent)
+    # Only the markets the retained trades name: the store describes every market it ever saw.
+    for meta in await store.load_meta([agg.ticker(market) for market in range(agg.markets_count())]):
+        agg.set_meta(meta)
     return agg.trades_total
 
 

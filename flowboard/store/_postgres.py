@@ -271,9 +271,15 @@ class PostgresDatabase:
         with self._transaction("saving market metadata") as connection, connection.cursor() as cursor:
             cursor.executemany(_UPSERT_META, rows)
 
-    def load_meta(self) -> list[MarketMeta]:
+    def load_meta(self, tickers: Sequence[str] | None) -> list[MarketMeta]:
         with self._transaction("loading market metadata") as connection:
-            rows = connection.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            if tickers is None:
+                rows = connection.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            else:
+                rows = connection.execute(
+                    f"SELECT {_META_COLUMNS} FROM markets WHERE ticker = ANY(%s) ORDER BY ticker",
+                    (list(tickers),),
+                ).fetchall()
         return list(starmap(MarketMeta, rows))
 
     def load_source_state(self, name: str) -> str | None:

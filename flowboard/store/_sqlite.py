@@ -291,9 +291,19 @@ class SqliteDatabase:
         with self._write_transaction("saving market metadata") as connection:
             connection.executemany(_UPSERT_META, rows)
 
-    def load_meta(self) -> list[MarketMeta]:
+    def load_meta(self, tickers: Sequence[str] | None) -> list[MarketMeta]:
         with _as_store_error("loading market metadata", self._path):
-            rows = self._reader.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            if tickers is None:
+                rows = self._reader.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            else:
+                rows = []
+                for start in range(0, len(tickers), _IDS_PER_LOOKUP):
+                    chunk = tickers[start : start + _IDS_PER_LOOKUP]
+                    placeholders = ",".join("?" * len(chunk))
+                    rows += self._reader.execute(
+                        f"SELECT {_META_COLUMNS} FROM markets WHERE ticker IN ({placeholders})", chunk
+                    ).fetchall()
+                rows.sort(key=lambda row: row[0])
         return list(starmap(MarketMeta, rows))
 
     def load_source_state(self, name: str) -> str | None:
