@@ -945,20 +945,22 @@ def _soak_servers(args: argparse.Namespace) -> tuple[ServerProcess, ServerProces
     return ServerProcess(rate=args.rate, extra=["--role", "edge", *redis, "--db", db]), ingest
 
 
-#: ``--tracemalloc``: the first snapshot once start-up's allocations have settled, then one every
-#: ten minutes, so that two differences show whether a growth goes on.
+#: ``--tracemalloc``: tracing starts once start-up is over, the first snapshot comes a minute
+#: later, then one every ten minutes, so that two differences show whether a growth goes on.
+SOAK_TRACE_FROM_S = 4 * 60
 SOAK_SNAPSHOT_FIRST_S = 5 * 60
 SOAK_SNAPSHOT_EVERY_S = 10 * 60
 
 
 async def _snapshot_server(server: ServerProcess, started: float) -> None:
-    """Asks a server run by ``bench.tracemalloc_serve`` for a snapshot at minute 5, 15, 25, ..."""
-    due = SOAK_SNAPSHOT_FIRST_S
+    """Asks a server run by ``bench.tracemalloc_serve`` to start tracing at minute 4, and for a
+    snapshot at minute 5, 15, 25, ..."""
+    due = SOAK_TRACE_FROM_S
     while True:
         await trio.sleep(max(0.0, started + due - time.monotonic()))
         os.kill(server.pid, signal.SIGUSR1)
-        print(f"tracemalloc snapshot asked at minute {due / 60:.0f}", flush=True)
-        due += SOAK_SNAPSHOT_EVERY_S
+        print(f"tracemalloc signalled at minute {due / 60:.0f}", flush=True)
+        due = SOAK_SNAPSHOT_FIRST_S if due == SOAK_TRACE_FROM_S else due + SOAK_SNAPSHOT_EVERY_S
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -1092,8 +1094,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tracemalloc",
         type=Path,
-        help="soak (one process): trace the server's allocations, snapshots in this directory at minute"
-        " 5, 15, 25, ... (compare with python -m bench.tracemalloc_serve --compare A B)",
+        help="soak (one process): trace the server's allocations from minute 4, snapshots in this"
+        " directory at minute 5, 15, 25, ... (compare: python -m bench.tracemalloc_serve --compare A B)",
     )
     args = parser.parse_args(arguments)
     run, defaults = SCENARIOS[args.scenario]

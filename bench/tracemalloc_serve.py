@@ -1,9 +1,10 @@
 """``python -m flowboard`` with tracemalloc on, for ``bench soak --tracemalloc DIR`` only.
 
-The product has no such switch: tracing every allocation costs the server a large part of its CPU.
-Each SIGUSR1 writes a snapshot (``DIR/snapshot-N.pickle``, N counting from 1) between two bytecodes of
-the main thread; ``python -m bench.tracemalloc_serve --compare A B`` prints what grew from A to B,
-grouped by traceback.
+The product has no such switch: tracing every allocation costs the server a large part of its CPU
+(start-up's warm start alone took minutes under it). So the first SIGUSR1 starts tracing, and each
+one after it writes a snapshot (``DIR/snapshot-N.pickle``, N counting from 1), between two bytecodes
+of the main thread; ``python -m bench.tracemalloc_serve --compare A B`` prints what grew from A to
+B, grouped by traceback.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ def _serve(directory: Path, argv: list[str]) -> None:
 
     def dump(signum: int, frame: FrameType | None) -> None:
         nonlocal count
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(FRAMES)
+            return
         count += 1
         tracemalloc.take_snapshot().dump(str(directory / f"snapshot-{count}.pickle"))
 
     directory.mkdir(parents=True, exist_ok=True)
-    tracemalloc.start(FRAMES)
     signal.signal(signal.SIGUSR1, dump)
     sys.argv = ["flowboard", *argv]
     runpy.run_module("flowboard", run_name="__main__", alter_sys=True)
