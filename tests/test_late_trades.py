@@ -119,7 +119,7 @@ async def test_a_trade_that_ages_past_the_horizon_while_the_store_answers_is_ask
 
     times = iter([NOW, NOW + 2 * MINUTE_MS, NOW + 2 * MINUTE_MS])
     store: Store = SlowStore()  # type: ignore[assignment]  # only what the lookup uses
-    now, lookup = await look_up_old_trades(agg, store, [ageing, older], lambda: next(times))
+    now, lookup = await look_up_old_trades(agg, store, [ageing, older], lambda: next(times), timeout_s=10)
     assert now == NOW + 2 * MINUTE_MS
     assert asked == [{"older"}, {"ageing"}]
     assert lookup == StoreLookup(checked={"older", "ageing"}, stored=set(), unverified=set())

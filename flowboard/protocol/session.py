@@ -25,6 +25,7 @@ from flowboard.aggregate.events import (
     HotChanged,
     HotEventsChanged,
     MarketAdded,
+    MarketForgotten,
     MetaChanged,
     TopChanged,
     TradeAdded,
@@ -216,6 +217,23 @@ class ClientSession:
             self._watch_dirty |= event.ticker in self._watch
         elif isinstance(event, ClockTicked) and self.channels & {"hour", "day", "today"}:
             self._clock_dirty = True
+        elif isinstance(event, MarketForgotten):
+            self._forget(event)
+
+    def _forget(self, event: MarketForgotten) -> None:
+        """A market quiet for a day left the aggregator: what this client held of it is stale
+        (its id is never used again), so the mirror lets go of it too."""
+        market = event.market
+        self._known.discard(market)
+        self._tracked.discard(market)
+        self._dirty_windows.discard(market)
+        self._dirty_meta.discard(market)
+        self._spark_inserts.pop(market, None)
+        if market == self._detail:
+            self._errors.append(f"market {event.ticker[:80]!r} had no trade for a day: its detail is closed")
+            self._wanted_detail = None
+            self._detail = None
+            self._detail_dirty = True
 
     def _mark_window(self, market: int) -> None:
         if market in self._dirty_windows:

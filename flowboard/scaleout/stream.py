@@ -34,7 +34,8 @@ from flowboard.model import MarketMeta, Trade
 #: trade input may carry the ingest's store's word (``absent_from_store``).
 #: 4: market metadata with the parlay collection (``mve_collection_ticker``); the aggregator keeps
 #: its rankings without parlays too, and the hot events.
-FORMAT_VERSION = 4
+#: 5: the aggregator forgets markets quiet for a day (their slots in its state are None).
+FORMAT_VERSION = 5
 
 
 @attrs.frozen(slots=True)

@@ -27,7 +27,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
-from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
+from flowboard.aggregate.aggregator import Aggregator, dedup_start_ms, retention_start_ms
 from flowboard.aggregate.events import Event, MarketAdded, TradeAdded
 from flowboard.config import Config, ServerConfig, SourceConfig
 from flowboard.errors import ConfigError, StoreError
@@ -56,6 +56,35 @@ from flowboard.store import Dropped, Store, open_store, serve_writer
 log = logging.getLogger(__name__)
 #: Store failures outside the trade writer (which logs its own): an outage must not flood the log.
 _store_log = ThrottledLog(log, "store")
+
+#: The feed's message types counted under their own label (Kalshi's WebSocket channels and
+#: replies); any other is "other", so that a feed sending ever new types cannot grow /metrics
+#: (a label set is kept for the process's life).
+_FEED_MESSAGE_TYPES = frozenset(
+    {
+        "trade",
+        "ticker",
+        "ticker_v2",
+        "orderbook_snapshot",
+        "orderbook_delta",
+        "fill",
+        "market_lifecycle_v2",
+        "event_lifecycle",
+        "market_positions",
+        "multivariate_lookup",
+        "communications",
+        "subscribed",
+        "unsubscribed",
+        "list_subscriptions",
+        "ok",
+        "error",
+    }
+)
+
+
+def feed_message_label(kind: str) -> str:
+    """The ``flowboard_feed_messages`` label of a feed message of type ``kind``."""
+    return kind if kind in _FEED_MESSAGE_TYPES else "other"
 
 
 class Ingestor:
@@ -129,18 +158,13 @@ class StoreLookup:
     unverified: set[str] = attrs.Factory(set)  # the store could not answer
 
 
-#: How long the aggregation loop waits for the store to say whether late trades are stored:
-#: every trade behind them waits as long. Past it they take the unverified path.
-LATE_LOOKUP_TIMEOUT_S = 0.5
-
-
 async def look_up_old_trades(
     agg: Aggregator,
     store: Store | None,
     trades: Sequence[Trade],
     wall_ms: Callable[[], int],
     *,
-    timeout_s: float = LATE_LOOKUP_TIMEOUT_S,
+    timeout_s: float,
 ) -> tuple[int, StoreLookup]:
     """The time to aggregate ``trades`` at, and the store's answer for those of them that the
     aggregator can no longer tell from a duplicate at that time (``needs_store_check``).
@@ -247,13 +271,14 @@ async def _rebuild(runtime: Runtime, store: Store) -> int:
     now = runtime.wall_ms()
     summary = await store.load_summary_since(
         retention_start_ms(now, agg.window_ms),
+        ids_since_ms=dedup_start_ms(now, agg.dedup_horizon_ms),
         recent_since_ms=now - agg.window_ms + 1,
         tape_size=agg.tape_size,
         per_market=agg.history_len,
     )
     agg.restore(now, summary.minutes, summary.recent)
     # Only the markets the retained trades name: the store describes every market it ever saw.
-    for meta in await store.load_meta([agg.ticker(market) for market in range(agg.markets_count())]):
+    for meta in await store.load_meta([agg.ticker(market) for market in agg.market_ids()]):
         agg.set_meta(meta)
     return agg.trades_total
 
@@ -277,7 +302,14 @@ async def _aggregate(
             except trio.WouldBlock:
                 break
         trades = [item.trade for item in batch if isinstance(item, Received)]
-        now, lookup = await look_up_old_trades(runtime.agg, runtime.store, trades, runtime.wall_ms)
+        # Every trade behind a late one waits for this answer: the wait is bounded.
+        now, lookup = await look_up_old_trades(
+            runtime.agg,
+            runtime.store,
+            trades,
+            runtime.wall_ms,
+            timeout_s=runtime.config.store.lookup_timeout_s,
+        )
         events: list[Event] = []
         for item in batch:
             if isinstance(item, Received):
@@ -545,7 +577,7 @@ async def _start_ingest(
         last_stored = await store.last_trade_ms()
         repeatable_since = _repeatable_since_ms(config.kalshi, runtime.wall_ms(), last_stored)
         known = await store.known_trade_ids_since(repeatable_since)
-        for market in range(agg.markets_count()):
+        for market in agg.market_ids():
             request_meta(agg.ticker(market))
         await nursery.start(
             partial(
@@ -554,6 +586,7 @@ async def _start_ingest(
                 meta_receive,
                 partial(_on_meta, runtime),
                 wall_ms=runtime.wall_ms,
+                still_wanted=lambda ticker: agg.market_id(ticker) is not None,
             )
         )
     if config.source.kind != "sim":
@@ -564,7 +597,7 @@ async def _start_ingest(
         send,
         wall_ms=runtime.wall_ms,
         counters=FeedCounters(
-            message=lambda kind: runtime.metrics.feed_messages.labels(kind).inc(),
+            message=lambda kind: runtime.metrics.feed_messages.labels(feed_message_label(kind)).inc(),
             malformed=runtime.metrics.malformed.inc,
         ),
         simulator=sim,
@@ -624,7 +657,7 @@ async def _open_simulator(config: SourceConfig, store: Store, agg: Aggregator, n
     )
     await store.save_meta(sim.markets)
     last_prices = {}
-    for market in range(agg.markets_count()):
+    for market in agg.market_ids():
         last = agg.last_trade(market)
         if last is not None:
             last_prices[agg.ticker(market)] = last.yes_price
@@ -707,9 +740,12 @@ def _register_follower_gauges(runtime: Runtime, follower: Follower) -> None:
 
 
 def _on_meta(runtime: Runtime, meta: MarketMeta) -> None:
+    if runtime.agg.market_id(meta.ticker) is None:
+        # Forgotten while it was being described (the fetcher describes markets after their
+        # trades): its next trade makes it a market again.
+        return
     now = runtime.wall_ms()
     runtime.hub.publish(runtime.agg.set_meta(meta), now)
-    runtime.metas_to_save.append(meta)
 
 
 async def _save_meta_periodically(runtime: Runtime) -> None:

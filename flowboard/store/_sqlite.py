@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from itertools import starmap
 from pathlib import Path
 
@@ -109,6 +110,7 @@ class SqliteDatabase:
     def __init__(self, path: Path, config: StoreConfig, *, exclusive: bool = True) -> None:
         """``exclusive``: take the writer lock (``_lock``) first; an edge, which only reads, does not."""
         self._path = path
+        self._chunk_rows = config.load_chunk_trades
         self._last_arrival = 0  # of the latest stored trade; read by migrate()
         self._lock = SqliteWriterLock(path) if exclusive else None
         try:
@@ -236,15 +238,16 @@ class SqliteDatabase:
         return [t for t in trades_of(rows) if t.usd >= min_usd], cursor_after(rows, after)
 
     def summary_since(
-        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+        self, since_ms: int, ids_since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary:
         reader = self._reader
         with _as_store_error("summarising the stored trades", self._path):
             # One read transaction: every query sees the same snapshot.
             reader.execute("BEGIN")
             try:
-                rows = reader.execute(_SUMMARY_ROWS, (since_ms,)).fetchall()
-                minutes = summarize_minutes(rows, self._minute_usd)
+                cursor = reader.execute(_SUMMARY_ROWS, (since_ms,))
+                chunks = iter(partial(cursor.fetchmany, self._chunk_rows), [])
+                minutes = summarize_minutes(chunks, self._minute_usd, ids_since_ms)
                 window = reader.execute(_TRADES_SINCE, (max(since_ms, recent_since_ms),)).fetchall()
                 tape = reader.execute(_LATEST, (since_ms, tape_size)).fetchall()
                 tickers = dict.fromkeys(ticker for minute in minutes for ticker in minute.tickers)

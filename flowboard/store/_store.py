@@ -37,7 +37,7 @@ class Database(Protocol):
         self, ticker: str | None, after: Cursor, until_ms: int, min_usd: int, limit: int
     ) -> tuple[list[Trade], Cursor]: ...
     def summary_since(
-        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+        self, since_ms: int, ids_since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary: ...
     def last_trade_ms(self) -> int | None: ...
     def trade_ids_since(self, since_ms: int) -> set[str]: ...
@@ -70,7 +70,13 @@ class Store(Protocol):
         self, since_ms: int, until_ms: int, *, ticker: str | None = None, min_usd: int = 0
     ) -> AsyncGenerator[list[Trade]]: ...
     async def load_summary_since(
-        self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
+        self,
+        since_ms: int,
+        *,
+        ids_since_ms: int | None = None,
+        recent_since_ms: int,
+        tape_size: int,
+        per_market: int,
     ) -> StoredSummary: ...
     async def last_trade_ms(self) -> int | None: ...
     async def known_trade_ids_since(self, since_ms: int) -> set[str]: ...
@@ -343,13 +349,25 @@ class BatchedStore:
             cursor = next_cursor
 
     async def load_summary_since(
-        self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
+        self,
+        since_ms: int,
+        *,
+        ids_since_ms: int | None = None,
+        recent_since_ms: int,
+        tape_size: int,
+        per_market: int,
     ) -> StoredSummary:
         """The trades at or after ``since_ms`` as a restart needs them, from one snapshot: each
-        minute's totals, ids and markets, and whole trades for every one at or after
-        ``recent_since_ms``, the latest ``tape_size`` and each market's latest ``per_market``."""
+        minute's totals and markets, and its trade ids from ``ids_since_ms`` on (default: all),
+        and whole trades for every one at or after ``recent_since_ms``, the latest
+        ``tape_size`` and each market's latest ``per_market``."""
         return await self._run_read(
-            self._database.summary_since, since_ms, recent_since_ms, tape_size, per_market
+            self._database.summary_since,
+            since_ms,
+            since_ms if ids_since_ms is None else ids_since_ms,
+            recent_since_ms,
+            tape_size,
+            per_market,
         )
 
     async def last_trade_ms(self) -> int | None:
