@@ -141,10 +141,10 @@ class PendingTrades:
     def offer(self, trades: Iterable[Trade]) -> int:
         """Queue what fits; return how many were dropped."""
         incoming = iter(trades)
-        queued = len(self._trades)
-        self._trades.extend(islice(incoming, self.capacity - queued))
+        fitting = list(islice(incoming, self.capacity - len(self._trades)))
+        self._trades.extend(fitting)
         if len(self.dropped_ids):
-            for trade in islice(self._trades, queued, None):
+            for trade in fitting:
                 self.dropped_ids.discard(trade)
         dropped = 0
         for trade in incoming:
