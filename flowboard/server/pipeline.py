@@ -740,6 +740,7 @@ def _register_follower_gauges(runtime: Runtime, follower: Follower) -> None:
 
 
 def _on_meta(runtime: Runtime, meta: MarketMeta) -> None:
+    runtime.metas_to_save.append(meta)
     if runtime.agg.market_id(meta.ticker) is None:
         # Forgotten while it was being described (the fetcher describes markets after their
         # trades): its next trade makes it a market again.
