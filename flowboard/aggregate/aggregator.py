@@ -628,7 +628,7 @@ class Aggregator:
     # -- internals ---------------------------------------------------------------------------
 
     def _market(self, market: int) -> _Market:
-        held = self._market(market)
+        held = self._markets[market]
         if held is None:
             raise KeyError(f"market {market} was forgotten")
         return held
