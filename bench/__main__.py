@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import statistics
 import sys
 import tempfile
@@ -933,12 +934,33 @@ def aggregator_bytes_per_window_trade(rate: float) -> dict[str, float]:
 def _soak_servers(args: argparse.Namespace) -> tuple[ServerProcess, ServerProcess | None]:
     """The process the clients use, and for ``--role edge`` the ingest that feeds it."""
     if args.role != "edge":
-        return ServerProcess(rate=args.rate), None
+        server = ServerProcess(rate=args.rate)
+        if args.tracemalloc is not None:
+            server.argv[1:3] = ["-m", "bench.tracemalloc_serve", str(args.tracemalloc)]
+        return server, None
     redis = ["--redis", SOAK_REDIS_URL, "--redis-prefix", f"soak-{uuid.uuid4().hex}"]
     ingest = ServerProcess(rate=args.rate, extra=["--role", "ingest", *redis])
     db = ingest.argv[ingest.argv.index("--db") + 1]
     # The edge reads the ingest's store (market history) and serves the clients.
     return ServerProcess(rate=args.rate, extra=["--role", "edge", *redis, "--db", db]), ingest
+
+
+#: ``--tracemalloc``: tracing starts once start-up is over, the first snapshot comes a minute
+#: later, then one every ten minutes, so that two differences show whether a growth goes on.
+SOAK_TRACE_FROM_S = 4 * 60
+SOAK_SNAPSHOT_FIRST_S = 5 * 60
+SOAK_SNAPSHOT_EVERY_S = 10 * 60
+
+
+async def _snapshot_server(server: ServerProcess, started: float) -> None:
+    """Asks a server run by ``bench.tracemalloc_serve`` to start tracing at minute 4, and for a
+    snapshot at minute 5, 15, 25, ..."""
+    due = SOAK_TRACE_FROM_S
+    while True:
+        await trio.sleep(max(0.0, started + due - time.monotonic()))
+        os.kill(server.pid, signal.SIGUSR1)
+        print(f"tracemalloc signalled at minute {due / 60:.0f}", flush=True)
+        due = SOAK_SNAPSHOT_FIRST_S if due == SOAK_TRACE_FROM_S else due + SOAK_SNAPSHOT_EVERY_S
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -962,6 +984,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             nursery.start_soon(_sample_server, server, SOAK_SAMPLE_S)
             if ingest is not None:
                 nursery.start_soon(_sample_server, ingest, SOAK_SAMPLE_S)
+            if args.tracemalloc is not None:
+                nursery.start_soon(_snapshot_server, server, started)
             cpu0, t0 = proc_usage(server.pid)[0], time.monotonic()
             _set_measuring(sample, True)
             await trio.sleep(max(0.0, args.duration - (time.monotonic() - started)))
@@ -1067,6 +1091,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-going", action="store_true", help="capacity: go on after a failing step")
     parser.add_argument("--minutes", type=float, help="soak: minutes from the server's start (or --duration)")
     parser.add_argument("--role", choices=["all", "edge"], default="all", help="soak: clients on an edge")
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="soak (one process): trace the server's allocations from minute 4, snapshots in this"
+        " directory at minute 5, 15, 25, ... (compare: python -m bench.tracemalloc_serve --compare A B)",
+    )
     args = parser.parse_args(arguments)
     run, defaults = SCENARIOS[args.scenario]
     for name, value in defaults.items():
@@ -1074,6 +1104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, value)
     if args.scenario == "soak":
         args.sample = min(args.sample, 10)
+        if args.tracemalloc is not None and args.role == "edge":
+            parser.error("--tracemalloc traces one process (--role all)")
     _raise_nofile()
     params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if v is not None}
     results = trio.run(run, args)

@@ -26,6 +26,7 @@ from flowboard.aggregate.events import (
     HotChanged,
     HotEventsChanged,
     MarketAdded,
+    MarketForgotten,
     MetaChanged,
     TopChanged,
     TradeAdded,
@@ -105,10 +106,12 @@ class ReferenceAggregator:
         self.started = False
         self.accepted: list[_Accepted] = []
         self.seen_ids: set[str] = set()
-        self.tickers: list[str] = []
+        self.tickers: list[str] = []  # by market id, forgotten ones included
         self.metas: list[MarketMeta] = []
         self.events_ranked: dict[bool, tuple[HotEvent, ...]] = {False: (), True: ()}
         self.ranked_at: int | None = None  # the clock when advance() last ranked the hot events
+        self.forgotten: set[int] = set()
+        self.history_len = max(sparkline_len, market_tape_size)
 
     @property
     def trades_total(self) -> int:
@@ -136,6 +139,7 @@ class ReferenceAggregator:
         if self.started and now_ms // MINUTE != self.now_ms // MINUTE:
             events.append(ClockTicked(now_ms // MINUTE * MINUTE))
         before = self._rankings()
+        histories = {market: self._retained(market)[-self.history_len :] for market in self.market_ids()}
         self.started = True
         self.now_ms = now_ms
         self.latest_ms = max(self.latest_ms, now_ms)
@@ -149,6 +153,13 @@ class ReferenceAggregator:
         for parlays in (False, True):
             if set(after.hot[parlays]) != set(before.hot[parlays]):
                 events.append(HotChanged(after.hot[parlays], parlays))
+        # A market is forgotten when its last retained trade leaves; in the order of the oldest
+        # trade of its history (its latest history_len trades) before the move.
+        emptied = [(history[0].trade.ts_ms, market) for market, history in histories.items() if history]
+        for _, market in sorted(emptied):
+            if not self._retained(market):
+                self.forgotten.add(market)
+                events.append(MarketForgotten(market, self.tickers[market]))
         return events
 
     def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
@@ -224,11 +235,13 @@ class ReferenceAggregator:
         return events
 
     def _market_for(self, ticker: str, events: list[Event]) -> int:
-        if ticker not in self.tickers:
+        market = self.market_id(ticker)
+        if market is None:
             self.tickers.append(ticker)
             self.metas.append(MarketMeta(ticker))
-            events.append(MarketAdded(len(self.tickers) - 1, ticker))
-        return self.tickers.index(ticker)
+            market = len(self.tickers) - 1
+            events.append(MarketAdded(market, ticker))
+        return market
 
     def _rankings(self) -> _Rankings:
         return _Rankings(
@@ -288,13 +301,17 @@ class ReferenceAggregator:
         return [a for a in self.accepted if a.trade.ts_ms > self.now_ms - self.window_ms]
 
     def market_id(self, ticker: str) -> int | None:
-        return self.tickers.index(ticker) if ticker in self.tickers else None
+        live = [m for m in self.market_ids() if self.tickers[m] == ticker]
+        return live[0] if live else None
 
     def ticker(self, market: int) -> str:
         return self.tickers[market]
 
     def markets_count(self) -> int:
-        return len(self.tickers)
+        return len(self.market_ids())
+
+    def market_ids(self) -> list[int]:
+        return [m for m in range(len(self.tickers)) if m not in self.forgotten]
 
     def meta(self, market: int) -> MarketMeta:
         return self.metas[market]

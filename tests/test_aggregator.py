@@ -22,6 +22,7 @@ from flowboard.aggregate.events import (
     HotChanged,
     HotEventsChanged,
     MarketAdded,
+    MarketForgotten,
     MetaChanged,
     TopChanged,
     TradeAdded,
@@ -217,25 +218,33 @@ def test_trade_older_than_the_retention_horizon_is_refused() -> None:
 
 
 def test_memory_is_bounded_by_the_horizons() -> None:
-    """A day after a burst, ids, buckets and per-market trades are forgotten; market ids and
-    meta stay."""
+    """A day after a burst, ids, buckets, per-market trades and the markets themselves are
+    forgotten (each announced once); a market still trading stays, and a forgotten ticker that
+    trades again is a new market under a new id."""
     agg = Aggregator()
     for index in range(50):
         agg.add_trade(make_trade(f"t{index}", T0 + index, ticker=f"M{index % 5}"), T0 + index)
     agg.set_meta(MarketMeta("M0", title="Bitcoin"))
     assert agg.statistics().remembered_trade_ids == 50
     assert agg.statistics().market_history_trades == 50
+    agg.add_trade(make_trade("busy", T0 + HOUR_MS, ticker="M4"), T0 + HOUR_MS)
 
-    agg.advance(T0 + DAY_MS)
+    events = agg.advance(T0 + DAY_MS)
+    forgotten = [event for event in events if isinstance(event, MarketForgotten)]
+    assert forgotten == [MarketForgotten(m, f"M{m}") for m in range(4)]
     stats = agg.statistics()
     assert (stats.trades_in_window, stats.remembered_trade_ids) == (0, 0)
-    assert (stats.market_history_trades, stats.tape_trades) == (0, 0)
-    assert (stats.minute_buckets, stats.hour_buckets) == (0, 0)
-    assert stats.markets == 5
-    assert agg.recent_trades(200) == ()
-    assert agg.sparkline(0) == ()
-    assert agg.last_trade(0) is None
-    assert agg.meta(0).title == "Bitcoin"
+    assert (stats.market_history_trades, stats.tape_trades) == (1, 1)
+    assert (stats.minute_buckets, stats.hour_buckets) == (0, 1)
+    assert stats.markets == agg.markets_count() == 1
+    assert agg.market_ids() == [4]
+    assert agg.market_id("M0") is None
+    assert not of_type(agg.advance(T0 + DAY_MS + 1), MarketForgotten)
+
+    again = agg.add_trade(make_trade("back", T0 + DAY_MS + 2, ticker="M0"), T0 + DAY_MS + 2)
+    assert of_type(again, MarketAdded) == [MarketAdded(5, "M0")]
+    assert agg.meta(5) == MarketMeta("M0")
+    assert agg.market_ids() == [4, 5]
 
 
 def test_ids_are_remembered_for_the_dedup_horizon_only() -> None:
@@ -580,7 +589,7 @@ def apply(
 
 
 def reads(source: Aggregator | ReferenceAggregator) -> dict[str, Any]:
-    markets = range(source.markets_count())
+    markets = source.market_ids()
     return {
         "now": source.now_ms,
         "trades_total": source.trades_total,
@@ -634,17 +643,18 @@ class FoldingClient:
     def __init__(self, agg: Aggregator, sizes: dict[str, int]) -> None:
         self.sizes = sizes
         self.minute = agg.now_ms // MINUTE_MS * MINUTE_MS
-        markets = range(agg.markets_count())
-        self.tickers = [agg.ticker(m) for m in markets]
-        self.metas = [agg.meta(m) for m in markets]
-        self.windows = [agg.window(m) for m in markets]
+        markets = agg.market_ids()
+        # By market id: a forgotten market leaves, a new one gets the next id.
+        self.tickers = {m: agg.ticker(m) for m in markets}
+        self.metas = {m: agg.meta(m) for m in markets}
+        self.windows = {m: agg.window(m) for m in markets}
         self.hot_members = set(agg.hot())
         # Snapshot trades get arrivals below every arrival still to come, in their given order.
         self.top = self._ranked(agg.top_trades())
-        self.sparklines = [self._ranked(agg.sparkline(m)) for m in markets]
-        self.market_tapes = [
-            self._ranked(agg.market_trades(m, sizes["market_tape_size"])[::-1]) for m in markets
-        ]
+        self.sparklines = {m: self._ranked(agg.sparkline(m)) for m in markets}
+        self.market_tapes = {
+            m: self._ranked(agg.market_trades(m, sizes["market_tape_size"])[::-1]) for m in markets
+        }
         self.tape = self._ranked(agg.recent_trades(sizes["tape_size"])[::-1])
         self.buckets: dict[str, dict[int, list[int]]] = {}
         for mode in ("hour", "day"):
@@ -663,12 +673,17 @@ class FoldingClient:
     def apply(self, event: Event) -> None:
         match event:
             case MarketAdded(market, ticker):
-                assert market == len(self.tickers)
-                self.tickers.append(ticker)
-                self.metas.append(MarketMeta(ticker))
-                self.windows.append(EMPTY_WINDOW)
-                self.sparklines.append([])
-                self.market_tapes.append([])
+                assert market not in self.tickers and ticker not in self.tickers.values()
+                self.tickers[market] = ticker
+                self.metas[market] = MarketMeta(ticker)
+                self.windows[market] = EMPTY_WINDOW
+                self.sparklines[market] = []
+                self.market_tapes[market] = []
+            case MarketForgotten(market, ticker):
+                assert self.tickers.pop(market) == ticker
+                self.metas.pop(market)
+                assert self.windows.pop(market) == EMPTY_WINDOW
+                assert not self.sparklines.pop(market) and not self.market_tapes.pop(market)
             case TradeAdded(trade, market, _, arrival):
                 self._fold_trade(trade, market, arrival)
             case WindowChanged(market, window):
@@ -682,7 +697,7 @@ class FoldingClient:
             case ClockTicked(minute_ms):
                 self.minute = minute_ms
                 forget_before = retention_start_ms(minute_ms, self.sizes["window_ms"])
-                for latest in [self.tape, *self.sparklines, *self.market_tapes]:
+                for latest in [self.tape, *self.sparklines.values(), *self.market_tapes.values()]:
                     latest[:] = [held for held in latest if held[0].ts_ms >= forget_before]
 
     def _fold_trade(self, trade: Trade, market: int, arrival: int) -> None:
@@ -722,12 +737,13 @@ class FoldingClient:
 
     def reads(self) -> dict[str, Any]:
         usd, trades = self.days.get(self.minute // DAY_MS * DAY_MS, [0, 0])
+        markets = sorted(self.tickers)
         return {
-            "windows": self.windows,
+            "windows": [self.windows[m] for m in markets],
             "hot": tuple(sorted(self.hot_members, key=lambda m: (-self.windows[m].usd, self.tickers[m]))),
             "top": tuple(trade for trade, _ in self.top),
-            "sparklines": [tuple(trade for trade, _ in line) for line in self.sparklines],
-            "market_tapes": [tuple(trade for trade, _ in reversed(tape)) for tape in self.market_tapes],
+            "sparklines": [tuple(trade for trade, _ in self.sparklines[m]) for m in markets],
+            "market_tapes": [tuple(trade for trade, _ in reversed(self.market_tapes[m])) for m in markets],
             "tape": tuple(trade for trade, _ in reversed(self.tape)),
             "hour": self.analytics("hour"),
             "day": self.analytics("day"),
@@ -736,7 +752,7 @@ class FoldingClient:
 
 
 def folded_reads(agg: Aggregator, sizes: dict[str, int]) -> dict[str, Any]:
-    markets = range(agg.markets_count())
+    markets = agg.market_ids()
     return {
         "windows": [agg.window(m) for m in markets],
         "hot": agg.hot(),

@@ -124,6 +124,38 @@ async def test_metadata_refreshes_after_ttl_and_skips_unknown(autojump_clock: An
     assert fetcher.statistics().unknown == 3
 
 
+async def test_metadata_of_markets_no_longer_held_is_not_refreshed_or_kept(autojump_clock: Any) -> None:
+    """Past its TTL a market the dashboard no longer holds is dropped instead of fetched again,
+    and expired event and series descriptions leave the caches: the fetcher's memory and its
+    requests follow the markets held, not every market seen since start."""
+    fake = FakeKalshi(wall_ms=wall_ms)
+    held = {"FED-23DEC-T3.00", "KXNFLGAME-25SEP25SEAARI-SEA"}
+    metas: list[MarketMeta] = []
+    send, receive = trio.open_memory_channel[str](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        fetcher: MetadataFetcher = await nursery.start(
+            lambda task_status: serve_metadata(
+                KalshiConfig(rest_url=fake.rest_url),
+                receive,
+                metas.append,
+                wall_ms=wall_ms,
+                ttl_s=100,
+                still_wanted=held.__contains__,
+                task_status=task_status,
+            )
+        )
+        for ticker in held:
+            send.send_nowait(ticker)
+        await eventually(lambda: len(metas) == 2)
+        held.discard("KXNFLGAME-25SEP25SEAARI-SEA")
+        await trio.sleep(250)
+        nursery.cancel_scope.cancel()
+    assert sorted(m.ticker for m in metas) == ["FED-23DEC-T3.00"] * 3 + ["KXNFLGAME-25SEP25SEAARI-SEA"]
+    assert list(fetcher._due) == ["FED-23DEC-T3.00"]
+    assert set(fetcher._events) <= {"FED-23DEC"} and set(fetcher._series) <= {"FED"}
+
+
 def test_build_meta_without_event_falls_back() -> None:
     """Without an event the market's own (deprecated) title is used and the series comes from the ticker."""
     meta = build_meta(

@@ -11,7 +11,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowboard.config import make_config
-from flowboard.server.pipeline import run_server
+from flowboard.server.pipeline import feed_message_label, run_server
 from flowboard.server.runtime import Runtime
 
 BASE_MS = 1_795_800_000_000
@@ -52,3 +52,15 @@ async def test_metrics_show_the_process_and_what_the_aggregator_holds(
     assert 0 < samples["flowboard_aggregator_history_trades"] <= 50 * samples["flowboard_aggregator_markets"]
     assert not [name for name in samples if name.endswith("_created")]
     assert "_created" not in text
+
+
+def test_feed_message_types_beyond_the_known_ones_share_one_label() -> None:
+    """A label set lives as long as the process: a feed that sends ever new message types is
+    counted under "other", so /metrics does not grow with them; Kalshi's own keep theirs."""
+    assert {feed_message_label(f"novel-{index}") for index in range(50)} == {"other"}
+    assert [feed_message_label(kind) for kind in ("trade", "ticker", "subscribed", "error")] == [
+        "trade",
+        "ticker",
+        "subscribed",
+        "error",
+    ]

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import hypothesis.strategies as st
 import orjson
@@ -21,9 +22,9 @@ import trio
 from hypothesis import given, settings
 
 # Fixtures of the store suite: each test taking db_url runs on SQLite and on PostgreSQL.
-from test_store import db_url, load_all, postgres_url, running_store, wait_until  # noqa: F401
+from test_store import FAST, db_url, load_all, postgres_url, running_store, wait_until  # noqa: F401
 
-from flowboard.aggregate.aggregator import Aggregator, retention_start_ms
+from flowboard.aggregate.aggregator import Aggregator, dedup_start_ms, retention_start_ms
 from flowboard.aggregate.events import TradeAdded
 from flowboard.config import make_config
 from flowboard.ingest.kalshi_format import encode_envelope, encode_trade_msg
@@ -84,7 +85,7 @@ def summary_of(
         rows(kept[-agg.tape_size :]),
         *map(rows, per_market),
     )
-    return StoredSummary(summarize_minutes(summary_rows, minute_usd), recent)
+    return StoredSummary(summarize_minutes([summary_rows], minute_usd, since_ms), recent)
 
 
 def restored(agg: Aggregator, stored: Sequence[Trade], now_ms: int) -> Aggregator:
@@ -97,7 +98,7 @@ def restored(agg: Aggregator, stored: Sequence[Trade], now_ms: int) -> Aggregato
 
 def reads(agg: Aggregator) -> dict[str, Any]:
     """Everything a viewer or the API can read from an aggregator."""
-    markets = range(agg.markets_count())
+    markets = agg.market_ids()
     return {
         "now": agg.now_ms,
         "trades_total": agg.trades_total,
@@ -254,22 +255,32 @@ def random_stored(count: int, seed: int) -> list[Trade]:
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_store_summary_restores_the_replayed_state(db_url: str, seed: int) -> None:  # noqa: F811
     """Both backends summarise stored trades exactly as the definition does (minute totals,
-    exact even where SQL would overflow, ids, markets in first-trade order, the recent
-    trades), and restoring from them equals replaying every stored trade."""
+    exact even where SQL would overflow, ids for the de-duplication horizon only, markets in
+    first-trade order, the recent trades), reading the day's rows a chunk at a time (chunks
+    ending inside a minute), and restoring from them equals replaying every stored trade."""
     stored = random_stored(3_000, seed)
     sizes = {"tape_size": 40, "market_tape_size": 30}
     agg = Aggregator(**sizes)
     since = retention_start_ms(NOW, agg.window_ms)
-    async with running_store(db_url) as store:
+    ids_since = dedup_start_ms(NOW, agg.dedup_horizon_ms)
+    async with running_store(db_url, attrs.evolve(FAST, load_chunk_trades=7)) as store:
         store.offer(stored)
         await wait_until(lambda: store.statistics().written_total == len(stored))
         summary = await store.load_summary_since(
             since,
+            ids_since_ms=ids_since,
             recent_since_ms=NOW - agg.restore_horizon_ms + 1,
             tape_size=agg.tape_size,
             per_market=agg.history_len,
         )
-    assert summary == summary_of(stored, since, NOW - agg.restore_horizon_ms + 1, agg)
+    expected = summary_of(stored, since, NOW - agg.restore_horizon_ms + 1, agg)
+    expected_minutes = [
+        minute if minute.start_ms >= ids_since else attrs.evolve(minute, trade_ids=())
+        for minute in expected.minutes
+    ]
+    assert summary == StoredSummary(expected_minutes, expected.recent)
+    assert any(minute.trade_ids for minute in summary.minutes)
+    assert any(not minute.trade_ids for minute in summary.minutes)
     assert any(minute.usd > 2**63 for minute in summary.minutes)
     agg.restore(NOW, summary.minutes, summary.recent)
     assert reads(agg) == reads(replayed(Aggregator(**sizes), stored, NOW))
@@ -297,6 +308,8 @@ async def test_server_restart_rebuilds_the_stored_state(db_url: str, tmp_path: P
     async with running_store(db_url) as store:
         stored = await load_all(store)
         metas = await store.load_meta()
+        # Described once, never traded since the retention horizon: not worth its memory.
+        await store.save_meta([MarketMeta("KXGONE-24JAN01", title="Long closed")])
     assert len(stored) == first.agg.trades_total > 300 * 60
     assert first.store is not None and first.store.statistics().queued == 0
 
@@ -308,13 +321,15 @@ async def test_server_restart_rebuilds_the_stored_state(db_url: str, tmp_path: P
         second: Runtime = await nursery.start(partial(run_server, quiet))
         rebuilt = reads(second.agg)
         nursery.cancel_scope.cancel()
-    # The simulator's metadata is stored, and a rebuild sets it first, as the replay does here.
+    # The simulator's metadata is stored, and a rebuild sets that of the markets it restored.
     reference = Aggregator()
-    for meta in metas:
-        reference.set_meta(meta)
     replayed(reference, stored, rebuilt["now"])
+    for meta in metas:
+        if reference.market_id(meta.ticker) is not None:
+            reference.set_meta(meta)
     assert rebuilt == reads(reference)
     assert rebuilt["trades_total"] == len(stored)
+    assert second.agg.market_id("KXGONE-24JAN01") is None
 
 
 async def test_a_restarted_simulator_keeps_its_markets_and_their_titles(db_url: str) -> None:  # noqa: F811

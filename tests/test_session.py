@@ -312,6 +312,31 @@ def test_unknown_detail_market_gets_an_error_event() -> None:
     assert h.views[client].errors and "NOPE-1" in h.views[client].errors[0]
 
 
+def test_a_market_forgotten_after_a_quiet_day_leaves_each_client_and_its_detail() -> None:
+    """A market without a trade for a day leaves the aggregator; a client whose detail it was
+    is told (`D` null and an error) and keeps streaming, the session's mirror lets go of the
+    id, and the market trading again comes back under a new id, defined afresh."""
+    h = Harness()
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    h.trade(TICKERS[1], 5100, 100, "no")
+    folding = h.connect()
+    watching = h.connect(frozenset({"today"}), detail=TICKERS[0])
+    for client in (folding, watching):
+        h.read_until_idle(client)
+    assert folding.session._known >= {0, 1} and watching.session._detail == 0
+    h.advance(25 * 3_600_000)
+    h.trade(TICKERS[1], 5200, 100, "yes")
+    for client in (folding, watching):
+        h.read_until_idle(client)
+        h.check(client)
+    assert h.agg.market_ids() == [2]
+    assert 0 not in folding.session._known and 1 not in folding.session._known
+    assert watching.session._detail is None
+    assert h.views[watching].errors and TICKERS[0] in h.views[watching].errors[-1]
+    defined = [e for f in h.frames[folding] for e in events_of(f) if e[0] == "m"]
+    assert defined[-1][1:3] == [2, TICKERS[1]]
+
+
 def test_subscribe_and_unsubscribe_change_the_stream_from_the_next_frame() -> None:
     """`sub` sends the new channel's state; `unsub` stops it; the view stays exact."""
     h = Harness()

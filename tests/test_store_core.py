@@ -26,7 +26,7 @@ def trade(number: int) -> Trade:
 def test_pending_trades_keep_the_oldest_that_fit_and_count_the_rest(capacity: int, offers: list[int]) -> None:
     """Whatever is offered is either queued, in offer order, or counted as dropped; never more
     than the capacity is held."""
-    pending = PendingTrades(capacity)
+    pending = PendingTrades(capacity, dropped_ids_kept=100)
     offered: list[Trade] = []
     for size in offers:
         batch = [trade(len(offered) + i) for i in range(size)]
@@ -39,7 +39,7 @@ def test_pending_trades_keep_the_oldest_that_fit_and_count_the_rest(capacity: in
 
 def test_pending_trades_report_drops_per_offer_and_free_room_when_committed() -> None:
     """offer() returns how many of its trades did not fit; discarding committed trades makes room."""
-    pending = PendingTrades(3)
+    pending = PendingTrades(3, dropped_ids_kept=100)
     assert pending.offer(trade(i) for i in range(2)) == 0
     assert pending.offer([trade(2), trade(3), trade(4)]) == 2
     assert pending.oldest(2) == [trade(0), trade(1)]
@@ -47,6 +47,25 @@ def test_pending_trades_report_drops_per_offer_and_free_room_when_committed() ->
     assert pending.oldest(10) == [trade(2)]
     assert pending.offer([trade(5)]) == 0
     assert pending.dropped_total == 2
+
+
+def test_dropped_ids_are_kept_until_offered_again_and_past_room_older_trades_become_maybe() -> None:
+    """A dropped trade is "yes" until it is queued on a later offer; when more are dropped than
+    the ids kept, the oldest by trade time are forgotten and every trade as old is "maybe",
+    so that no trade the queue lost can be taken for one it never saw."""
+    pending = PendingTrades(1, dropped_ids_kept=2)
+    late = Trade("late", "KXA-1", 5000, 100, "yes", 50)
+    assert pending.offer([trade(0), trade(1), trade(2)]) == 2
+    assert [pending.dropped_ids.of(trade(i)) for i in range(3)] == ["no", "yes", "yes"]
+    pending.discard_oldest(1)
+    assert pending.offer([trade(1)]) == 0
+    assert [pending.dropped_ids.of(trade(i)) for i in range(3)] == ["no", "no", "yes"]
+    assert pending.offer([late, trade(3)]) == 2  # late is older than trade(2), trade(3) newer
+    assert len(pending.dropped_ids) == 2
+    assert [pending.dropped_ids.of(t) for t in (late, trade(2), trade(3))] == ["maybe", "yes", "yes"]
+    # Older than the forgotten one: maybe too; newer and never dropped: no.
+    assert pending.dropped_ids.of(Trade("older", "KXA-1", 5000, 100, "yes", 10)) == "maybe"
+    assert pending.dropped_ids.of(trade(4)) == "no"
 
 
 def test_retry_delay_doubles_from_the_initial_delay_up_to_the_cap() -> None:

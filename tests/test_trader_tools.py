@@ -418,6 +418,24 @@ def test_channels_are_opt_in_and_validated() -> None:
         v2.parse_command('{"op":"sub","ch":["alert"]}')
 
 
+def test_a_restored_alert_of_a_market_not_held_is_not_streamed() -> None:
+    """After a restart, stored alerts may name markets with no trade in the restored day (or
+    forgotten since): an alerts snapshot leaves them out instead of failing, and keeps the others."""
+    agg = Aggregator(lists_period_ms=1_000)
+    hub = Hub(agg, epoch="e1", ring_size=1_000, limits=SessionLimits())
+    hub.publish(agg.advance(T0), T0)
+    hub.publish(agg.add_trade(trade("s1", T0 + 1, count=400_000, price=ONE_DOLLAR // 2), T0 + 1), T0 + 1)
+    quiet = Alert("whale", trade("old", T0 - 2 * MINUTE_MS, ticker="KXQUIET-1"), 10**12, 400_000, 1, T0)
+    agg.restore_alerts([quiet])
+    client = hub.connect(channels=frozenset({"alerts"}), detail=None, resume=None, now_ms=T0 + 2)
+    frame = client.session.build_frame(agg, T0 + 2)
+    assert frame is not None
+    view = ViewState()
+    view.apply_frame(frame.payload)
+    assert [row[0] for row in view.summary()["alerts"]] == [agg.alerts(limit=10)[0].trade.ticker]
+    assert len(agg.alerts(limit=10)) == 2
+
+
 def test_subscribing_later_gets_the_whole_state_once() -> None:
     """A client that subscribes to alerts after some were raised gets one snapshot ("A" mode 0)
     holding them, not the snapshot and the same alerts again."""

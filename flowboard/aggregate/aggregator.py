@@ -17,8 +17,8 @@ of trade time. Two horizons say what is forgotten:
 
 - ``retention_start_ms``: the oldest trade time any read can show (the start of the day
   view, or of the window if that is longer). Older trades leave the tape and the market
-  histories; a trade that arrives already older than that is refused. A market quiet for
-  a day keeps only its id and metadata.
+  histories; a trade that arrives already older than that is refused. A market whose
+  latest trade leaves it is forgotten (``MarketForgotten``): only its id's slot remains.
 - ``dedup_start_ms``: ids are remembered for the trades at or after it, as long as a
   duplicate can still come from the feed (Kalshi's reconciliation re-reads 150 s and a
   backfill starts 5 s before the newest trade forwarded; see README "Memory"). A trade
@@ -46,6 +46,7 @@ from flowboard.aggregate.events import (
     HotChanged,
     HotEventsChanged,
     MarketAdded,
+    MarketForgotten,
     MetaChanged,
     MoversChanged,
     TopChanged,
@@ -301,8 +302,9 @@ class Aggregator:
         self._clock_started = False  # the first time passed in sets the clock without a tick
         self._trades_total = 0  # also the next trade's arrival number
 
-        self._markets: list[_Market] = []  # indexed by market id
-        self._market_ids: dict[str, int] = {}
+        # Indexed by market id; None once forgotten (ids are never given twice).
+        self._markets: list[_Market | None] = []
+        self._market_ids: dict[str, int] = {}  # the markets held
 
         # Every in-window trade, twice: oldest first so expiry pops from the front, and
         # largest first so the top trades are the head.
@@ -371,7 +373,7 @@ class Aggregator:
         if in_window:
             key = _by_size(held)
             entered_top = (
-                not self._markets[market].parlay
+                not self._market(market).parlay
                 and self._window_by_size_plain.bisect_key_left(key) < self._top_size,
                 self._window_by_size.bisect_key_left(key) < self._top_size,
             )
@@ -380,9 +382,9 @@ class Aggregator:
         for period in self._mover_periods.values():
             period.add(market, trade, held.arrival)
 
-        window = self._markets[market].window
+        window = self._market(market).window
         events.append(TradeAdded(trade, market, window, held.arrival))
-        parlay = is_parlay(trade.ticker, self._markets[market].meta)
+        parlay = is_parlay(trade.ticker, self._market(market).meta)
         for alert in self._alert_detector.observe(trade, held.arrival, self._now_ms, parlay=parlay):
             self._keep_alert(alert)
             events.append(AlertRaised(alert, market))
@@ -473,7 +475,7 @@ class Aggregator:
                 self._add_to_window(held)
             for period in self._mover_periods.values():
                 period.add(held.market, trade, arrival)
-            parlay = is_parlay(trade.ticker, self._markets[held.market].meta)
+            parlay = is_parlay(trade.ticker, self._market(held.market).meta)
             self._alert_detector.warm(trade, arrival, now_ms, parlay=parlay)
         self._published_flows = self._ranked_flows(FLOWS_PUBLISHED, include_parlays=False)
         self._published_moves = {
@@ -501,7 +503,7 @@ class Aggregator:
         """Store a market's metadata; ``MetaChanged`` only when it differs from what is stored."""
         events: list[Event] = []
         market_id = self._market_for(meta.ticker, events)
-        market = self._markets[market_id]
+        market = self._market(market_id)
         if market.meta != meta:
             market.meta = meta
             events.append(MetaChanged(market_id, meta))
@@ -515,14 +517,14 @@ class Aggregator:
         return events
 
     def _count_in_events(self, market_id: int, sign: int) -> None:
-        market = self._markets[market_id]
+        market = self._market(market_id)
         for parlays in (False, True) if not market.parlay else (True,):
             self._event_totals[parlays].shift(market.event, market_id, market.window, sign)
 
     def _reclassify(self, market_id: int, events: list[Event]) -> None:
         """Its metadata says the market is (or is not) a parlay, which its ticker did not: move it
         into (or out of) the default rankings. Rare, so a pass over the window is fine."""
-        market = self._markets[market_id]
+        market = self._market(market_id)
         top_before, hot_before = self.top_trades(False), self._hot_members(False)
         held_trades = [held for held in self._window_by_time if held.market == market_id]
         if market.window.usd > 0:
@@ -594,25 +596,29 @@ class Aggregator:
         return self._market_ids.get(ticker)
 
     def ticker(self, market: int) -> str:
-        return self._markets[market].ticker
+        return self._market(market).ticker
 
     def markets_count(self) -> int:
-        """Market ids are 0 .. count-1, in first-seen order."""
-        return len(self._markets)
+        """Markets held (the forgotten ones are not)."""
+        return len(self._market_ids)
+
+    def market_ids(self) -> list[int]:
+        """The ids of the markets held, in first-seen order."""
+        return sorted(self._market_ids.values())
 
     def meta(self, market: int) -> MarketMeta:
-        return self._markets[market].meta
+        return self._market(market).meta
 
     def window(self, market: int) -> WindowStats:
-        return self._markets[market].window
+        return self._market(market).window
 
     def sparkline(self, market: int) -> tuple[Trade, ...]:
         """The market's latest ``sparkline_len`` trades, oldest first."""
-        return self._markets[market].history.oldest_first(self._sparkline_len)
+        return self._market(market).history.oldest_first(self._sparkline_len)
 
     def last_trade(self, market: int) -> Trade | None:
         """The market's latest trade by (ts, arrival)."""
-        return self._markets[market].history.latest()
+        return self._market(market).history.latest()
 
     def hot(self, parlays: bool = False) -> tuple[int, ...]:
         """Hot markets, ranked by (-window usd, ticker); only markets with window usd > 0, and
@@ -631,7 +637,7 @@ class Aggregator:
 
     def is_parlay(self, market: int) -> bool:
         """Whether the market is a combination market, by its ticker or its metadata."""
-        return self._markets[market].parlay
+        return self._market(market).parlay
 
     def recent_trades(self, limit: int) -> tuple[Trade, ...]:
         """The tape: up to ``limit`` (at most ``tape_size``) latest trades, newest first."""
@@ -639,7 +645,7 @@ class Aggregator:
 
     def market_trades(self, market: int, limit: int) -> tuple[Trade, ...]:
         """Up to ``limit`` (at most ``market_tape_size``) latest trades of a market, newest first."""
-        return self._markets[market].history.newest_first(min(limit, self._market_tape_size))
+        return self._market(market).history.newest_first(min(limit, self._market_tape_size))
 
     def analytics(self, mode: AnalyticsMode) -> Analytics:
         bucket_ms, bucket_count = ANALYTICS_VIEWS[mode]
@@ -720,11 +726,11 @@ class Aggregator:
         return self._published_moves[period]
 
     def _shown(self, market: int, include_parlays: bool) -> bool:
-        return include_parlays or not is_parlay(self._markets[market].ticker, self._markets[market].meta)
+        return include_parlays or not is_parlay(self._market(market).ticker, self._market(market).meta)
 
     def _ranked_flows(self, limit: int, *, include_parlays: bool) -> tuple[Flow, ...]:
         flows = [flow for flow in self._flows.all() if self._shown(flow.market, include_parlays)]
-        flows.sort(key=lambda flow: flow_key(flow, self._markets[flow.market].ticker))
+        flows.sort(key=lambda flow: flow_key(flow, self._market(flow.market).ticker))
         return tuple(flows[:limit])
 
     def _ranked_moves(self, period: str, limit: int, *, include_parlays: bool) -> tuple[Move, ...]:
@@ -735,7 +741,7 @@ class Aggregator:
             and move.usd >= self._movers_min_usd
             and self._shown(move.market, include_parlays)
         ]
-        moves.sort(key=lambda move: move_key(move, self._markets[move.market].ticker))
+        moves.sort(key=lambda move: move_key(move, self._market(move.market).ticker))
         return tuple(moves[:limit])
 
     def _publish_lists(self, events: list[Event]) -> None:
@@ -761,7 +767,7 @@ class Aggregator:
 
     def statistics(self) -> AggregatorStatistics:
         return AggregatorStatistics(
-            markets=len(self._markets),
+            markets=len(self._market_ids),
             trades_in_window=len(self._window_by_time),
             remembered_trade_ids=len(self._seen_ids),
             market_history_trades=self._market_history_trades,
@@ -771,6 +777,12 @@ class Aggregator:
         )
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _market(self, market: int) -> _Market:
+        held = self._markets[market]
+        if held is None:
+            raise KeyError(f"market {market} was forgotten")
+        return held
 
     def _market_for(self, ticker: str, events: list[Event]) -> int:
         """The id of ``ticker``, creating it (and announcing it in ``events``) if new."""
@@ -795,7 +807,7 @@ class Aggregator:
         self._clock_started = True
         self._now_ms = now_ms
         self._expire(events)
-        self._forget_before(retention_start_ms(now_ms, self._window_ms))
+        self._forget_before(retention_start_ms(now_ms, self._window_ms), events)
         self._forget_ids_before(dedup_start_ms(now_ms, self._dedup_horizon_ms))
         for mode, totals in self._buckets.items():
             start_ms = view_start_ms(mode, now_ms)
@@ -820,11 +832,11 @@ class Aggregator:
         while self._window_by_time and self._window_by_time[0].trade.ts_ms < oldest_kept_ts:
             held = self._window_by_time.pop(0)
             self._window_by_size.remove(held)
-            if not self._markets[held.market].parlay:
+            if not self._market(held.market).parlay:
                 self._window_by_size_plain.remove(held)
             self._shift_window(held, -1)
             changed.add(held.market)
-        events.extend(WindowChanged(market, self._markets[market].window) for market in sorted(changed))
+        events.extend(WindowChanged(market, self._market(market).window) for market in sorted(changed))
         for parlays in (False, True):
             top_after = self.top_trades(parlays)
             if top_after != top_before[parlays]:
@@ -843,7 +855,7 @@ class Aggregator:
                 events.append(HotEventsChanged(ranked, parlays))
 
     def _event_member(self, market_id: int) -> tuple[int, str, int]:
-        market = self._markets[market_id]
+        market = self._market(market_id)
         last = market.history.latest()
         assert last is not None, "a market with trades in the window holds them"
         return market.window.usd, market.ticker, last.yes_price
@@ -851,12 +863,12 @@ class Aggregator:
     def _add_to_window(self, held: _Held) -> None:
         self._window_by_time.add(held)
         self._window_by_size.add(held)
-        if not self._markets[held.market].parlay:
+        if not self._market(held.market).parlay:
             self._window_by_size_plain.add(held)
         self._shift_window(held, 1)
 
     def _shift_window(self, held: _Held, sign: int) -> None:
-        market = self._markets[held.market]
+        market = self._market(held.market)
         before = market.window
         after = _shifted(before, held.trade, sign)
         market.window = after
@@ -907,7 +919,7 @@ class Aggregator:
             bucket.net_flow += trade.count if trade.taker_side == "yes" else -trade.count
 
     def _add_to_history(self, held: _Held) -> None:
-        history = self._markets[held.market].history
+        history = self._market(held.market).history
         oldest_before, length_before = history.oldest_ts(), len(history)
         history.add(held)
         self._market_history_trades += len(history) - length_before
@@ -921,15 +933,22 @@ class Aggregator:
         if oldest_after is not None:
             self._histories_by_oldest.add((oldest_after, market))
 
-    def _forget_before(self, start_ms: int) -> None:
-        """Take the trades older than ``start_ms`` off the tape and the market histories."""
+    def _forget_before(self, start_ms: int, events: list[Event]) -> None:
+        """Take the trades older than ``start_ms`` off the tape and the market histories, and
+        forget the markets left without any (the window is inside the retention horizon, so
+        theirs is empty too; hot and top hold none of them)."""
         while self._histories_by_oldest and self._histories_by_oldest[0][0] < start_ms:
             oldest_before, market = self._histories_by_oldest[0]
-            history = self._markets[market].history
+            held = self._market(market)
+            history = held.history
             length_before = len(history)
             history.drop_older_than(start_ms)
             self._market_history_trades += len(history) - length_before
             self._reindex_history(market, oldest_before, history.oldest_ts())
+            if not history and not held.window.trades:
+                self._markets[market] = None
+                del self._market_ids[held.ticker]
+                events.append(MarketForgotten(market, held.ticker))
         self._tape.drop_older_than(start_ms)
 
     def _forget_ids_before(self, start_ms: int) -> None:

@@ -50,6 +50,15 @@ class MarketAdded:
 
 
 @attrs.frozen(slots=True)
+class MarketForgotten:
+    """A market without a trade since the retention horizon (a day) left memory; its id is
+    never given again, and a trade for its ticker makes it a new market with a new id."""
+
+    market: int
+    ticker: str
+
+
+@attrs.frozen(slots=True)
 class TradeAdded:
     """A new trade. ``window`` is the market's window after it (for clients that do not
     get every trade of the market); ``arrival`` orders trades of equal time."""
@@ -136,6 +145,7 @@ class MoversChanged:
 
 Event = (
     MarketAdded
+    | MarketForgotten
     | TradeAdded
     | WindowChanged
     | HotChanged

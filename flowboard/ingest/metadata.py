@@ -5,7 +5,8 @@ The pipeline hands tickers to ``serve_metadata`` through a bounded channel (with
 offered again with its next trade). The fetcher drains the channel into its own
 de-duplicated queue, asks ``GET /markets?tickers=A,B,...`` in batches, then the
 event and the series of each market (both cached), and calls ``on_meta`` with a
-:class:`~flowboard.model.MarketMeta` per market. Results are refreshed after ``ttl_s``.
+:class:`~flowboard.model.MarketMeta` per market. Results are refreshed after ``ttl_s``
+while the market is still held; what expires is dropped, so memory follows the markets held.
 
 Kalshi's fields, as its API documents them: a market has no category and its ``title`` is deprecated;
 the title shown is the event's title plus the market's ``yes_sub_title`` where that
@@ -130,8 +131,12 @@ class MetadataFetcher:
         retry_s: float,
         batch_size: int = BATCH_SIZE,
         batch_wait_s: float = 0.5,
+        still_wanted: Callable[[str], bool] = lambda ticker: True,
     ) -> None:
         self._rest = rest
+        # Whether a ticker's description is still worth refreshing (its market is still held):
+        # the others are forgotten here too, or this would grow with every market ever seen.
+        self._still_wanted = still_wanted
         self._batch_wait_s = batch_wait_s
         self._on_meta = on_meta
         self._ttl_s = ttl_s
@@ -191,8 +196,16 @@ class MetadataFetcher:
             await trio.sleep(min(self._ttl_s, 60.0))
             now = trio.current_time()
             for ticker, due in list(self._due.items()):
-                if due <= now:
+                if due > now:
+                    continue
+                if self._still_wanted(ticker):
                     self._pending[ticker] = None
+                else:
+                    del self._due[ticker]
+            for cache in (self._events, self._series):
+                for key, (expires, _) in list(cache.items()):
+                    if expires <= now:
+                        del cache[key]
             if self._pending:
                 self._work.set()
 
@@ -275,10 +288,12 @@ async def serve_metadata(
     retry_s: float = 60.0,
     batch_size: int = BATCH_SIZE,
     batch_wait_s: float = 0.5,
+    still_wanted: Callable[[str], bool] = lambda ticker: True,
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[MetadataFetcher] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Describe every ticker received on ``requests`` by calling ``on_meta`` (sync, must not block).
+    """Describe every ticker received on ``requests`` by calling ``on_meta`` (sync, must not block),
+    and again every ``ttl_s`` while ``still_wanted(ticker)``.
 
     Uses ``config``'s REST URL and key; at most ``rate_per_s`` requests per second.
     ``nursery.start`` returns the :class:`MetadataFetcher` (for ``statistics()``).
@@ -293,7 +308,13 @@ async def serve_metadata(
         rng=rng,
     ) as rest:
         fetcher = MetadataFetcher(
-            rest, on_meta, ttl_s=ttl_s, retry_s=retry_s, batch_size=batch_size, batch_wait_s=batch_wait_s
+            rest,
+            on_meta,
+            ttl_s=ttl_s,
+            retry_s=retry_s,
+            batch_size=batch_size,
+            batch_wait_s=batch_wait_s,
+            still_wanted=still_wanted,
         )
         task_status.started(fetcher)
         await fetcher.run(requests)

@@ -514,7 +514,9 @@ def expected_summary(
             out["detail"] = summary
     if "alerts" in channels:
         out["alerts"] = [
-            [alert.trade.ticker, *v2.alert_row(0, alert, 0)[1:]] for alert in agg.alerts(limit=alerts_len)
+            [alert.trade.ticker, *v2.alert_row(0, alert, 0)[1:]]
+            for alert in agg.alerts(limit=alerts_len)
+            if agg.market_id(alert.trade.ticker) is not None  # not streamed: see the session
         ]
     if "flows" in channels:
         out["flows"] = [[agg.ticker(f.market), *v2.flow_row(f)[1:]] for f in agg.published_flows()]

@@ -28,6 +28,7 @@ from flowboard.aggregate.events import (
     HotChanged,
     HotEventsChanged,
     MarketAdded,
+    MarketForgotten,
     MetaChanged,
     MoversChanged,
     TopChanged,
@@ -234,6 +235,23 @@ class ClientSession:
         elif isinstance(event, MoversChanged) and "movers" in self.channels:
             self._conflated += event.period in self._movers_dirty
             self._movers_dirty.add(event.period)
+        elif isinstance(event, MarketForgotten):
+            self._forget(event)
+
+    def _forget(self, event: MarketForgotten) -> None:
+        """A market quiet for a day left the aggregator: what this client held of it is stale
+        (its id is never used again), so the mirror lets go of it too."""
+        market = event.market
+        self._known.discard(market)
+        self._tracked.discard(market)
+        self._dirty_windows.discard(market)
+        self._dirty_meta.discard(market)
+        self._spark_inserts.pop(market, None)
+        if market == self._detail:
+            self._errors.append(f"market {event.ticker[:80]!r} had no trade for a day: its detail is closed")
+            self._wanted_detail = None
+            self._detail = None
+            self._detail_dirty = True
 
     def _mark_window(self, market: int) -> None:
         if market in self._dirty_windows:
@@ -605,7 +623,10 @@ class ClientSession:
         rows = []
         for alert in alerts:
             market = agg.market_id(alert.trade.ticker)
-            assert market is not None, "an alert's trade always has a market id"
+            if market is None:
+                # A restored alert of a market not traded today, or one forgotten since: the
+                # wire has no id for it (GET /api/alerts still lists it by ticker).
+                continue
             self._define(agg, market, defs)
             rows.append(v2.alert_row(market, alert, self._t0))
         return rows

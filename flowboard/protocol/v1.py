@@ -146,7 +146,7 @@ def global_stats(agg: Aggregator) -> Message:
     window figures: ``daily_trades_count``, ``total_volume`` and ``total_net_flow`` count the
     trades of the day that started at ``session_start_time`` (midnight UTC), so they agree with
     each other, with "today" everywhere else, across restarts and on every edge."""
-    window_contracts = sum(agg.window(market).contracts for market in range(agg.markets_count()))
+    window_contracts = sum(agg.window(market).contracts for market in agg.market_ids())
     day_contracts, day_net_flow = agg.today_flow()
     return {
         "daily_trades_count": agg.today()[0],
@@ -161,7 +161,7 @@ def global_stats(agg: Aggregator) -> Message:
 def hot_markets(agg: Aggregator, *, limit: int) -> list[int]:
     """Markets with trades in the window, by ``volume_window`` (contracts) descending, then
     ticker: v1 ranks by contracts, where v2's hot set is ranked by $ volume."""
-    held = [m for m in range(agg.markets_count()) if agg.window(m).trades > 0]
+    held = [m for m in agg.market_ids() if agg.window(m).trades > 0]
 
     def key(market: int) -> tuple[int, str]:
         return (-agg.window(market).contracts, agg.ticker(market))

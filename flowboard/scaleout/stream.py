@@ -35,7 +35,8 @@ from flowboard.model import MarketMeta, Trade
 #: 4: market metadata with the parlay collection (``mve_collection_ticker``); the aggregator keeps
 #: its rankings without parlays too, and the hot events.
 #: 5: the aggregator holds the trader tools' state (alerts, flows, movers, published lists).
-FORMAT_VERSION = 5
+#: 6: the aggregator forgets markets quiet for a day (their slots in its state are None).
+FORMAT_VERSION = 6
 
 
 @attrs.frozen(slots=True)

@@ -488,8 +488,16 @@ def create_app(runtime: Runtime) -> QuartTrio:
         tape_filter = history.TapeFilter(text=text, category=category, min_usd=min_usd)
         assert runtime.store is not None
         filename = history.export_filename("trades", runtime.wall_ms())
+        described = meta_of
+        if tape_filter.by_market:
+            # The aggregator forgets markets quiet for a day; the store keeps every description.
+            stored = {meta.ticker: meta for meta in await runtime.store.load_meta()}
+
+            def described(ticker: str) -> MarketMeta | None:
+                return meta_of(ticker) or stored.get(ticker)
+
         return await _csv_export(
-            runtime.store, filename, since, until, ticker=None, tape_filter=tape_filter, meta_of=meta_of
+            runtime.store, filename, since, until, ticker=None, tape_filter=tape_filter, meta_of=described
         )
 
     @app.route("/api/trades/recent")

@@ -27,7 +27,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
-from flowboard.aggregate.aggregator import ALERTS_KEPT, Aggregator, retention_start_ms
+from flowboard.aggregate.aggregator import ALERTS_KEPT, Aggregator, dedup_start_ms, retention_start_ms
 from flowboard.aggregate.events import AlertRaised, Event, MarketAdded, TradeAdded
 from flowboard.config import Config, ServerConfig, SourceConfig
 from flowboard.errors import ConfigError, StoreError
@@ -51,11 +51,40 @@ from flowboard.server.hub import Hub
 from flowboard.server.listener import serve_hypercorn
 from flowboard.server.metrics import Metrics
 from flowboard.server.runtime import PROTOCOLS, Runtime
-from flowboard.store import Store, open_store, serve_writer
+from flowboard.store import Dropped, Store, open_store, serve_writer
 
 log = logging.getLogger(__name__)
 #: Store failures outside the trade writer (which logs its own): an outage must not flood the log.
 _store_log = ThrottledLog(log, "store")
+
+#: The feed's message types counted under their own label (Kalshi's WebSocket channels and
+#: replies); any other is "other", so that a feed sending ever new types cannot grow /metrics
+#: (a label set is kept for the process's life).
+_FEED_MESSAGE_TYPES = frozenset(
+    {
+        "trade",
+        "ticker",
+        "ticker_v2",
+        "orderbook_snapshot",
+        "orderbook_delta",
+        "fill",
+        "market_lifecycle_v2",
+        "event_lifecycle",
+        "market_positions",
+        "multivariate_lookup",
+        "communications",
+        "subscribed",
+        "unsubscribed",
+        "list_subscriptions",
+        "ok",
+        "error",
+    }
+)
+
+
+def feed_message_label(kind: str) -> str:
+    """The ``flowboard_feed_messages`` label of a feed message of type ``kind``."""
+    return kind if kind in _FEED_MESSAGE_TYPES else "other"
 
 
 class Ingestor:
@@ -80,12 +109,16 @@ class Ingestor:
         answer for the trades older than the ids the aggregator remembers."""
         absent_from_store = False
         if lookup is not None and trade.trade_id in lookup.checked:
-            if trade.trade_id in lookup.unverified:
+            if trade.trade_id in lookup.unverified or self._was_dropped(trade) == "maybe":
                 # The store is the record of every trade and its unique key refuses a duplicate,
                 # so it gets the trade; the views do not, as it might be counted twice there.
                 self.metrics.unverified.inc()
-                if self.store is not None:
-                    self.store.offer((trade,))
+                self._store_again(trade, lookup)
+                return []
+            if trade.trade_id not in lookup.stored and self._was_dropped(trade) == "yes":
+                # Counted when it first came; the store's full queue dropped it.
+                self.metrics.duplicates.inc()
+                self._store_again(trade, lookup)
                 return []
             absent_from_store = trade.trade_id not in lookup.stored
         events = self.agg.add_trade(trade, now_ms, absent_from_store=absent_from_store)
@@ -100,14 +133,23 @@ class Ingestor:
                 self.store.offer_alerts((event.alert,))
         if accepted:
             self.metrics.trades_ingested.inc()
-            if self.store is not None:
-                self.store.offer((trade,))
-            if lookup is not None:
-                # Stored now, as far as the rest of this batch is concerned.
-                lookup.stored.add(trade.trade_id)
+            self._store_again(trade, lookup)
         else:
             self.metrics.duplicates.inc()
+            if self.store is not None and self._was_dropped(trade) != "no":
+                # A duplicate to the views, but maybe the only copy the store will get.
+                self.store.offer((trade,))
         return events
+
+    def _was_dropped(self, trade: Trade) -> Dropped:
+        return "no" if self.store is None else self.store.was_dropped(trade)
+
+    def _store_again(self, trade: Trade, lookup: StoreLookup | None) -> None:
+        if self.store is not None:
+            self.store.offer((trade,))
+        if lookup is not None:
+            # Stored now, as far as the rest of this batch is concerned.
+            lookup.stored.add(trade.trade_id)
 
 
 @attrs.define
@@ -120,14 +162,20 @@ class StoreLookup:
 
 
 async def look_up_old_trades(
-    agg: Aggregator, store: Store | None, trades: Sequence[Trade], wall_ms: Callable[[], int]
+    agg: Aggregator,
+    store: Store | None,
+    trades: Sequence[Trade],
+    wall_ms: Callable[[], int],
+    *,
+    timeout_s: float,
 ) -> tuple[int, StoreLookup]:
     """The time to aggregate ``trades`` at, and the store's answer for those of them that the
     aggregator can no longer tell from a duplicate at that time (``needs_store_check``).
 
     The clock moves while the store answers, and can carry more trades past the horizon:
     asked again until nothing new needs asking, so there is no await between the last
-    answer and aggregating at the time returned.
+    answer and aggregating at the time returned. A lookup that fails or takes longer than
+    ``timeout_s`` leaves its trades unverified (the store still gets them).
     """
     lookup = StoreLookup()
     while True:
@@ -139,11 +187,25 @@ async def look_up_old_trades(
         if store is None:
             lookup.unverified |= unchecked
             continue
+        stored: set[str] | None = None
         try:
-            lookup.stored |= await store.stored_trade_ids(unchecked)
+            with trio.move_on_after(timeout_s):
+                stored = await store.stored_trade_ids(unchecked)
         except StoreError as exc:
+            _store_log.warning(
+                "store lookup of %d late trades failed (%s): stored, not shown", len(unchecked), exc
+            )
+        else:
+            if stored is None:
+                _store_log.warning(
+                    "store lookup of %d late trades took over %.1f s: stored, not shown",
+                    len(unchecked),
+                    timeout_s,
+                )
+        if stored is None:
             lookup.unverified |= unchecked
-            log.warning("store lookup of %d late trades failed (%s): stored, not shown", len(unchecked), exc)
+        else:
+            lookup.stored |= stored
 
 
 def bind_socket(
@@ -209,11 +271,10 @@ async def _rebuild(runtime: Runtime, store: Store) -> int:
     """Restart: windows, sparklines, analytics, top trades, today and tapes from the stored
     trades, as if replayed in trade-time order (``Aggregator.restore``). Returns how many."""
     agg = runtime.agg
-    for meta in await store.load_meta():
-        agg.set_meta(meta)
     now = runtime.wall_ms()
     summary = await store.load_summary_since(
         retention_start_ms(now, agg.window_ms),
+        ids_since_ms=dedup_start_ms(now, agg.dedup_horizon_ms),
         recent_since_ms=now - agg.restore_horizon_ms + 1,
         tape_size=agg.tape_size,
         per_market=agg.history_len,
@@ -221,6 +282,9 @@ async def _rebuild(runtime: Runtime, store: Store) -> int:
     agg.restore(now, summary.minutes, summary.recent)
     # Stored alerts are shown again but never raised again: restore() only warms the detector.
     agg.restore_alerts(await store.load_alerts(ALERTS_KEPT))
+    # Only the markets the retained trades name: the store describes every market it ever saw.
+    for meta in await store.load_meta([agg.ticker(market) for market in agg.market_ids()]):
+        agg.set_meta(meta)
     return agg.trades_total
 
 
@@ -243,7 +307,14 @@ async def _aggregate(
             except trio.WouldBlock:
                 break
         trades = [item.trade for item in batch if isinstance(item, Received)]
-        now, lookup = await look_up_old_trades(runtime.agg, runtime.store, trades, runtime.wall_ms)
+        # Every trade behind a late one waits for this answer: the wait is bounded.
+        now, lookup = await look_up_old_trades(
+            runtime.agg,
+            runtime.store,
+            trades,
+            runtime.wall_ms,
+            timeout_s=runtime.config.store.lookup_timeout_s,
+        )
         events: list[Event] = []
         for item in batch:
             if isinstance(item, Received):
@@ -511,7 +582,7 @@ async def _start_ingest(
         last_stored = await store.last_trade_ms()
         repeatable_since = _repeatable_since_ms(config.kalshi, runtime.wall_ms(), last_stored)
         known = await store.known_trade_ids_since(repeatable_since)
-        for market in range(agg.markets_count()):
+        for market in agg.market_ids():
             request_meta(agg.ticker(market))
         await nursery.start(
             partial(
@@ -520,6 +591,7 @@ async def _start_ingest(
                 meta_receive,
                 partial(_on_meta, runtime),
                 wall_ms=runtime.wall_ms,
+                still_wanted=lambda ticker: agg.market_id(ticker) is not None,
             )
         )
     if config.source.kind != "sim":
@@ -530,7 +602,7 @@ async def _start_ingest(
         send,
         wall_ms=runtime.wall_ms,
         counters=FeedCounters(
-            message=lambda kind: runtime.metrics.feed_messages.labels(kind).inc(),
+            message=lambda kind: runtime.metrics.feed_messages.labels(feed_message_label(kind)).inc(),
             malformed=runtime.metrics.malformed.inc,
         ),
         simulator=sim,
@@ -590,7 +662,7 @@ async def _open_simulator(config: SourceConfig, store: Store, agg: Aggregator, n
     )
     await store.save_meta(sim.markets)
     last_prices = {}
-    for market in range(agg.markets_count()):
+    for market in agg.market_ids():
         last = agg.last_trade(market)
         if last is not None:
             last_prices[agg.ticker(market)] = last.yes_price
@@ -678,9 +750,13 @@ def _register_follower_gauges(runtime: Runtime, follower: Follower) -> None:
 
 
 def _on_meta(runtime: Runtime, meta: MarketMeta) -> None:
+    runtime.metas_to_save.append(meta)
+    if runtime.agg.market_id(meta.ticker) is None:
+        # Forgotten while it was being described (the fetcher describes markets after their
+        # trades): its next trade makes it a market again.
+        return
     now = runtime.wall_ms()
     runtime.hub.publish(runtime.agg.set_meta(meta), now)
-    runtime.metas_to_save.append(meta)
 
 
 async def _save_meta_periodically(runtime: Runtime) -> None:

@@ -22,7 +22,7 @@ import trio
 
 from ._config import DEFAULT_DB_PATH, PostgresTarget, SqliteTarget, StoreConfig, parse_target
 from ._history import CANDLE_INTERVALS_MS, Candle, CandlePage
-from ._pending import StoreStatistics
+from ._pending import Dropped, StoreStatistics
 from ._postgres import PostgresDatabase, PostgresStore
 from ._schema import MIGRATIONS, Migration
 from ._sqlite import SqliteDatabase, SqliteStore
@@ -35,6 +35,7 @@ __all__ = [
     "MIGRATIONS",
     "Candle",
     "CandlePage",
+    "Dropped",
     "Migration",
     "PostgresStore",
     "SqliteStore",

@@ -28,10 +28,21 @@ class StoreConfig:
     batch_interval_s: float = 0.2
     #: Trades held in memory while the database is slow or down; beyond this they are dropped and counted.
     queue_max_trades: int = 500_000
+    #: Ids of dropped trades remembered, so that a trade sent again is stored and counted once.
+    dropped_ids_kept: int = 100_000
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
     #: How long one statement waits for a lock someone else holds before the attempt fails and is retried.
     lock_timeout_s: float = 5.0
+    #: How long aggregation waits for the store to say whether trades older than the remembered ids
+    #: are stored; past it they are stored but not shown (flowboard_trades_unverified_total).
+    lookup_timeout_s: float = flag(
+        0.5,
+        "--store-lookup-timeout",
+        "aggregation waits this long for the store about a trade older than the remembered ids",
+        float,
+        unit=" s",
+    )
     connect_timeout_s: float = 10.0
     retention_days: float = flag(7.0, "--retention-days", "trades kept in the store", float, unit=" days")
     retention_interval_s: float = 600.0

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 import attrs
+from sortedcontainers import SortedList
 
 from flowboard.model import MarketMeta, Trade
 
@@ -75,16 +76,63 @@ class StoreStatistics:
     last_commit_ms: int | None  # wall time of the latest commit, Unix ms
 
 
-class PendingTrades:
-    """Trades offered but not yet committed, oldest first, never more than ``capacity``.
+#: What the store can say of a trade it may have dropped: its id is kept ("yes"), the ids of
+#: trades as old were forgotten for room ("maybe"), or it was never dropped ("no").
+Dropped = Literal["yes", "maybe", "no"]
 
-    What does not fit is dropped and counted: the producer must never wait for the database.
-    The newest trades are the ones dropped, so what is kept stays one contiguous run.
+
+class DroppedIds:
+    """The ids of trades the full queue dropped, so that one the feed sends again is stored and
+    not counted twice: the views counted it when it first came, the store never got it.
+
+    At most ``capacity`` ids; past it the oldest by trade time are forgotten, and every trade
+    at or before the latest of those times becomes a "maybe".
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        self._ids: dict[str, int] = {}  # trade id -> trade time
+        self._by_time: SortedList = SortedList()  # (trade time, trade id)
+        self._forgotten_through_ms: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, trade: Trade) -> None:
+        if trade.trade_id in self._ids:
+            return
+        self._ids[trade.trade_id] = trade.ts_ms
+        self._by_time.add((trade.ts_ms, trade.trade_id))
+        if len(self._ids) > self.capacity:
+            ts_ms, trade_id = self._by_time.pop(0)
+            del self._ids[trade_id]
+            self._forgotten_through_ms = max(ts_ms, self._forgotten_through_ms or ts_ms)
+
+    def discard(self, trade: Trade) -> None:
+        ts_ms = self._ids.pop(trade.trade_id, None)
+        if ts_ms is not None:
+            self._by_time.remove((ts_ms, trade.trade_id))
+
+    def of(self, trade: Trade) -> Dropped:
+        if trade.trade_id in self._ids:
+            return "yes"
+        if self._forgotten_through_ms is not None and trade.ts_ms <= self._forgotten_through_ms:
+            return "maybe"
+        return "no"
+
+
+class PendingTrades:
+    """Trades offered but not yet committed, oldest first, never more than ``capacity``.
+
+    What does not fit is dropped and counted: the producer must never wait for the database.
+    The newest trades are the ones dropped, so what is kept stays one contiguous run. Their
+    ids are kept (``dropped_ids``) until they are offered again.
+    """
+
+    def __init__(self, capacity: int, dropped_ids_kept: int) -> None:
+        self.capacity = capacity
         self.dropped_total = 0
+        self.dropped_ids = DroppedIds(dropped_ids_kept)
         self._trades: deque[Trade] = deque()
 
     def __len__(self) -> int:
@@ -93,8 +141,15 @@ class PendingTrades:
     def offer(self, trades: Iterable[Trade]) -> int:
         """Queue what fits; return how many were dropped."""
         incoming = iter(trades)
-        self._trades.extend(islice(incoming, self.capacity - len(self._trades)))
-        dropped = sum(1 for _ in incoming)
+        fitting = list(islice(incoming, self.capacity - len(self._trades)))
+        self._trades.extend(fitting)
+        if len(self.dropped_ids):
+            for trade in fitting:
+                self.dropped_ids.discard(trade)
+        dropped = 0
+        for trade in incoming:
+            self.dropped_ids.add(trade)
+            dropped += 1
         self.dropped_total += dropped
         return dropped
 

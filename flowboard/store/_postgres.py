@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from itertools import starmap
 from typing import Any
 
@@ -104,6 +105,7 @@ class PostgresDatabase:
         self._lock: PostgresWriterLock | None = None
         self._lock_timeout_ms = round(config.lock_timeout_s * 1000)
         self._connect_timeout_s = config.connect_timeout_s
+        self._chunk_rows = config.load_chunk_trades
         params = conninfo_to_dict(target.conninfo)
         params.setdefault("application_name", "flowboard-store")
         # libpq counts whole seconds and treats values below 2 as 2.
@@ -112,7 +114,8 @@ class PostgresDatabase:
         self._pool = ConnectionPool(
             self._conninfo,
             min_size=1,
-            max_size=config.postgres_readers + 1,
+            # The readers, the writer and the late-trade lookup.
+            max_size=config.postgres_readers + 2,
             open=False,
             timeout=config.connect_timeout_s,
             configure=self._configure,
@@ -235,7 +238,7 @@ class PostgresDatabase:
         return [t for t in trades_of(rows) if t.usd >= min_usd], cursor_after(rows, after)
 
     def summary_since(
-        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+        self, since_ms: int, ids_since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary:
         with self._transaction("summarising the stored trades") as connection:
             # One snapshot for every query.
@@ -245,8 +248,11 @@ class PostgresDatabase:
                 rows = connection.execute(_MINUTE_TRADES, (minute_ms, minute_ms + MINUTE_MS)).fetchall()
                 return sum(trade.usd for trade in starmap(Trade, rows))
 
-            rows = connection.execute(_SUMMARY_ROWS, (since_ms,), binary=True).fetchall()
-            minutes = summarize_minutes(rows, minute_usd)
+            # A server-side cursor: the rows come a chunk at a time, not a day of them at once.
+            with connection.cursor(name="summary_rows", binary=True) as cursor:
+                cursor.execute(_SUMMARY_ROWS, (since_ms,))
+                chunks = iter(partial(cursor.fetchmany, self._chunk_rows), [])
+                minutes = summarize_minutes(chunks, minute_usd, ids_since_ms)
             window = connection.execute(_TRADES_SINCE, (max(since_ms, recent_since_ms),)).fetchall()
             tape = connection.execute(_LATEST, (since_ms, tape_size)).fetchall()
             tickers = list(dict.fromkeys(ticker for minute in minutes for ticker in minute.tickers))
@@ -275,9 +281,15 @@ class PostgresDatabase:
         with self._transaction("saving market metadata") as connection, connection.cursor() as cursor:
             cursor.executemany(_UPSERT_META, rows)
 
-    def load_meta(self) -> list[MarketMeta]:
+    def load_meta(self, tickers: Sequence[str] | None) -> list[MarketMeta]:
         with self._transaction("loading market metadata") as connection:
-            rows = connection.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            if tickers is None:
+                rows = connection.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            else:
+                rows = connection.execute(
+                    f"SELECT {_META_COLUMNS} FROM markets WHERE ticker = ANY(%s) ORDER BY ticker",
+                    (list(tickers),),
+                ).fetchall()
         return list(starmap(MarketMeta, rows))
 
     def insert_alerts(self, alerts: Sequence[Alert]) -> None:

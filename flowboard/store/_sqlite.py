@@ -1,4 +1,4 @@
-"""The store on SQLite: stdlib ``sqlite3`` in WAL mode, one writer connection and one reader.
+"""The store on SQLite: stdlib ``sqlite3`` in WAL mode, one writer connection and two readers.
 
 Each connection is used by one worker thread at a time (a capacity limiter of 1 each), so
 ``check_same_thread=False`` is safe. WAL lets reads run while a batch commits.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from itertools import starmap
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class SqliteDatabase:
     def __init__(self, path: Path, config: StoreConfig, *, exclusive: bool = True) -> None:
         """``exclusive``: take the writer lock (``_lock``) first; an edge, which only reads, does not."""
         self._path = path
+        self._chunk_rows = config.load_chunk_trades
         self._last_arrival = 0  # of the latest stored trade; read by migrate()
         self._lock = SqliteWriterLock(path) if exclusive else None
         try:
@@ -123,6 +125,9 @@ class SqliteDatabase:
             self._writer.execute("PRAGMA synchronous = FULL")
             self._reader = _connect(path, config)
             self._reader.execute("PRAGMA query_only = ON")
+            # The late-trade lookup's own: a lookup given up on may still be running on it.
+            self._lookup = _connect(path, config)
+            self._lookup.execute("PRAGMA query_only = ON")
         except BaseException as error:
             if self._lock is not None:
                 self._lock.release()
@@ -237,15 +242,16 @@ class SqliteDatabase:
         return [t for t in trades_of(rows) if t.usd >= min_usd], cursor_after(rows, after)
 
     def summary_since(
-        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+        self, since_ms: int, ids_since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary:
         reader = self._reader
         with _as_store_error("summarising the stored trades", self._path):
             # One read transaction: every query sees the same snapshot.
             reader.execute("BEGIN")
             try:
-                rows = reader.execute(_SUMMARY_ROWS, (since_ms,)).fetchall()
-                minutes = summarize_minutes(rows, self._minute_usd)
+                cursor = reader.execute(_SUMMARY_ROWS, (since_ms,))
+                chunks = iter(partial(cursor.fetchmany, self._chunk_rows), [])
+                minutes = summarize_minutes(chunks, self._minute_usd, ids_since_ms)
                 window = reader.execute(_TRADES_SINCE, (max(since_ms, recent_since_ms),)).fetchall()
                 tape = reader.execute(_LATEST, (since_ms, tape_size)).fetchall()
                 tickers = dict.fromkeys(ticker for minute in minutes for ticker in minute.tickers)
@@ -281,7 +287,7 @@ class SqliteDatabase:
             for start in range(0, len(trade_ids), _IDS_PER_LOOKUP):
                 chunk = trade_ids[start : start + _IDS_PER_LOOKUP]
                 placeholders = ",".join("?" * len(chunk))
-                rows = self._reader.execute(
+                rows = self._lookup.execute(
                     f"SELECT trade_id FROM trades WHERE trade_id IN ({placeholders})", chunk
                 ).fetchall()
                 found.update(trade_id for (trade_id,) in rows)
@@ -292,9 +298,19 @@ class SqliteDatabase:
         with self._write_transaction("saving market metadata") as connection:
             connection.executemany(_UPSERT_META, rows)
 
-    def load_meta(self) -> list[MarketMeta]:
+    def load_meta(self, tickers: Sequence[str] | None) -> list[MarketMeta]:
         with _as_store_error("loading market metadata", self._path):
-            rows = self._reader.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            if tickers is None:
+                rows = self._reader.execute(f"SELECT {_META_COLUMNS} FROM markets ORDER BY ticker").fetchall()
+            else:
+                rows = []
+                for start in range(0, len(tickers), _IDS_PER_LOOKUP):
+                    chunk = tickers[start : start + _IDS_PER_LOOKUP]
+                    placeholders = ",".join("?" * len(chunk))
+                    rows += self._reader.execute(
+                        f"SELECT {_META_COLUMNS} FROM markets WHERE ticker IN ({placeholders})", chunk
+                    ).fetchall()
+                rows.sort(key=lambda row: row[0])
         return list(starmap(MarketMeta, rows))
 
     def insert_alerts(self, alerts: Sequence[Alert]) -> None:
@@ -318,6 +334,7 @@ class SqliteDatabase:
     def close(self) -> None:
         try:
             with _as_store_error("closing", self._path):
+                self._lookup.close()
                 self._reader.close()
                 self._writer.close()
         finally:

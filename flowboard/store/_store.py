@@ -15,7 +15,7 @@ from flowboard.model import DAY_MS, MarketMeta, Trade, wall_clock_ms
 
 from ._config import StoreConfig
 from ._history import CandlePage
-from ._pending import Cursor, PageCursor, PendingTrades, StoreStatistics, page_cursor, retry_delay_s
+from ._pending import Cursor, Dropped, PageCursor, PendingTrades, StoreStatistics, page_cursor, retry_delay_s
 from ._summary import StoredSummary
 
 log = logging.getLogger("flowboard.store")
@@ -40,13 +40,13 @@ class Database(Protocol):
         self, ticker: str | None, after: Cursor, until_ms: int, min_usd: int, limit: int
     ) -> tuple[list[Trade], Cursor]: ...
     def summary_since(
-        self, since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
+        self, since_ms: int, ids_since_ms: int, recent_since_ms: int, tape_size: int, per_market: int
     ) -> StoredSummary: ...
     def last_trade_ms(self) -> int | None: ...
     def trade_ids_since(self, since_ms: int) -> set[str]: ...
     def stored_trade_ids(self, trade_ids: Sequence[str]) -> set[str]: ...
     def save_meta(self, metas: Sequence[MarketMeta]) -> None: ...
-    def load_meta(self) -> list[MarketMeta]: ...
+    def load_meta(self, tickers: Sequence[str] | None) -> list[MarketMeta]: ...
     def load_source_state(self, name: str) -> str | None: ...
     def save_source_state(self, name: str, value: str) -> None: ...
     def close(self) -> None: ...
@@ -58,6 +58,7 @@ class Store(Protocol):
     def offer(self, trades: Iterable[Trade]) -> None: ...
     def offer_alerts(self, alerts: Iterable[Alert]) -> None: ...
     async def load_alerts(self, limit: int) -> list[Alert]: ...
+    def was_dropped(self, trade: Trade) -> Dropped: ...
     def statistics(self) -> StoreStatistics: ...
     async def serve_writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -74,13 +75,19 @@ class Store(Protocol):
         self, since_ms: int, until_ms: int, *, ticker: str | None = None, min_usd: int = 0
     ) -> AsyncGenerator[list[Trade]]: ...
     async def load_summary_since(
-        self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
+        self,
+        since_ms: int,
+        *,
+        ids_since_ms: int | None = None,
+        recent_since_ms: int,
+        tape_size: int,
+        per_market: int,
     ) -> StoredSummary: ...
     async def last_trade_ms(self) -> int | None: ...
     async def known_trade_ids_since(self, since_ms: int) -> set[str]: ...
     async def stored_trade_ids(self, trade_ids: Collection[str]) -> set[str]: ...
     async def save_meta(self, metas: Sequence[MarketMeta]) -> None: ...
-    async def load_meta(self) -> list[MarketMeta]: ...
+    async def load_meta(self, tickers: Collection[str] | None = None) -> list[MarketMeta]: ...
     async def load_source_state(self, name: str) -> str | None: ...
     async def save_source_state(self, name: str, value: str) -> None: ...
 
@@ -101,10 +108,14 @@ class BatchedStore:
         # One write at a time: SQLite allows one writer, and batches must commit in offer order.
         self._write_limiter = write_limiter
         self._read_limiter = read_limiter
-        self._pending = PendingTrades(config.queue_max_trades)
         # Alerts wait behind the trades that raised them: each commit of trades takes them along.
         self._pending_alerts: list[Alert] = []
         self._dropped_alerts = 0
+        # The aggregation loop's late-trade lookups, one at a time and apart from the other
+        # reads: a caller that gives up abandons the thread, which holds this until it ends,
+        # so a stuck database costs one thread, never a pile of them or the pages' reads.
+        self._lookup_limiter = trio.CapacityLimiter(1)
+        self._pending = PendingTrades(config.queue_max_trades, config.dropped_ids_kept)
         # Set by offer() once the queue holds _wake_at_queued trades; replaced each time the writer waits.
         self._writer_wakeup = trio.Event()
         self._wake_at_queued = 1
@@ -125,6 +136,10 @@ class BatchedStore:
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
+            # An abandoned lookup may still be reading: let it end (its statement is bounded by
+            # the lock timeout) before its connection closes.
+            with trio.move_on_after(self._config.lock_timeout_s):
+                await self._lookup_limiter.acquire()
             await self._run_write(self._database.close)
 
     # -- writing ---------------------------------------------------------------------------
@@ -152,6 +167,10 @@ class BatchedStore:
                     log.warning("store: alert queue full; dropping alerts until the database catches up")
                 continue
             self._pending_alerts.append(alert)
+    def was_dropped(self, trade: Trade) -> Dropped:
+        """Whether ``offer`` dropped this trade (by its id) for lack of room, and has not
+        queued it since: "maybe" when too many were dropped to keep all their ids."""
+        return self._pending.dropped_ids.of(trade)
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
@@ -365,13 +384,25 @@ class BatchedStore:
             cursor = next_cursor
 
     async def load_summary_since(
-        self, since_ms: int, *, recent_since_ms: int, tape_size: int, per_market: int
+        self,
+        since_ms: int,
+        *,
+        ids_since_ms: int | None = None,
+        recent_since_ms: int,
+        tape_size: int,
+        per_market: int,
     ) -> StoredSummary:
         """The trades at or after ``since_ms`` as a restart needs them, from one snapshot: each
-        minute's totals, ids and markets, and whole trades for every one at or after
-        ``recent_since_ms``, the latest ``tape_size`` and each market's latest ``per_market``."""
+        minute's totals and markets, and its trade ids from ``ids_since_ms`` on (default: all),
+        and whole trades for every one at or after ``recent_since_ms``, the latest
+        ``tape_size`` and each market's latest ``per_market``."""
         return await self._run_read(
-            self._database.summary_since, since_ms, recent_since_ms, tape_size, per_market
+            self._database.summary_since,
+            since_ms,
+            since_ms if ids_since_ms is None else ids_since_ms,
+            recent_since_ms,
+            tape_size,
+            per_market,
         )
 
     async def last_trade_ms(self) -> int | None:
@@ -389,20 +420,29 @@ class BatchedStore:
 
         The queue is read first: a trade leaves it only once committed, so one that left it
         during the database read below was committed before that read began.
+        Cancellable at any await: the database read is then abandoned (it finishes in its
+        thread), and until it has, further lookups fail at once with StoreError rather than
+        queue behind it.
         """
         wanted = set(trade_ids)
         queued = wanted & self._pending.trade_ids()
         unqueued = sorted(wanted - queued)
         if not unqueued:
             return queued
-        return queued | await self._run_read(self._database.stored_trade_ids, unqueued)
+        if not self._lookup_limiter.available_tokens:
+            raise StoreError("an earlier lookup of trade ids has not finished")
+        stored = await trio.to_thread.run_sync(
+            self._database.stored_trade_ids, unqueued, limiter=self._lookup_limiter, abandon_on_cancel=True
+        )
+        return queued | stored
 
     async def save_meta(self, metas: Sequence[MarketMeta]) -> None:
         """Insert or replace market metadata by ticker."""
         await self._run_write(self._database.save_meta, metas)
 
-    async def load_meta(self) -> list[MarketMeta]:
-        return await self._run_read(self._database.load_meta)
+    async def load_meta(self, tickers: Collection[str] | None = None) -> list[MarketMeta]:
+        """The stored metadata of ``tickers`` (of every market when None), by ticker."""
+        return await self._run_read(self._database.load_meta, None if tickers is None else sorted(tickers))
 
     async def load_source_state(self, name: str) -> str | None:
         """What source ``name`` saved to carry on after a restart, or None."""

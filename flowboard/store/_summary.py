@@ -1,5 +1,6 @@
 """What a restart reads from the store, and the pure parts of reading it: the day's trades
-summarised per minute, and the recent trades whole (``Aggregator.restore`` takes both).
+summarised per minute (with their ids for the de-duplication horizon only), and the recent
+trades whole (``Aggregator.restore`` takes both).
 
 Loading a busy day's million trades as ``Trade`` records and replaying them costs tens of
 seconds; a minute's totals, ids and markets are all the aggregator keeps of older trades.
@@ -44,9 +45,30 @@ class StoredSummary:
     recent: list[Trade]  # whole, in (ts_ms, arrival) order: the window, the tape, each market's latest
 
 
-def summarize_minutes(rows: Sequence[SummaryRow], exact_usd: Callable[[int], int]) -> list[MinuteSummary]:
-    """Group ``rows`` by minute. ``exact_usd(minute_start_ms)`` sums a minute in Python; it is
-    only called for a minute with a NULL usd (see ``USD_SQL``)."""
+def summarize_minutes(
+    chunks: Iterable[Sequence[SummaryRow]], exact_usd: Callable[[int], int], ids_since_ms: int
+) -> list[MinuteSummary]:
+    """Group rows, read in ``chunks``, by minute. ``exact_usd(minute_start_ms)`` sums a minute
+    in Python; it is only called for a minute with a NULL usd (see ``USD_SQL``). Trade ids are
+    kept for the minutes from ``ids_since_ms`` on: memory holds one chunk of rows and a day of
+    minute totals, never a day of rows."""
+    minutes: list[MinuteSummary] = []
+    carried: Sequence[SummaryRow] = ()
+    for chunk in chunks:
+        rows = [*carried, *chunk] if carried else chunk
+        if not rows:
+            continue
+        # The last minute of a chunk may go on in the next one.
+        last = rows[-1][0]
+        cut = bisect_left(rows, last - last % MINUTE_MS, key=lambda row: row[0])
+        minutes += _whole_minutes(rows[:cut], exact_usd, ids_since_ms)
+        carried = rows[cut:]
+    return minutes + _whole_minutes(carried, exact_usd, ids_since_ms)
+
+
+def _whole_minutes(
+    rows: Sequence[SummaryRow], exact_usd: Callable[[int], int], ids_since_ms: int
+) -> list[MinuteSummary]:
     if not rows:
         return []
     # Columns, then slices per minute: the work per trade stays in C.
@@ -65,7 +87,7 @@ def summarize_minutes(rows: Sequence[SummaryRow], exact_usd: Callable[[int], int
                 trades=end - start,
                 contracts=sum(counts[start:end]),
                 net_flow=sum(flows[start:end]),
-                trade_ids=ids[start:end],
+                trade_ids=ids[start:end] if minute_ms >= ids_since_ms else (),
                 tickers=tuple(dict.fromkeys(tickers[start:end])),
             )
         )
