@@ -860,6 +860,24 @@ def test_metadata_naming_a_collection_moves_a_market_out_of_the_default_rankings
     ]
 
 
+def test_hot_events_never_name_a_market_forgotten_when_a_trade_jumps_the_clock() -> None:
+    """Between two rankings a trade can move the clock past a day (a fast replay): the markets
+    quiet since are forgotten, and the hot events are ranked again at once rather than keep
+    naming ids that no longer resolve (the API and the stream would fail on them)."""
+    agg = Aggregator()
+    agg.add_trade(make_trade("a1", T0, ticker="KXBTCD-25DEC3117-T1"), T0)
+    agg.advance(T0 + 1000)
+    assert [event.event_ticker for event in agg.hot_events()] == ["KXBTCD-25DEC3117"]
+    later = T0 + 2 * DAY_MS
+    events = agg.add_trade(make_trade("b1", later, ticker="KXFED-26MAR-T4.25"), later)
+    assert agg.market_id("KXBTCD-25DEC3117-T1") is None
+    assert HotEventsChanged(()) in events
+    for parlays in (False, True):
+        for event in agg.hot_events(parlays):
+            for member in event.markets:
+                agg.ticker(member.market)
+
+
 def test_hot_events_sum_their_markets_and_are_ranked_once_a_second() -> None:
     """Events rank by the $ volume of their markets' windows (ties by event ticker), list their
     busiest markets with their last price, leave parlays out by default, and change only when

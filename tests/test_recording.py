@@ -162,7 +162,8 @@ async def test_replay_through_open_source_parses_once_and_counts(tmp_path: Path,
     """``open_source`` with --source replay: metadata and parsed trades come down the one channel
     in file order; a line whose text is not a usable message is counted (the server's
     flowboard_feed_malformed) and skipped, and every message is counted by its type."""
-    meta = MarketMeta("FED-23DEC-T3.00", title="Fed rate")
+    # A parlay's collection survives the recording: replayed, it is still left out of rankings.
+    meta = MarketMeta("FED-23DEC-T3.00", title="Fed rate", mve_collection_ticker="KXMVECROSS")
     good = _messages(1)[0]
     path = tmp_path / "rec.jsonl"
     path.write_bytes(

@@ -337,6 +337,37 @@ def test_a_market_forgotten_after_a_quiet_day_leaves_each_client_and_its_detail(
     assert defined[-1][1:3] == [2, TICKERS[1]]
 
 
+def test_a_watched_market_forgotten_after_a_quiet_day_leaves_the_watchlist_and_comes_back() -> None:
+    """A watched market quiet for a day is forgotten: the client's `W` drops it (its frames
+    keep building: a stale id would fail the whole group's frame), the ticker stays on the
+    watchlist, and when it trades again it is watched under its new id."""
+    h = Harness()
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    client = h.hub.connect(
+        channels=v2.DEFAULT_CHANNELS, detail=None, resume=None, now_ms=h.now, watch=(TICKERS[0],)
+    )
+    h.views[client] = ViewState(tape_limit=200)
+    h.frames[client] = []
+    h.read_until_idle(client)
+    assert client.session._watched == (0,)
+    h.advance(2 * 24 * 3_600_000)
+    h.trade(TICKERS[1], 5100, 100, "no")
+    h.read_until_idle(client)
+    assert h.agg.market_id(TICKERS[0]) is None
+    assert client.session._watched == ()
+    h.trade(TICKERS[0], 5200, 100, "yes")
+    h.read_until_idle(client)
+    new_id = h.agg.market_id(TICKERS[0])
+    assert new_id is not None and new_id != 0 and client.session._watched == (new_id,)
+    watch_events = [e for f in h.frames[client] for e in events_of(f) if e[0] == "W"]
+    assert watch_events[-2:] == [["W"], ["W", new_id]]
+    actual = h.views[client].summary()
+    actual.pop("seq")
+    assert actual == expected_summary(
+        h.agg, channels=client.session.channels, detail=None, tape_len=200, detail_len=50, watch=(TICKERS[0],)
+    )
+
+
 def test_subscribe_and_unsubscribe_change_the_stream_from_the_next_frame() -> None:
     """`sub` sends the new channel's state; `unsub` stops it; the view stays exact."""
     h = Harness()

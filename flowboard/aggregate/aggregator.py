@@ -936,7 +936,9 @@ class Aggregator:
     def _forget_before(self, start_ms: int, events: list[Event]) -> None:
         """Take the trades older than ``start_ms`` off the tape and the market histories, and
         forget the markets left without any (the window is inside the retention horizon, so
-        theirs is empty too; hot and top hold none of them)."""
+        theirs is empty too; hot and top hold none of them). The hot events, ranked once a
+        second, may still name one when the clock jumped (a fast replay): they are ranked again."""
+        forgotten: set[int] = set()
         while self._histories_by_oldest and self._histories_by_oldest[0][0] < start_ms:
             oldest_before, market = self._histories_by_oldest[0]
             held = self._market(market)
@@ -949,7 +951,15 @@ class Aggregator:
                 self._markets[market] = None
                 del self._market_ids[held.ticker]
                 events.append(MarketForgotten(market, held.ticker))
+                forgotten.add(market)
         self._tape.drop_older_than(start_ms)
+        if forgotten and any(
+            member.market in forgotten
+            for ranked in self._hot_events.values()
+            for event in ranked
+            for member in event.markets
+        ):
+            self._rank_events(events)
 
     def _forget_ids_before(self, start_ms: int) -> None:
         while self._ids_by_minute and self._ids_by_minute.peekitem(0)[0] < start_ms:

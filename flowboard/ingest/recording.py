@@ -95,7 +95,10 @@ def decode_meta_line(line: bytes) -> MarketMeta | None:
     meta: Any = obj.get("meta") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or not isinstance(meta.get("ticker"), str) or not meta["ticker"]:
         return None
-    texts = {name: meta.get(name, "") for name in ("title", "category", "event_ticker", "series_ticker")}
+    texts = {
+        name: meta.get(name, "")
+        for name in ("title", "category", "event_ticker", "series_ticker", "mve_collection_ticker")
+    }
     numbers: dict[str, Any] = {name: meta.get(name) for name in ("close_ts_ms", "open_interest", "liquidity")}
     if not all(isinstance(value, str) for value in texts.values()):
         return None

@@ -247,6 +247,11 @@ class ClientSession:
         self._dirty_windows.discard(market)
         self._dirty_meta.discard(market)
         self._spark_inserts.pop(market, None)
+        self._described.discard(market)
+        if market in self._watched:
+            # The ticker stays watched: if it trades again, it comes back under a new id.
+            self._watched = tuple(watched for watched in self._watched if watched != market)
+            self._watch_dirty = True
         if market == self._detail:
             self._errors.append(f"market {event.ticker[:80]!r} had no trade for a day: its detail is closed")
             self._wanted_detail = None

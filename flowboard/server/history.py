@@ -20,6 +20,7 @@ from flowboard.model import (
     COUNT_DECIMALS,
     PRICE_DECIMALS,
     USD_DECIMALS,
+    USD_SCALE,
     MarketMeta,
     Trade,
     to_units,
@@ -39,6 +40,8 @@ CSV_HEADER = (
 )
 
 #: A dollar amount as a client writes it: digits, at most one point, no sign or exponent.
+#: The largest $ amount a filter may name, in USD units: SQL's 64-bit integers hold no more.
+MAX_USD_UNITS = 2**63 - 1
 _DOLLARS = re.compile(r"[0-9]{1,15}(\.[0-9]{0,8})?|\.[0-9]{1,8}")
 #: What may stand in a file name taken from a ticker.
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -88,6 +91,9 @@ def dollars_to_usd_units(name: str, text: str) -> int:
     units = None if value is None else to_units(value, USD_DECIMALS)
     if units is None:
         raise BadRequest(f"{name} must be a dollar amount such as 1000 or 0.50, got {text[:40]!r}")
+    if units > MAX_USD_UNITS:
+        # The databases compare in 64-bit integers; no trade comes near this.
+        raise BadRequest(f"{name} must be at most {MAX_USD_UNITS // USD_SCALE:,} dollars, got {text[:40]!r}")
     return units
 
 
