@@ -549,6 +549,31 @@ def read_with_sink(h: Harness, client: Client) -> None:
         h.read(client)
 
 
+def test_a_group_whose_frame_fails_to_build_does_not_stop_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defence in depth: should building one group's frame raise (a bug), the publish goes on
+    for every other group, and the failing group's members go on alone (their own loops meet
+    the error), instead of the exception leaving the hub's publish."""
+    h = Harness()
+    broken, healthy = h.connect(frozenset({"trades", "hot"})), h.connect(frozenset({"trades", "top"}))
+    for client in (broken, healthy):
+        client.sink = FakeSink(h, client)
+        h.read(client)
+        assert h.hub.try_join(client) or client.group is not None
+    assert broken.group is not None and broken.group is not healthy.group
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("a bug in building a frame")
+
+    monkeypatch.setattr(broken.group.session, "build_frame", fail)
+    frames_before = len(h.frames[healthy])
+    h.trade(TICKERS[0], 5000, 100, "yes")
+    assert broken.group is None
+    assert len(h.frames[healthy]) == frames_before + 1
+    h.check(healthy)
+
+
 def test_a_newcomer_in_an_old_group_gets_market_ids_it_never_saw_defined() -> None:
     """A group that has run for a while knows ids a newcomer was never sent: when such a market
     comes back, the group defines it again (``m``) for everyone, and the newcomer's view holds it."""

@@ -23,6 +23,7 @@ cutting its stream entry) is a :class:`PublishListener` passed to the hub, not a
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -36,6 +37,8 @@ from flowboard.aggregate.aggregator import Aggregator
 from flowboard.aggregate.events import Event, HotChanged
 from flowboard.protocol.session import ClientSession, Frame, ResumePoint, SessionLimits
 from flowboard.server.connection import GroupFrames
+
+log = logging.getLogger(__name__)
 
 
 class Wakeup:
@@ -286,7 +289,18 @@ class Hub:
                 self._leave(member)
                 member.wake()
             return
-        frame = group.session.build_frame(self.agg, now_ms)
+        try:
+            frame = group.session.build_frame(self.agg, now_ms)
+        except Exception:
+            # A bug met building one group's frame must not stop the publish for every other
+            # client: the members go on alone, and each one's own loop meets the error and
+            # closes that connection with it.
+            members = len(group.members)
+            log.exception("hub: a group's frame failed to build; its %d members go on alone", members)
+            for member in list(group.members):
+                self._leave(member)
+                member.wake()
+            return
         if frame is None:
             return
         self.count_group_frame(frame, len(group.members))
