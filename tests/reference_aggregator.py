@@ -156,10 +156,26 @@ class ReferenceAggregator:
         # A market is forgotten when its last retained trade leaves; in the order of the oldest
         # trade of its history (its latest history_len trades) before the move.
         emptied = [(history[0].trade.ts_ms, market) for market, history in histories.items() if history]
+        forgotten_now = set()
         for _, market in sorted(emptied):
             if not self._retained(market):
                 self.forgotten.add(market)
+                forgotten_now.add(market)
                 events.append(MarketForgotten(market, self.tickers[market]))
+        # Hot events naming a market just forgotten (the clock jumped) are ranked again at once.
+        named = {
+            member.market
+            for ranked in self.events_ranked.values()
+            for event in ranked
+            for member in event.markets
+        }
+        if named & forgotten_now:
+            self.ranked_at = self.now_ms
+            for parlays in (False, True):
+                ranked = self._rank_events(parlays)
+                if ranked != self.events_ranked[parlays]:
+                    self.events_ranked[parlays] = ranked
+                    events.append(HotEventsChanged(ranked, parlays))
         return events
 
     def add_trade(self, trade: Trade, now_ms: int, *, absent_from_store: bool = False) -> list[Event]:
